@@ -1,0 +1,158 @@
+"""Forward and backward time of each op at the shapes the tutorial models run it at.
+
+Each case calls the backend op pair directly (``backend.ops(name).conv2d_forward`` ...) and
+torch's functional twin. torch's forward runs with autograd recording, as in training; its
+backward is ``torch.autograd.grad`` on a kept graph, so both sides time exactly one
+backward pass of one op, gradients for every input included.
+"""
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from scratchnet import backend
+
+from . import machine, timing
+
+# (op, where the models use it, shapes); batch = the model's tutorial batch size
+CASES = [
+    ("conv2d", "digitcnn conv1 1→32 3×3 on 28×28, batch 64", {"x": (64, 1, 28, 28), "w": (32, 1, 3, 3), "pad": 0}),
+    ("conv2d", "digitcnn conv2 32→64 3×3 on 13×13, batch 64", {"x": (64, 32, 13, 13), "w": (64, 32, 3, 3), "pad": 0}),
+    ("conv2d", "lenet conv2 10→20 5×5 on 12×12, batch 50", {"x": (50, 10, 12, 12), "w": (20, 10, 5, 5), "pad": 0}),
+    ("conv2d", "widecnn conv2 150→64 5×5 pad 2 on 14×14, batch 50", {"x": (50, 150, 14, 14), "w": (64, 150, 5, 5), "pad": 2}),
+    ("maxpool2d", "digitcnn pool1 2×2 on 32×26×26, batch 64", {"x": (64, 32, 26, 26)}),
+    ("maxpool2d", "digitcnn pool2 2×2 on 64×11×11, batch 64", {"x": (64, 64, 11, 11)}),
+    ("relu", "digitcnn relu after conv1, 32×26×26, batch 64", {"x": (64, 32, 26, 26)}),
+    ("linear", "digitcnn fc1 1600→64, batch 64", {"x": (64, 1600), "w": (64, 1600)}),
+    ("linear", "widecnn fc1 3136→1024, batch 50", {"x": (50, 3136), "w": (1024, 3136)}),
+    ("log_softmax", "lenet output, 10 classes, batch 50", {"x": (50, 10)}),
+    ("nll_loss", "lenet loss, 10 classes, batch 50", {"x": (50, 10)}),
+    ("cross_entropy", "digitcnn loss, 10 classes, batch 64", {"x": (64, 10)}),
+]
+QUICK_CASES = [1, 4, 6, 7, 11]  # indices into CASES: one of each op kind digitcnn uses
+
+
+def _arrays(op, shapes, rng):
+    x = rng.standard_normal(shapes["x"], dtype=np.float32)
+    if op == "nll_loss":  # log-probabilities, as a model ending in log_softmax gives
+        x = x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+    arrays = {"x": x}
+    if "w" in shapes:
+        arrays["w"] = rng.standard_normal(shapes["w"], dtype=np.float32) * np.float32(0.1)
+        arrays["b"] = rng.standard_normal(shapes["w"][0], dtype=np.float32)
+    if op in ("nll_loss", "cross_entropy"):
+        arrays["target"] = rng.integers(0, shapes["x"][1], shapes["x"][0]).astype(np.int64)
+    return arrays
+
+
+def _scratchnet_pair(ops, op, a, dout, pad):
+    """(forward(), backward()) closures for a backend module ``ops``; backward reuses one cache."""
+    x = a["x"]
+    if op == "conv2d":
+        fwd = lambda: ops.conv2d_forward(x, a["w"], a["b"], (1, 1), (pad,) * 4, (1, 1), 1)  # noqa: E731
+    elif op == "maxpool2d":
+        fwd = lambda: ops.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), False)  # noqa: E731
+    elif op == "relu":
+        fwd = lambda: ops.relu_forward(x)  # noqa: E731
+    elif op == "linear":
+        fwd = lambda: ops.linear_forward(x, a["w"], a["b"])  # noqa: E731
+    elif op == "log_softmax":
+        fwd = lambda: ops.log_softmax_forward(x, 1)  # noqa: E731
+    elif op == "nll_loss":
+        fwd = lambda: ops.nll_loss_forward(x, a["target"], None, -100, "mean")  # noqa: E731
+    else:
+        fwd = lambda: ops.cross_entropy_forward(x, a["target"], None, -100, "mean", 0.0)  # noqa: E731
+    out, cache = fwd()
+    dout = np.ones_like(out) if out.ndim == 0 else dout
+    backward = getattr(ops, f"{op}_backward")
+    return fwd, lambda: backward(dout, cache)
+
+
+def _torch_pair(op, a, dout, pad):
+    t = {k: torch.from_numpy(v).requires_grad_(v.dtype == np.float32) for k, v in a.items()}
+    x = t["x"]
+    if op == "conv2d":
+        fwd = lambda: F.conv2d(x, t["w"], t["b"], padding=pad)  # noqa: E731
+    elif op == "maxpool2d":
+        fwd = lambda: F.max_pool2d(x, 2)  # noqa: E731
+    elif op == "relu":
+        fwd = lambda: F.relu(x)  # noqa: E731
+    elif op == "linear":
+        fwd = lambda: F.linear(x, t["w"], t["b"])  # noqa: E731
+    elif op == "log_softmax":
+        fwd = lambda: F.log_softmax(x, 1)  # noqa: E731
+    elif op == "nll_loss":
+        fwd = lambda: F.nll_loss(x, t["target"])  # noqa: E731
+    else:
+        fwd = lambda: F.cross_entropy(x, t["target"])  # noqa: E731
+    out = fwd()
+    dout = torch.ones_like(out) if out.ndim == 0 else torch.from_numpy(dout)
+    inputs = [v for v in t.values() if v.requires_grad]
+    return fwd, lambda: torch.autograd.grad(out, inputs, dout, retain_graph=True)
+
+
+def _dout_shape(op, shapes):
+    """The op's output shape (its upstream gradient's shape)."""
+    x = shapes["x"]
+    if op == "conv2d":
+        f, _, kh, kw = shapes["w"]
+        p = shapes["pad"]
+        return (x[0], f, x[2] + 2 * p - kh + 1, x[3] + 2 * p - kw + 1)
+    if op == "maxpool2d":
+        return (x[0], x[1], x[2] // 2, x[3] // 2)
+    if op == "linear":
+        return (x[0], shapes["w"][0])
+    return x
+
+
+def run_case(op, shapes, impls, threads, rounds, round_seconds, seed=0):
+    """``{impl: {"forward": summary, "backward": summary} or {"error": ...}}`` for one case."""
+    rng = np.random.default_rng(seed)
+    a = _arrays(op, shapes, rng)
+    dout = rng.standard_normal(_dout_shape(op, shapes), dtype=np.float32)
+    pad = shapes.get("pad", 0)
+    contenders, result = [], {}
+    for impl in impls:
+        # the numba backend owns the cores through prange; plain numpy only through OpenBLAS
+        blas = 1 if impl == "numba" else threads
+        enter = (lambda n=blas: machine.set_blas_threads(n)) if impl != "torch" else timing.noop
+        try:
+            enter()
+            if impl == "torch":
+                fwd, bwd = _torch_pair(op, a, dout, pad)
+            else:
+                fwd, bwd = _scratchnet_pair(backend.ops(impl), op, a, dout, pad)
+            bwd()
+        except Exception as exc:  # a missing op is reported, not fatal
+            result[impl] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        result[impl] = {}
+        for direction, fn in (("forward", fwd), ("backward", bwd)):
+            contenders.append(timing.Contender(f"{impl}/{direction}", lambda i, fn=fn: fn(), enter))
+    for c in contenders:
+        timing.calibrate(c, round_seconds)
+    timing.interleave(contenders, rounds)
+    machine.set_blas_threads(1)
+    for c in contenders:
+        impl, direction = c.name.split("/")
+        s = timing.summary(c.times, c.steps)
+        result[impl][direction] = {"median_ms": s["median_seconds_per_item"] * 1e3,
+                                   "min_ms": 1e3 / s["max"], "max_ms": 1e3 / s["min"],
+                                   "calls_per_round": c.steps}
+    return result
+
+
+def run(impls, threads, rounds, round_seconds, quick=False):
+    """Every case (or the quick subset): a list of dicts with the op, its context and timings."""
+    cases = [CASES[i] for i in QUICK_CASES] if quick else CASES
+    out = []
+    for op, where, shapes in cases:
+        timings = run_case(op, shapes, impls, threads, rounds, round_seconds)
+        ratios = {}
+        torch_ok = "forward" in timings.get("torch", {})
+        for impl in impls:
+            if impl != "torch" and torch_ok and "forward" in timings[impl]:
+                ratios[impl] = {d: timings["torch"][d]["median_ms"] / timings[impl][d]["median_ms"]
+                                for d in ("forward", "backward")}
+        out.append({"op": op, "where": where, "shapes": shapes, "timings": timings,
+                    "speedup_vs_torch": ratios})
+    return out

@@ -1,0 +1,220 @@
+"""Output: markdown tables (stdout and ``results.md``), ``results.json`` and ``ratios.png``.
+
+Ratios are scratchnet/torch throughput (or torch time / scratchnet time for ops): above 1
+means scratchnet is faster.
+"""
+import json
+import os
+
+import numpy as np
+
+SHORT = {"scratchnet-numba": "numba", "scratchnet-numpy": "numpy", "torch-cpu": "torch",
+         "torch-cuda": "torch-cuda"}
+
+
+def _num(v, digits=0):
+    return "—" if v is None else f"{v:,.{digits}f}"
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _ratio(r):
+    return "—" if r is None else f"{r['median']:.2f}× ({r['min']:.2f}–{r['max']:.2f})"
+
+
+def _machine(res):
+    m, t = res["machine"], res["machine"]["threads"]
+    peak = res.get("gemm_peak")
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores_available']} cores available; Python {m['python']}, "
+        f"NumPy {m['numpy']}, Numba {m['numba']} ({m['numba_threading_layer']}), "
+        f"torch {m['torch']}" + (f", GPU {m['cuda_device']}" if m.get("cuda_device") else "") + ".",
+        f"Threads: Numba {t['numba']}, torch {t['torch_intra_op']} (interop "
+        f"{t['torch_interop']}), OpenBLAS {t['openblas_while_numba_runs']} under the numba "
+        f"backend and {t['openblas_while_numpy_runs']} under the numpy backend.",
+    ]
+    if peak:
+        lines.append(f"float32 GEMM peak: {peak['gflops']:.0f} GFLOP/s (numpy sgemm "
+                     f"{peak['size']}², {peak['threads']} threads).")
+    s = res["settings"]
+    lines.append(f"Throughput: median of {s['rounds']} interleaved rounds (~{s['round_seconds']} s "
+                 f"each) after warm-up; JIT compile time excluded (see its own table). Ratio: "
+                 f"median over rounds of scratchnet/torch-cpu throughput in the same round "
+                 f"(range in brackets); above 1 means scratchnet is faster.")
+    return "\n".join(lines)
+
+
+def _throughput(res, part, sides):
+    peak = (res.get("gemm_peak") or {}).get("gflops")
+    scratch = [s for s in sides if s in ("scratchnet-numba", "scratchnet-numpy")]
+    header = ["model", "batch"] + [f"{SHORT[s]} samples/s" for s in sides]
+    header += [f"{SHORT[s]}/torch" for s in scratch] + [f"{SHORT[s]} GFLOP/s" for s in sides]
+    rows = []
+    for name, m in res["models"].items():
+        if part not in m:
+            continue
+        batch = m["batch_size"] if part == "train" else m["inference_batch"]
+        row = [name, batch]
+        row += [_num(m[part][s]["median"]) if s in m[part] else "refused" if s in m["refused"]
+                else "—" for s in sides]
+        row += [_ratio(m["ratios"][part].get(s)) for s in scratch]
+        for s in sides:
+            g = m["gflops"][part].get(s)
+            row.append("—" if g is None else f"{g:.1f}" + (f" ({100 * g / peak:.0f} %)" if peak else ""))
+        rows.append(row)
+    return _table(header, rows)
+
+
+def _parity(res):
+    rows = []
+    for name, m in res["models"].items():
+        for side, p in m.get("parity", {}).items():
+            if "loss_rel_error" in p:
+                rows.append([name, SHORT[side], f"{p['loss_rel_error']:.1e}",
+                             f"{p['max_grad_rel_error']:.1e} ({p['worst_parameter']})",
+                             "ok" if p["ok"] else "REFUSED"])
+            else:
+                rows.append([name, SHORT[side], "—", "—", f"REFUSED: {p['reason']}"])
+    return _table(["model", "backend", "loss rel. error", "max grad rel. error", "speed reported"],
+                  rows)
+
+
+def _ops(res):
+    impls = [i for i in ("numba", "numpy", "torch") if any(i in c["timings"] for c in res["ops"])]
+    header = ["op", "where"] + [f"{i} fwd / bwd ms" for i in impls]
+    header += [f"{i} speed-up fwd / bwd" for i in impls if i != "torch"]
+    rows = []
+    for c in res["ops"]:
+        row = [c["op"], c["where"]]
+        for i in impls:
+            t = c["timings"].get(i, {})
+            row.append(f"{t['forward']['median_ms']:.3f} / {t['backward']['median_ms']:.3f}"
+                       if "forward" in t else t.get("error", "—"))
+        for i in impls:
+            if i != "torch":
+                r = c["speedup_vs_torch"].get(i)
+                row.append(f"{r['forward']:.2f}× / {r['backward']:.2f}×" if r else "—")
+        rows.append(row)
+    return _table(header, rows)
+
+
+def _jit(res):
+    rows = []
+    for name, m in res["models"].items():
+        j = m.get("jit")
+        if not j:
+            continue
+        cold, warm = j["cold"], j["warm"]
+        if "error" in cold or "error" in warm:
+            rows.append([name, cold.get("error", ""), warm.get("error", ""), "—", "—"])
+            continue
+        rows.append([name, f"{cold['first_step_s']:.2f}", f"{warm['first_step_s']:.2f}",
+                     f"{1e3 * warm['steady_step_s']:.1f}", f"{cold['import_s']:.2f}"])
+    return _table(["model", "first step, cold cache (s)", "first step, warm cache (s)",
+                   "steady step (ms)", "import scratchnet (s)"], rows)
+
+
+def _memory(res):
+    rows = []
+    for name, m in res["models"].items():
+        for side, r in (m.get("memory") or {}).items():
+            if "error" in r:
+                rows.append([name, SHORT[side], r["error"], "—", "—", "—"])
+                continue
+            rows.append([name, SHORT[side], _num(r.get("peak_rss_mb")),
+                         _num(r.get("training_growth_mb"), 1),
+                         _num(r.get("numpy_traced_peak_mb"), 1),
+                         _num(r.get("cuda_max_allocated_mb"), 1)])
+    return _table(["model", "side", "peak RSS in training (MB)", "growth over setup (MB)",
+                   "NumPy traced peak (MB)", "CUDA max allocated (MB)"], rows)
+
+
+def _tta(res):
+    t = res["time_to_accuracy"]
+    rows = [[SHORT[s], f"{r['seconds']:.1f}", _num(r["samples_per_s"]),
+             f"{100 * r['test_accuracy']:.2f} %", r["steps"]] for s, r in t["sides"].items()]
+    return (t["description"] + "\n\n"
+            + _table(["side", "wall time (s)", "samples/s", "test accuracy", "steps"], rows))
+
+
+def markdown(res):
+    """Every table, as markdown (printed to stdout and written to results.md)."""
+    sides = res["settings"]["sides"]
+    parts = ["# scratchnet benchmark results", _machine(res)]
+    if res.get("notes"):
+        parts.append("\n".join(f"- {n}" for n in res["notes"]))
+    if any("train" in m for m in res["models"].values()):
+        parts += ["## Training step throughput (tutorial batch size)",
+                  _throughput(res, "train", sides),
+                  "## Inference throughput (batch 1000)", _throughput(res, "infer", sides),
+                  "## Correctness guard (first batch, float32, vs torch)", _parity(res)]
+    if res.get("ops"):
+        parts += ["## Per-op time (median ms per call; speed-up = torch time / scratchnet time)",
+                  _ops(res)]
+    if any(m.get("jit") for m in res["models"].values()):
+        parts += ["## JIT compile time (numba backend, fresh process)", _jit(res)]
+    if any(m.get("memory") for m in res["models"].values()):
+        parts += ["## Memory of a training run (one fresh process per side)", _memory(res)]
+    if res.get("time_to_accuracy", {}).get("sides"):
+        parts += ["## Time to accuracy (one epoch)", _tta(res)]
+    return "\n\n".join(parts) + "\n"
+
+
+def _plain(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, (tuple, set)):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def chart(res, path):
+    """Bar chart of scratchnet/torch throughput ratios per model (training and inference)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scratch = [s for s in res["settings"]["sides"] if s.startswith("scratchnet")]
+    models = [n for n, m in res["models"].items() if "ratios" in m]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    width = 0.8 / max(len(scratch), 1)
+    for ax, part, title in zip(axes, ("train", "infer"), ("training step", "inference, batch 1000")):
+        for k, side in enumerate(scratch):
+            rs = [res["models"][n]["ratios"][part].get(side) for n in models]
+            med = [r["median"] if r else 0 for r in rs]
+            err = [[r["median"] - r["min"] if r else 0 for r in rs],
+                   [r["max"] - r["median"] if r else 0 for r in rs]]
+            ax.bar(np.arange(len(models)) + (k - (len(scratch) - 1) / 2) * width, med, width,
+                   yerr=err, capsize=3, label=SHORT[side])
+        ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+        ax.set_xticks(np.arange(len(models)), models)
+        ax.set_title(title)
+    axes[0].set_ylabel("throughput / torch CPU (>1: scratchnet faster)")
+    axes[0].legend()
+    threads = res["machine"]["threads"]["requested"]
+    fig.suptitle(f"scratchnet vs torch {res['machine']['torch']}, {threads} threads, "
+                 f"{res['machine']['cpu']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write(res, out_dir):
+    """results.json, results.md and (when any model was timed) ratios.png in ``out_dir``."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"json": os.path.join(out_dir, "results.json"),
+             "markdown": os.path.join(out_dir, "results.md")}
+    with open(paths["json"], "w") as f:
+        json.dump(res, f, indent=1, default=_plain)
+    text = markdown(res)
+    with open(paths["markdown"], "w") as f:
+        f.write(text)
+    if any("ratios" in m for m in res["models"].values()):
+        paths["chart"] = os.path.join(out_dir, "ratios.png")
+        chart(res, paths["chart"])
+    return text, paths

@@ -1,0 +1,14 @@
+"""scratchnet: a CNN training stack in NumPy + Numba, proven op by op against PyTorch."""
+from . import backend, nn, optim  # noqa: F401
+from .backend import get_backend, set_backend, use_backend  # noqa: F401
+from .random import manual_seed  # noqa: F401
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # models and data import the whole nn stack and the MNIST files; load them on first use
+    if name in ("models", "data"):
+        import importlib
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Op implementations, one package per backend (see scratchnet.backend)."""

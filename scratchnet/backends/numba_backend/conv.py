@@ -1,0 +1,296 @@
+"""2-D convolution: one ``prange`` over batch slices, im2col + single-threaded GEMM per sample.
+
+Design (PERF_NOTES): a single thread pool. Thread ``t`` owns samples ``[t·N//T, (t+1)·N//T)``
+and a private column buffer; for each sample it unfolds the input into ``col``
+(C·KH·KW, OH·OW) and calls sgemm/dgemm ``W (F, C·KH·KW) @ col -> out[n] (F, OH·OW)``, which is
+already NCHW, so no transposes are needed. Backward recomputes ``col`` (cheaper than keeping
+N column matrices alive between passes: the per-thread buffer stays in cache), adds
+``dout[n] @ colᵀ`` into a per-thread dW partial, and scatters ``Wᵀ @ dout[n]`` back into
+``dx[n]`` (col2im). Partials are summed after the parallel loop, so no two threads ever write
+the same memory.
+
+The per-sample pieces (``im2col_sample``, ``col2im_sample``, ``gemm_forward_sample``,
+``gemm_backward_sample``, ``add_bias_sample``) are plain ``@njit`` helpers so fused kernels
+(conv + bias + ReLU + pool) can reuse them inside their own ``prange``.
+
+Column layout: row ``(c·KH + kh)·KW + kw``, column ``oh·OW + ow``; the rows of group ``g`` are
+the contiguous block ``[g·Cg·KH·KW, (g+1)·Cg·KH·KW)``, so each group is a plain sub-matrix.
+"""
+import numba
+import numpy as np
+from numba import njit, prange
+
+from .blas import gemm
+
+__all__ = ["conv2d_forward", "conv2d_backward"]
+
+# Hot loops index flat arrays with unsigned integers: Numba must wrap negative signed indices
+# (a branch per access), which stops LLVM from vectorising the copy; unsigned ones need no wrap
+# (2-4x faster im2col here). Plain numpy.uint64 under NUMBA_DISABLE_JIT.
+U = np.uint64
+
+
+@njit(cache=True)
+def out_size(size, pad_lo, pad_hi, kernel, stride, dilation):
+    """Output length along one axis: (size + pads - dilation·(kernel-1) - 1) // stride + 1."""
+    return (size + pad_lo + pad_hi - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@njit(cache=True)
+def _valid_range(offset, stride, size, n_out):
+    """[lo, hi) of the outputs o whose input index o·stride + offset lies in [0, size)."""
+    lo = 0 if offset >= 0 else (stride - 1 - offset) // stride
+    last = size - 1 - offset
+    hi = last // stride + 1 if last >= 0 else 0
+    lo = min(lo, n_out)
+    hi = max(min(hi, n_out), lo)
+    return lo, hi
+
+
+@njit(cache=True)
+def is_pointwise(KH, KW, sh, sw, pt, pb, pl, pr):
+    """True when im2col is the identity (1×1 kernel, stride 1, no padding): col = x[n] as (C, H·W)."""
+    return (KH == 1 and KW == 1 and sh == 1 and sw == 1
+            and pt == 0 and pb == 0 and pl == 0 and pr == 0)
+
+
+@njit(cache=True)
+def im2col_sample(x_n, col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW):
+    """Unfold one sample: col[(c·KH+kh)·KW+kw, oh·OW+ow] = x_n[c, oh·sh+kh·dh-pt, ow·sw+kw·dw-pl].
+
+    x_n (C, H, W); col (C·KH·KW, OH·OW), fully overwritten (zeros where the window hits padding).
+    Both C-contiguous.
+    """
+    C, H, W = x_n.shape
+    P = OH * OW
+    xf = x_n.reshape(C * H * W)
+    cf = col.reshape(col.size)
+    for c in range(C):
+        for kh in range(KH):
+            off_h = kh * dh - pt
+            oh_lo, oh_hi = _valid_range(off_h, sh, H, OH)
+            for kw in range(KW):
+                r0 = ((c * KH + kh) * KW + kw) * P
+                off_w = kw * dw - pl
+                # the valid ow range is computed once so the copy loop has no bounds tests
+                ow_lo, ow_hi = _valid_range(off_w, sw, W, OW)
+                for oh in range(OH):
+                    d = r0 + oh * OW
+                    if oh < oh_lo or oh >= oh_hi:
+                        for ow in range(OW):
+                            cf[U(d + ow)] = 0
+                        continue
+                    s = (c * H + oh * sh + off_h) * W + off_w
+                    for ow in range(ow_lo):
+                        cf[U(d + ow)] = 0
+                    for ow in range(ow_lo, ow_hi):
+                        cf[U(d + ow)] = xf[U(s + ow * sw)]
+                    for ow in range(ow_hi, OW):
+                        cf[U(d + ow)] = 0
+
+
+@njit(cache=True)
+def col2im_sample(dcol, dx_n, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW):
+    """Adjoint of im2col_sample: add dcol (C·KH·KW, OH·OW) into dx_n (C, H, W) (not zeroed here)."""
+    C, H, W = dx_n.shape
+    P = OH * OW
+    df = dcol.reshape(dcol.size)
+    xf = dx_n.reshape(C * H * W)
+    for c in range(C):
+        for kh in range(KH):
+            off_h = kh * dh - pt
+            oh_lo, oh_hi = _valid_range(off_h, sh, H, OH)
+            for kw in range(KW):
+                r0 = ((c * KH + kh) * KW + kw) * P
+                off_w = kw * dw - pl
+                ow_lo, ow_hi = _valid_range(off_w, sw, W, OW)
+                for oh in range(oh_lo, oh_hi):
+                    d = r0 + oh * OW
+                    s = (c * H + oh * sh + off_h) * W + off_w
+                    for ow in range(ow_lo, ow_hi):
+                        xf[U(s + ow * sw)] += df[U(d + ow)]
+
+
+@njit(cache=True)
+def gemm_forward_sample(w2, col, out2, groups):
+    """out2 (F, P) = w2 (F, Cg·KH·KW) @ col (C·KH·KW, P), one GEMM per group."""
+    F, CgKK = w2.shape
+    Fg = F // groups
+    for g in range(groups):
+        gemm(w2[g * Fg:(g + 1) * Fg], col[g * CgKK:(g + 1) * CgKK], out2[g * Fg:(g + 1) * Fg],
+             False, False, 1.0, 0.0)
+
+
+@njit(cache=True)
+def gemm_backward_sample(w2, col, dout2, dw2, dcol, groups):
+    """dw2 += dout2 @ colᵀ and dcol = w2ᵀ @ dout2, per group.
+
+    w2, dw2 (F, Cg·KH·KW); col, dcol (C·KH·KW, P); dout2 (F, P).
+    """
+    F, CgKK = w2.shape
+    Fg = F // groups
+    for g in range(groups):
+        f0, f1, r0, r1 = g * Fg, (g + 1) * Fg, g * CgKK, (g + 1) * CgKK
+        gemm(dout2[f0:f1], col[r0:r1], dw2[f0:f1], False, True, 1.0, 1.0)
+        gemm(w2[f0:f1], dout2[f0:f1], dcol[r0:r1], True, False, 1.0, 0.0)
+
+
+@njit(cache=True)
+def add_bias_sample(out2, b):
+    """out2[f, :] += b[f]; out2 (F, P) C-contiguous, b (F,)."""
+    F, P = out2.shape
+    of = out2.reshape(F * P)
+    for f in range(F):
+        bf = b[f]
+        for p in range(f * P, (f + 1) * P):
+            of[U(p)] += bf
+
+
+@njit(cache=True)
+def add_row_sums_sample(dout2, db):
+    """db[f] += Σ_p dout2[f, p], summed in float64; dout2 (F, P) C-contiguous, db (F,)."""
+    F, P = dout2.shape
+    df = dout2.reshape(F * P)
+    for f in range(F):
+        s = 0.0
+        for p in range(f * P, (f + 1) * P):
+            s += df[U(p)]
+        db[f] += s
+
+
+@njit(cache=True, parallel=True)
+def _conv2d_forward_kernel(x, w2, b, has_bias, out, cols, KH, KW, sh, sw, pt, pb, pl, pr,
+                           dh, dw, groups):
+    """out (N, F, OH, OW) = conv(x (N, C, H, W)); cols (T, C·KH·KW, OH·OW) one buffer per thread."""
+    N, C, H, W = x.shape
+    F, OH, OW = out.shape[1], out.shape[2], out.shape[3]
+    T = cols.shape[0]
+    pointwise = is_pointwise(KH, KW, sh, sw, pt, pb, pl, pr)
+    for t in prange(T):
+        for n in range((t * N) // T, ((t + 1) * N) // T):
+            if pointwise:
+                col = x[n].reshape(C, H * W)
+            else:
+                col = cols[t]
+                im2col_sample(x[n], col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
+            out2 = out[n].reshape(F, OH * OW)
+            gemm_forward_sample(w2, col, out2, groups)
+            if has_bias:
+                add_bias_sample(out2, b)
+
+
+@njit(cache=True, parallel=True)
+def _conv2d_backward_kernel(x, w2, dout, has_bias, dx, dw_part, db_part, cols, dcols,
+                            KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups):
+    """dx (N, C, H, W, zeroed by the caller), per-thread dw_part (T, F, Cg·KH·KW), db_part (T, F)."""
+    N, C, H, W = x.shape
+    F, OH, OW = dout.shape[1], dout.shape[2], dout.shape[3]
+    T = cols.shape[0]
+    pointwise = is_pointwise(KH, KW, sh, sw, pt, pb, pl, pr)
+    for t in prange(T):
+        for n in range((t * N) // T, ((t + 1) * N) // T):
+            dout2 = dout[n].reshape(F, OH * OW)
+            if pointwise:
+                # col2im is the identity too: let the GEMM write dx[n] directly
+                col = x[n].reshape(C, H * W)
+                dcol = dx[n].reshape(C, H * W)
+            else:
+                col = cols[t]
+                dcol = dcols[t]
+                im2col_sample(x[n], col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
+            gemm_backward_sample(w2, col, dout2, dw_part[t], dcol, groups)
+            if not pointwise:
+                col2im_sample(dcol, dx[n], KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
+            if has_bias:
+                add_row_sums_sample(dout2, db_part[t])
+
+
+def _kernel_array(a, dtype):
+    """C-contiguous, writeable array of ``dtype`` (read-only arrays would compile a new signature)."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return a if a.flags.writeable else a.copy()
+
+
+def _n_threads(N):
+    return max(1, min(numba.get_num_threads(), N))
+
+
+def _geometry(w, stride, padding, dilation):
+    KH, KW = int(w.shape[2]), int(w.shape[3])
+    sh, sw = (int(s) for s in stride)
+    pt, pb, pl, pr = (int(p) for p in padding)
+    dh, dw = (int(d) for d in dilation)
+    return KH, KW, sh, sw, pt, pb, pl, pr, dh, dw
+
+
+def _cols_shape(T, C, OH, OW, geo):
+    """Per-thread column buffers; none are needed when im2col is the identity."""
+    KH, KW = geo[0], geo[1]
+    if is_pointwise(*geo[:8]):
+        return (T, 0, 0)
+    return (T, C * KH * KW, OH * OW)
+
+
+def conv2d_forward(x, w, b, stride, padding, dilation, groups):
+    """Grouped, strided, dilated, zero-padded 2-D convolution (torch.nn.functional.conv2d).
+
+    Inputs:
+    - x: (N, C, H, W)
+    - w: (F, C // groups, KH, KW)
+    - b: (F,) or None
+    - stride: (sh, sw); padding: (top, bottom, left, right); dilation: (dh, dw); groups: int
+
+    Returns (out, cache): out (N, F, OH, OW) in x's dtype, with
+    OH = (H + top + bottom - dh·(KH-1) - 1) // sh + 1 and likewise OW.
+    """
+    dtype = x.dtype
+    x = _kernel_array(x, dtype)
+    w = _kernel_array(w, dtype)
+    N, C, H, W = x.shape
+    F = w.shape[0]
+    geo = _geometry(w, stride, padding, dilation)
+    KH, KW, sh, sw, pt, pb, pl, pr, dh, dw = geo
+    groups = int(groups)
+    OH = out_size(H, pt, pb, KH, sh, dh)
+    OW = out_size(W, pl, pr, KW, sw, dw)
+    has_bias = b is not None
+    bias = _kernel_array(b, dtype) if has_bias else np.zeros(F, dtype=dtype)
+    # zeros, not empty: under NUMBA_DISABLE_JIT the GEMM fallback computes beta·c with beta = 0,
+    # and 0·NaN from uninitialised memory would be NaN
+    out = np.zeros((N, F, OH, OW), dtype=dtype)
+    cache = (x, w, has_bias, geo, groups)
+    if N == 0:
+        return out, cache
+    T = _n_threads(N)
+    cols = np.zeros(_cols_shape(T, C, OH, OW, geo), dtype=dtype)
+    _conv2d_forward_kernel(x, w.reshape(F, -1), bias, has_bias, out, cols, *geo, groups)
+    return out, cache
+
+
+def conv2d_backward(dout, cache):
+    """Gradients of conv2d_forward.
+
+    Inputs:
+    - dout: (N, F, OH, OW), upstream gradient
+    - cache: from conv2d_forward
+
+    Returns (dx, dw, db): dx (N, C, H, W), dw (F, C // groups, KH, KW), db (F,) or None.
+    """
+    x, w, has_bias, geo, groups = cache
+    dtype = x.dtype
+    N, C, H, W = x.shape
+    F = w.shape[0]
+    dout = _kernel_array(dout, dtype)
+    OH, OW = dout.shape[2], dout.shape[3]
+    dx = np.zeros_like(x)
+    T = _n_threads(N)
+    dw_part = np.zeros((T, F, w[0].size), dtype=dtype)
+    db_part = np.zeros((T, F), dtype=dtype)
+    if N > 0:
+        cols = np.zeros(_cols_shape(T, C, OH, OW, geo), dtype=dtype)
+        dcols = np.zeros_like(cols)
+        _conv2d_backward_kernel(x, w.reshape(F, -1), dout, has_bias, dx, dw_part, db_part,
+                                cols, dcols, *geo, groups)
+    dw = dw_part.sum(axis=0).reshape(w.shape)
+    db = db_part.sum(axis=0) if has_bias else None
+    return dx, dw, db

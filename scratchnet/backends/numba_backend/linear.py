@@ -1,0 +1,92 @@
+"""Fully connected layer: row blocks split across threads, each calling single-threaded GEMM.
+
+BLAS is pinned to one thread (see blas.py), so the only thread pool is Numba's. The weight
+gradient is a sum over rows, so each block writes its own partial and the partials are summed.
+"""
+import numba
+import numpy as np
+from numba import njit, prange
+
+from .activation import PARALLEL_MIN_WORK
+from .blas import gemm
+
+__all__ = ["linear_forward", "linear_backward"]
+
+# a block must be tall enough to be worth its own dW partial (out × in)
+_MIN_ROWS_PER_BLOCK = 16
+
+
+def _num_blocks(n, work):
+    if work < PARALLEL_MIN_WORK:
+        return 1
+    return max(1, min(numba.get_num_threads(), n // _MIN_ROWS_PER_BLOCK))
+
+
+@njit(cache=True)
+def _forward_block(x, w, b, has_bias, out, r0, r1):
+    if has_bias:
+        for i in range(r0, r1):
+            out[i, :] = b
+    # out[r0:r1] = x[r0:r1]·wᵀ + out[r0:r1] (beta 1 adds the bias, as torch's addmm does)
+    gemm(x[r0:r1], w, out[r0:r1], False, True, 1.0, 1.0 if has_bias else 0.0)
+
+
+@njit(cache=True, parallel=True)
+def _forward_parallel(x, w, b, has_bias, out, blocks):
+    N = x.shape[0]
+    for t in prange(blocks):
+        _forward_block(x, w, b, has_bias, out, t * N // blocks, (t + 1) * N // blocks)
+
+
+@njit(cache=True)
+def _backward_block(dout, x, w, dx, dw, db, r0, r1):
+    gemm(dout[r0:r1], w, dx[r0:r1], False, False, 1.0, 0.0)
+    gemm(dout[r0:r1], x[r0:r1], dw, True, False, 1.0, 0.0)
+    for i in range(r0, r1):
+        for j in range(dout.shape[1]):
+            db[j] += dout[i, j]
+
+
+@njit(cache=True, parallel=True)
+def _backward_parallel(dout, x, w, dx, dw_parts, db_parts):
+    N = x.shape[0]
+    blocks = dw_parts.shape[0]
+    for t in prange(blocks):
+        _backward_block(dout, x, w, dx, dw_parts[t], db_parts[t],
+                        t * N // blocks, (t + 1) * N // blocks)
+
+
+def linear_forward(x, w, b):
+    """x: (N, in), w: (out, in), b: (out,) or None. Returns out (N, out) and a cache."""
+    x = np.ascontiguousarray(x)
+    w = np.ascontiguousarray(w)
+    N = x.shape[0]
+    has_bias = b is not None
+    bias = np.ascontiguousarray(b) if has_bias else np.zeros(w.shape[0], dtype=x.dtype)
+    # zeros, not empty: blas.gemm's pure-Python fallback (NUMBA_DISABLE_JIT=1) reads c even
+    # when beta is 0, and 0·NaN garbage would be NaN
+    out = np.zeros((N, w.shape[0]), dtype=x.dtype)
+    blocks = _num_blocks(N, x.size * w.shape[0])
+    if blocks == 1:
+        _forward_block(x, w, bias, has_bias, out, 0, N)
+    else:
+        _forward_parallel(x, w, bias, has_bias, out, blocks)
+    return out, (x, w, b)
+
+
+def linear_backward(dout, cache):
+    """dout: (N, out). Returns dx (N, in), dw (out, in), db (out,) or None when b is None."""
+    x, w, b = cache
+    dout = np.ascontiguousarray(dout)
+    N = x.shape[0]
+    blocks = _num_blocks(N, 2 * x.size * w.shape[0])
+    dx = np.zeros(x.shape, dtype=dout.dtype)  # zeros: see linear_forward
+    dw_parts = np.zeros((blocks,) + w.shape, dtype=dout.dtype)
+    db_parts = np.zeros((blocks, w.shape[0]), dtype=dout.dtype)
+    if blocks == 1:
+        _backward_block(dout, x, w, dx, dw_parts[0], db_parts[0], 0, N)
+    else:
+        _backward_parallel(dout, x, w, dx, dw_parts, db_parts)
+    dw = dw_parts.sum(axis=0) if blocks > 1 else dw_parts[0]
+    db = (db_parts.sum(axis=0) if blocks > 1 else db_parts[0]) if b is not None else None
+    return dx, dw, db

@@ -1,0 +1,8 @@
+"""Readable NumPy forward/backward pairs: the specification every kernel is tested against."""
+from .activation import *  # noqa: F401,F403
+from .conv import *  # noqa: F401,F403
+from .dropout import *  # noqa: F401,F403
+from .linear import *  # noqa: F401,F403
+from .loss import *  # noqa: F401,F403
+from .pool import *  # noqa: F401,F403
+from .softmax import *  # noqa: F401,F403

@@ -1,0 +1,232 @@
+"""Weight files: scratchnet checkpoints (.npz) and PyTorch state dicts (.pt / .pth).
+
+A checkpoint is a plain ``.npz`` of named arrays, readable with ``np.load(allow_pickle=False)``:
+
+- ``model/<key>``: each weight, under torch's state-dict key (``model/conv_layers.0.weight``);
+- ``optimizer/<index>/<name>``: each optimizer-state array (``momentum_buffer``, ``exp_avg``, ...);
+- ``meta``: a 0-d string array holding JSON: format and version, model name, the run's
+  arguments, epoch and batch position, RNG states, metrics so far, and the optimizer's
+  non-array state (``step``) and ``param_groups``.
+
+Files are written to a temporary name in the same folder and renamed over the target, so a
+crash or Ctrl-C mid-write never leaves a half-written checkpoint under the real name.
+"""
+import contextlib
+import json
+import os
+import pickle
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+FORMAT = "scratchnet-checkpoint"
+VERSION = 1
+TORCH_SUFFIXES = (".pt", ".pth")
+# keys under which training scripts commonly nest the model's state dict
+_NESTED_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+class CheckpointError(ValueError):
+    """A weight file is missing, corrupt, truncated, or does not fit the model asked for."""
+
+
+@dataclass
+class Checkpoint:
+    """What :func:`load_checkpoint` returns: ``meta`` (dict), weights, optimizer state or None."""
+
+    meta: dict
+    model_state: "OrderedDict[str, np.ndarray]"
+    optimizer_state: dict | None = field(default=None)
+
+
+def atomic_write(path, write):
+    """Call ``write(file)`` on a temporary file next to ``path``, then rename it to ``path``."""
+    path = os.fspath(path)
+    tmp = f"{path}.{os.getpid()}.tmp"  # same folder, so os.replace is an atomic rename
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def _to_json_number(value):
+    """numpy scalars -> Python numbers, which JSON writes exactly (floats round-trip by repr)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def save_checkpoint(path, meta, model_state, optimizer_state=None):
+    """Write ``model_state`` (name -> ndarray), ``optimizer_state`` (torch layout) and ``meta``.
+
+    ``meta`` must be JSON-serialisable; ``format``, ``version`` and the optimizer's non-array
+    state are added to it.
+    """
+    arrays = {f"model/{k}": np.asarray(v) for k, v in model_state.items()}
+    meta = {"format": FORMAT, "version": VERSION, **meta}
+    if optimizer_state is not None:
+        scalars = {}
+        for idx, entries in optimizer_state["state"].items():
+            for name, value in entries.items():
+                if isinstance(value, np.ndarray):
+                    arrays[f"optimizer/{idx}/{name}"] = value
+                else:
+                    scalars.setdefault(str(idx), {})[name] = _to_json_number(value)
+        meta["optimizer"] = {"scalars": scalars,
+                             "param_groups": optimizer_state["param_groups"],
+                             "indices": [int(i) for i in optimizer_state["state"]]}
+    arrays["meta"] = np.array(json.dumps(meta, default=_to_json_number))
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def _read_npz(path):
+    """Every array of the .npz at ``path``, read eagerly so a damaged file fails here."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint file") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file") from None
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (corrupt or truncated .npz: {e})") from None
+
+
+def _group_from_json(group):
+    # JSON turns tuples (Adam's betas) into lists; torch keeps only "params" a list
+    return {k: (v if k == "params" or not isinstance(v, list) else tuple(v))
+            for k, v in group.items()}
+
+
+def load_checkpoint(path):
+    """Read a checkpoint written by :func:`save_checkpoint`; CheckpointError if it is not one."""
+    path = os.fspath(path)
+    arrays = _read_npz(path)
+    try:
+        meta = json.loads(str(arrays.pop("meta")))
+    except KeyError:
+        raise CheckpointError(f"{path}: not a scratchnet checkpoint (no 'meta' entry)") from None
+    except ValueError as e:
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a scratchnet checkpoint (format is not {FORMAT!r})")
+    if meta.get("version", 0) > VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint version {meta['version']} is newer than this scratchnet "
+            f"reads ({VERSION}); upgrade scratchnet")
+    model_state = OrderedDict(
+        (k[len("model/"):], v) for k, v in arrays.items() if k.startswith("model/"))
+    optimizer_state = None
+    if "optimizer" in meta:
+        opt = meta.pop("optimizer")
+        state = {i: dict(opt["scalars"].get(str(i), {})) for i in opt["indices"]}
+        for name, value in arrays.items():
+            if name.startswith("optimizer/"):
+                _, idx, key = name.split("/", 2)
+                state[int(idx)][key] = value
+        optimizer_state = {"state": state,
+                           "param_groups": [_group_from_json(g) for g in opt["param_groups"]]}
+    return Checkpoint(meta, model_state, optimizer_state)
+
+
+def is_torch_file(path):
+    """True when ``path`` names a PyTorch file (``.pt`` / ``.pth``) rather than a checkpoint."""
+    return os.fspath(path).lower().endswith(TORCH_SUFFIXES)
+
+
+def _import_torch(path, action):
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(
+            f"{path}: {action} needs PyTorch, which is not installed "
+            f"(pip install torch)") from None
+    return torch
+
+
+def _unwrap(obj):
+    """The name -> tensor mapping inside what torch.load returned, or None."""
+    import torch
+    if isinstance(obj, dict):
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+        for key in _NESTED_KEYS:
+            if key in obj:
+                return _unwrap(obj[key])
+    return None
+
+
+def load_torch_state_dict(path):
+    """A PyTorch state dict saved with ``torch.save(model.state_dict(), path)``, as ndarrays.
+
+    Loaded with ``torch.load(weights_only=True)`` (no code from the file runs). A dict that nests
+    the state dict under ``state_dict`` / ``model_state_dict`` / ``model`` is accepted, and a
+    ``module.`` prefix (from ``nn.DataParallel``) is dropped.
+    """
+    path = os.fspath(path)
+    torch = _import_torch(path, "reading a PyTorch file")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: not a plain state dict; torch.load(weights_only=True) refused it "
+            f"({first}); save model.state_dict() rather than the model") from None
+    except Exception as e:  # torch raises RuntimeError, EOFError, ValueError... on damaged files
+        raise CheckpointError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {e})"
+                              ) from None
+    state = _unwrap(obj)
+    if state is None:
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict of tensors")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return OrderedDict((k, v.detach().cpu().numpy().copy()) for k, v in state.items())
+
+
+def save_torch_state_dict(path, model_state):
+    """Write ``model_state`` (name -> ndarray) as a torch state dict of tensors, atomically."""
+    torch = _import_torch(path, "exporting to PyTorch")
+    tensors = OrderedDict((k, torch.tensor(np.array(v))) for k, v in model_state.items())
+    atomic_write(path, lambda f: torch.save(tensors, f))
+
+
+def _shapes(state):
+    return {k: tuple(np.shape(v)) for k, v in state.items()}
+
+
+def infer_model(model_state, candidates=None):
+    """The one model name whose parameters have exactly ``model_state``'s keys and shapes."""
+    from . import models
+    from . import random as sn_random
+    wanted = _shapes(model_state)
+    rng_state = sn_random.get_rng_state()  # building models draws initial weights
+    try:
+        matches = [name for name in (candidates or models.names())
+                   if _shapes(models.build(name).state_dict()) == wanted]
+    finally:
+        sn_random.set_rng_state(rng_state)
+    if len(matches) != 1:
+        keys = ", ".join(list(wanted)[:4]) + (", ..." if len(wanted) > 4 else "")
+        what = "none" if not matches else "several (" + ", ".join(matches) + ")"
+        raise CheckpointError(
+            f"the weights (keys {keys}) match {what} of the models "
+            f"{', '.join(candidates or models.names())}; pass --model NAME")
+    return matches[0]
+
+
+def load_weights(model, model_state, source, name):
+    """Copy ``model_state`` into ``model``; CheckpointError naming ``source`` if it doesn't fit."""
+    try:
+        model.load_state_dict(model_state)
+    except (KeyError, ValueError) as e:
+        reason = e.args[0] if e.args else str(e)
+        raise CheckpointError(f"{source}: weights do not fit model {name!r}: {reason}") from None

@@ -1,0 +1,498 @@
+"""The ``scratchnet`` command: train, evaluate, predict, export.
+
+    scratchnet train --model digitcnn                  # the tutorial's recipe; flags override it
+    scratchnet train --resume runs/digitcnn-...        # continue a run, bitwise as if never stopped
+    scratchnet evaluate runs/digitcnn-.../checkpoint.npz   # or a PyTorch state dict (.pt/.pth)
+    scratchnet predict runs/digitcnn-.../checkpoint.npz my_digit.png
+    scratchnet export runs/digitcnn-.../checkpoint.npz digitcnn.pth
+
+Every failure prints one line ``scratchnet: error: ...`` to stderr and returns non-zero:
+1 for bad data, files or numbers, 2 for bad usage, 130 when interrupted.
+"""
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+
+from . import backend, checkpoint, models, recipes, tasks, training
+from . import random as sn_random
+from .data import DATASETS, load_mnist, normalize, train_val_split
+
+CHECKPOINT = "checkpoint.npz"
+METRICS = "metrics.json"
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+# a --dry-run trains one epoch on this many batches and tests on this many
+DRY_RUN_BATCHES = (4, 2)
+# settings a resumed run may change without changing its numbers
+RESUME_MAY_CHANGE = {"resume", "epochs", "data_dir", "limit_test", "out", "no_progress",
+                     "backend", "model"}
+
+
+class UsageError(Exception):
+    """A bad command line; reported like every other error, in one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults, except None ones: those flags default to the model's recipe."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+class _Given(argparse.Action):
+    """Stores like "store" (or "store_true" with nargs=0) and records that the flag was given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        namespace.given = namespace.given | {self.dest}
+
+
+class _GivenBool(argparse.BooleanOptionalAction):
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        namespace.given = namespace.given | {self.dest}
+
+
+def _checked(convert, ok, expected):
+    """An argparse type: ``convert`` the string, then require ``ok(value)``."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    parse.__name__ = expected  # argparse names the type in some messages
+    return parse
+
+
+positive_int = _checked(int, lambda v: v > 0, "a positive integer")
+positive_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
+nonneg_float = _checked(float, lambda v: v >= 0 and math.isfinite(v), "a number >= 0")
+fraction = _checked(float, lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+seed_int = _checked(int, lambda v: v >= 0, "a non-negative integer")
+
+
+def _recipe_table():
+    lines = ["recipes (flags override them):"]
+    lines += [f"  {name:9s} {r.describe()}" for name, r in recipes.RECIPES.items()]
+    return "\n".join(lines)
+
+
+def _add_data_flags(p, test_only=False):
+    p.add_argument("--data-dir", action=_Given, default=None,
+                   help="folder with the IDX files (default: the copy shipped with scratchnet)")
+    p.add_argument("--dataset", action=_Given, default=None, choices=sorted(DATASETS),
+                   help="which dataset (default: the checkpoint's, else mnist)")
+    if not test_only:
+        p.add_argument("--limit-train", action=_Given, type=positive_int, default=None,
+                       help="use only the first N training images")
+    p.add_argument("--limit-test", action=_Given, type=positive_int, default=None,
+                   help="use only the first N test images")
+
+
+def build_parser():
+    parser = _Parser(prog="scratchnet", description=__doc__.split("\n")[0],
+                     formatter_class=_Formatter)
+    parser.set_defaults(given=frozenset())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model with its tutorial's recipe",
+                       formatter_class=_Formatter, epilog=_recipe_table(),
+                       description="Train a model; write checkpoint, metrics and plots to --out.")
+    t.add_argument("--model", action=_Given, choices=models.names(), default=None,
+                   help="which network (required unless --resume)")
+    t.add_argument("--epochs", action=_Given, type=positive_int, default=None)
+    t.add_argument("--batch-size", action=_Given, type=positive_int, default=None)
+    t.add_argument("--lr", action=_Given, type=positive_float, default=None, help="learning rate")
+    t.add_argument("--optimizer", action=_Given, choices=recipes.OPTIMIZERS, default=None)
+    t.add_argument("--momentum", action=_Given, type=nonneg_float, default=None,
+                   help="SGD momentum")
+    t.add_argument("--nesterov", action=_GivenBool, default=None, help="SGD Nesterov momentum")
+    t.add_argument("--weight-decay", action=_Given, type=nonneg_float, default=None,
+                   help="L2 penalty (AdamW: decoupled); default: the optimizer's torch default")
+    t.add_argument("--val-split", action=_Given, type=fraction, default=None,
+                   help="fraction of the training images held out for validation")
+    t.add_argument("--seed", action=_Given, type=seed_int, default=1,
+                   help="seeds weights, dropout, shuffling and the validation split")
+    t.add_argument("--backend", action=_Given, choices=backend.BACKENDS, default=None,
+                   help="op implementation (default: $SCRATCHNET_BACKEND, else numba)")
+    t.add_argument("--dtype", action=_Given, choices=("float32", "float64"), default="float32")
+    _add_data_flags(t)
+    t.add_argument("--out", action=_Given, default=None,
+                   help="run folder (default: runs/MODEL-TIMESTAMP, or the --resume folder)")
+    t.add_argument("--resume", action=_Given, default=None, metavar="DIR",
+                   help="continue the run saved in DIR (or in this checkpoint file)")
+    t.add_argument("--dry-run", action=_Given, nargs=0, const=True, default=False,
+                   help="one epoch of a few batches, end to end, to check the set-up")
+    t.add_argument("--no-progress", action=_Given, nargs=0, const=True, default=False,
+                   help="no progress bars")
+    t.set_defaults(func=cmd_train, given=frozenset())
+
+    e = sub.add_parser("evaluate", help="test accuracy, per class, and confusion matrix",
+                       formatter_class=_Formatter,
+                       description="Evaluate a checkpoint (.npz) or a PyTorch state dict "
+                                   "(.pt/.pth) on the test set.")
+    e.add_argument("checkpoint", help="checkpoint.npz, a run folder, or a .pt/.pth state dict")
+    e.add_argument("--model", action=_Given, choices=models.names(), default=None,
+                   help="the network a .pt/.pth holds (default: inferred from its keys and shapes)")
+    _add_data_flags(e, test_only=True)
+    e.add_argument("--batch-size", action=_Given, type=positive_int, default=1000)
+    e.add_argument("--backend", action=_Given, choices=backend.BACKENDS, default=None,
+                   help="op implementation (default: $SCRATCHNET_BACKEND, else numba)")
+    e.set_defaults(func=cmd_evaluate, given=frozenset())
+
+    p = sub.add_parser("predict", help="probability of each class for image files",
+                       formatter_class=_Formatter,
+                       description="Classify image files (PNG, JPEG, any size or colour): each "
+                                   "is turned into an MNIST-like 28x28 digit first.")
+    p.add_argument("checkpoint", help="checkpoint.npz, a run folder, or a .pt/.pth state dict")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--model", action=_Given, choices=models.names(), default=None,
+                   help="the network a .pt/.pth holds (default: inferred from its keys and shapes)")
+    p.set_defaults(func=cmd_predict, given=frozenset())
+
+    x = sub.add_parser("export", help="save the weights as a PyTorch state dict",
+                       formatter_class=_Formatter,
+                       description="Write a checkpoint's weights as a torch state dict that the "
+                                   "model's PyTorch twin (reference.models) loads.")
+    x.add_argument("checkpoint", help="checkpoint.npz or a run folder")
+    x.add_argument("output", help="the .pt/.pth file to write")
+    x.set_defaults(func=cmd_export, given=frozenset())
+    return parser
+
+
+# ----- shared helpers -----
+
+def _checkpoint_path(path):
+    """A run folder means its checkpoint.npz."""
+    return os.path.join(path, CHECKPOINT) if os.path.isdir(path) else path
+
+
+def _load_data(split, config, limit):
+    images, labels = load_mnist(split, data_dir=config["data_dir"], dataset=config["dataset"])
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    return images, labels
+
+
+def _inputs(images, model, normalization, dtype):
+    mean, std = normalization if normalization else (None, None)
+    return normalize(images, mean, std, dtype=dtype, input_shape=model.input_shape)
+
+
+def _load_for_inference(path, model_name=None):
+    """(model, name, normalization, dataset) from a checkpoint or a torch state dict."""
+    if checkpoint.is_torch_file(path):
+        state = checkpoint.load_torch_state_dict(path)
+        name = model_name or checkpoint.infer_model(state)
+        dtype = np.result_type(*state.values()) if state else np.float32
+        normalization, dataset = recipes.RECIPES[name].normalize, "mnist"
+    else:
+        path = _checkpoint_path(path)
+        ckpt = checkpoint.load_checkpoint(path)
+        state, name = ckpt.model_state, ckpt.meta["model"]
+        if model_name is not None and model_name != name:
+            raise checkpoint.CheckpointError(f"{path} holds a {name} model, not {model_name}")
+        dtype = ckpt.meta["config"]["dtype"]
+        normalization, dataset = ckpt.meta["config"]["normalize"], ckpt.meta["config"]["dataset"]
+    model = models.build(name, dtype=dtype)
+    checkpoint.load_weights(model, state, path, name)
+    return model.eval(), name, normalization, dataset
+
+
+@contextlib.contextmanager
+def _stop_on_ctrl_c():
+    """Yields ``should_stop()``: the first Ctrl-C makes it True (training stops at the next
+    batch boundary and saves); a second one interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    stop = []
+
+    def handler(signum, frame):
+        stop.append(signum)
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(stop)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _percent(v):
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}%"
+
+
+# ----- train -----
+
+def _new_config(args):
+    if args.model is None:
+        raise UsageError("train needs --model NAME (or --resume DIR)")
+    recipe = recipes.resolve(
+        args.model, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
+        epochs=args.epochs, momentum=args.momentum, nesterov=args.nesterov,
+        weight_decay=args.weight_decay, val_split=args.val_split)
+    config = {"model": args.model, **dataclasses.asdict(recipe), "seed": args.seed,
+              "backend": args.backend or backend.get_backend(), "dtype": args.dtype,
+              "dataset": args.dataset or "mnist", "data_dir": args.data_dir,
+              "limit_train": args.limit_train, "limit_test": args.limit_test,
+              "dry_run": args.dry_run}
+    config["normalize"] = list(recipe.normalize) if recipe.normalize else None
+    if args.dry_run:
+        train_batches, test_batches = DRY_RUN_BATCHES
+        config["epochs"] = 1
+        config["limit_train"] = min(args.limit_train or math.inf,
+                                    math.ceil(train_batches * recipe.batch_size
+                                              / (1 - recipe.val_split)))
+        config["limit_test"] = min(args.limit_test or math.inf, test_batches * recipe.batch_size)
+    return config
+
+
+def _resumed_config(args, meta, path):
+    config = dict(meta["config"])
+    if args.model is not None and args.model != config["model"]:
+        raise checkpoint.CheckpointError(f"{path} holds a {config['model']} model, "
+                                         f"not {args.model}")
+    for dest in sorted(args.given - RESUME_MAY_CHANGE):
+        value = getattr(args, dest)
+        if value != config.get(dest):
+            flag = "--" + dest.replace("_", "-")
+            raise UsageError(
+                f"{flag} {value} differs from the resumed run's {config.get(dest)}; a resumed "
+                f"run keeps its settings (it may change only --epochs, --data-dir, "
+                f"--limit-test, --backend, --out, --no-progress)")
+    for dest in ("epochs", "data_dir", "limit_test", "backend"):
+        if dest in args.given:
+            config[dest] = getattr(args, dest)
+    return config
+
+
+def _default_out(model):
+    base = os.path.join("runs", f"{model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out, n = base, 1
+    while os.path.exists(out):
+        n += 1
+        out = f"{base}-{n}"
+    return out
+
+
+def _save_run(out, model, optimizer, config, state, finished):
+    """Write checkpoint.npz and metrics.json (history so far) into ``out``."""
+    os.makedirs(out, exist_ok=True)
+    meta = {"model": config["model"], "config": config, "progress": state.to_dict(),
+            "rng_state": sn_random.get_rng_state(), "finished": finished}
+    checkpoint.save_checkpoint(os.path.join(out, CHECKPOINT), meta, model.state_dict(),
+                               optimizer.state_dict())
+
+
+def _write_metrics(out, config, history, test=None):
+    metrics = {"model": config["model"], "config": config, "epochs": history}
+    if test is not None:
+        metrics.update(test)
+    text = json.dumps(metrics, indent=2, allow_nan=False, default=str)
+    checkpoint.atomic_write(os.path.join(out, METRICS), lambda f: f.write(text.encode()))
+
+
+def _print_epoch(record, epochs):
+    line = (f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f} "
+            f"accuracy {_percent(record['train_accuracy'])}")
+    if record["val_loss"] is not None:
+        line += f" | val loss {record['val_loss']:.4f} accuracy {_percent(record['val_accuracy'])}"
+    line += f" | {record['samples_per_s']:.0f} samples/s, {record['seconds']:.1f} s"
+    print(line, flush=True)
+
+
+def _test_report(model, task, config, images, labels, x):
+    """Final test metrics as a dict for metrics.json, and the predictions."""
+    result = training.evaluate(model, task, x, labels, batch_size=1000)
+    matrix = training.confusion_matrix(labels, result["predictions"])
+    report = {"test_samples": int(len(labels)), "test_loss": result["loss"],
+              "test_accuracy": result["accuracy"],
+              "per_class_accuracy": [None if math.isnan(a) else a
+                                     for a in training.per_class_accuracy(matrix).tolist()],
+              "confusion_matrix": matrix.tolist()}
+    return report, result["predictions"], matrix
+
+
+def _write_plots(out, history, images, labels, predictions, matrix, dataset):
+    from . import plots  # matplotlib is slow to import; only training needs it
+    classes = None if dataset == "mnist" else DATASETS[dataset]["classes"]
+    if history:
+        plots.training_curves(history, os.path.join(out, "curves.png"))
+    plots.prediction_grid(images, predictions, labels, os.path.join(out, "predictions.png"),
+                          classes=classes)
+    plots.confusion_matrix_figure(matrix, os.path.join(out, "confusion_matrix.png"),
+                                  classes=classes)
+
+
+def cmd_train(args):
+    resumed = None
+    if args.resume is not None:
+        path = _checkpoint_path(args.resume)
+        resumed = checkpoint.load_checkpoint(path)
+        config = _resumed_config(args, resumed.meta, path)
+        out = args.out or os.path.dirname(os.path.abspath(path))
+    else:
+        config = _new_config(args)
+        out = args.out or _default_out(config["model"])
+        if os.path.exists(os.path.join(out, CHECKPOINT)):
+            raise UsageError(f"{out} already holds a run; continue it with --resume {out} "
+                             f"or choose another --out")
+    recipe = recipes.Recipe(**{f: config[f] for f in recipes.Recipe.__dataclass_fields__})
+    seed, dtype = config["seed"], np.dtype(config["dtype"])
+
+    train_images, train_labels = _load_data("train", config, config["limit_train"])
+    test_images, test_labels = _load_data("test", config, config["limit_test"])
+    # separate streams from one seed: weights/dropout, shuffling, validation split
+    train_idx, val_idx = train_val_split(len(train_labels), config["val_split"],
+                                         rng=np.random.default_rng([seed, 2]))
+    shuffle_rng = np.random.default_rng([seed, 1])
+
+    with backend.use_backend(config["backend"]), \
+            np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        sn_random.manual_seed(seed)
+        model = models.build(config["model"], dtype=dtype)
+        task = tasks.for_model(models.OUTPUTS[config["model"]])
+        optimizer = recipes.make_optimizer(recipe, model.parameters())
+        if resumed is None:
+            state = training.TrainState(shuffle_state=shuffle_rng.bit_generator.state)
+        else:
+            checkpoint.load_weights(model, resumed.model_state, path, config["model"])
+            optimizer.load_state_dict(resumed.optimizer_state)
+            sn_random.set_rng_state(resumed.meta["rng_state"])
+            state = training.TrainState.from_dict(resumed.meta["progress"])
+
+        train = (_inputs(train_images[train_idx], model, recipe.normalize, dtype),
+                 train_labels[train_idx])
+        val = None
+        if len(val_idx):
+            val = (_inputs(train_images[val_idx], model, recipe.normalize, dtype),
+                   train_labels[val_idx])
+        print(f"training {config['model']} on {len(train[1])} {config['dataset']} images "
+              f"({recipe.describe()}), {config['backend']} backend, {config['dtype']}; "
+              f"run folder {out}", flush=True)
+
+        def on_epoch(record):
+            _print_epoch(record, config["epochs"])
+            _save_run(out, model, optimizer, config, state, finished=False)
+            _write_metrics(out, config, state.history)
+
+        with _stop_on_ctrl_c() as should_stop:
+            try:
+                training.fit(model, task, optimizer, train, val, config["epochs"],
+                             recipe.batch_size, shuffle_rng, state,
+                             progress=not args.no_progress, should_stop=should_stop,
+                             on_epoch=on_epoch)
+            except training.NonFiniteLoss as e:
+                saved = (f"the run folder keeps the checkpoint of epoch {state.epoch}"
+                         if state.epoch else "nothing was saved")
+                raise training.NonFiniteLoss(f"{e}; {saved}") from None
+            except training.TrainingInterrupted:
+                _save_run(out, model, optimizer, config, state, finished=False)
+                _write_metrics(out, config, state.history)
+                print(f"scratchnet: interrupted at epoch {state.epoch + 1}, batch {state.batch}; "
+                      f"saved {os.path.join(out, CHECKPOINT)} (continue with --resume {out})",
+                      file=sys.stderr, flush=True)
+                return EXIT_INTERRUPTED
+
+        x_test = _inputs(test_images, model, recipe.normalize, dtype)
+        report, predictions, matrix = _test_report(model, task, config, test_images, test_labels,
+                                                   x_test)
+    _save_run(out, model, optimizer, config, state, finished=True)
+    _write_metrics(out, config, state.history, report)
+    _write_plots(out, state.history, test_images, test_labels, predictions, matrix,
+                 config["dataset"])
+    print(f"test accuracy {_percent(report['test_accuracy'])} on {report['test_samples']} "
+          f"images; wrote {out}", flush=True)
+    return 0
+
+
+# ----- evaluate / predict / export -----
+
+def _format_matrix(matrix):
+    width = max(4, len(str(matrix.max())) + 1)
+    header = "true\\pred" + "".join(f"{c:>{width}}" for c in range(len(matrix)))
+    rows = [f"{r:>9}" + "".join(f"{v:>{width}}" for v in row) for r, row in enumerate(matrix)]
+    return "\n".join([header] + rows)
+
+
+def cmd_evaluate(args):
+    with backend.use_backend(args.backend or backend.get_backend()):
+        model, name, normalization, dataset = _load_for_inference(args.checkpoint, args.model)
+        dataset = args.dataset or dataset
+        images, labels = _load_data("test", {"data_dir": args.data_dir, "dataset": dataset},
+                                    args.limit_test)
+        x = _inputs(images, model, normalization, model.dtype)
+        result = training.evaluate(model, tasks.for_model(models.OUTPUTS[name]), x, labels,
+                                   batch_size=args.batch_size)
+    matrix = training.confusion_matrix(labels, result["predictions"])
+    print(f"{name} on {len(labels)} {dataset} test images: accuracy "
+          f"{_percent(result['accuracy'])}, loss {result['loss']:.4f}")
+    per_class = training.per_class_accuracy(matrix)
+    print("per-class accuracy: " + "  ".join(f"{c}: {_percent(a)}" for c, a in
+                                             enumerate(per_class.tolist())))
+    print("confusion matrix (rows: true class, columns: predicted class):")
+    print(_format_matrix(matrix))
+    return 0
+
+
+def cmd_predict(args):
+    from .preprocess import load_digit  # PIL is needed only here
+    model, name, normalization, _ = _load_for_inference(args.checkpoint, args.model)
+    digits = np.stack([load_digit(path) for path in args.images])
+    x = _inputs(digits, model, normalization, model.dtype)
+    probs = tasks.for_model(models.OUTPUTS[name]).probabilities(model(x))
+    width = max(len(p) for p in args.images)
+    print(f"{'image':<{width}}  pred  " + " ".join(f"{c:>6}" for c in range(probs.shape[1])))
+    for path, p in zip(args.images, probs):
+        print(f"{path:<{width}}  {int(np.argmax(p)):>4}  " + " ".join(f"{v:6.4f}" for v in p))
+    return 0
+
+
+def cmd_export(args):
+    path = _checkpoint_path(args.checkpoint)
+    ckpt = checkpoint.load_checkpoint(path)
+    checkpoint.save_torch_state_dict(args.output, ckpt.model_state)
+    print(f"wrote {args.output}: {ckpt.meta['model']} weights ({len(ckpt.model_state)} tensors) "
+          f"for reference.models.build({ckpt.meta['model']!r})")
+    return 0
+
+
+def _one_line(error):
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def main(argv=None):
+    """Run the command line ``argv`` (default: sys.argv[1:]); returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except SystemExit as e:  # --help
+        return e.code
+    except UsageError as e:
+        print(f"scratchnet: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, TypeError, OSError, FloatingPointError) as e:
+        # DataError, CheckpointError and ImageError are ValueErrors with file names in them
+        print(f"scratchnet: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("scratchnet: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

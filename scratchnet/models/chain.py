@@ -1,0 +1,31 @@
+"""``Chain``: a model written as named layers plus a fixed order of calls, like a torch ``forward``.
+
+Tutorials often keep only the layers with weights as attributes (``conv1``, ``fc1``) and call
+``F.relu`` / ``F.max_pool2d`` inside ``forward``. A Chain keeps the same attribute names (so the
+state-dict keys match the tutorial's) and runs ``self.steps`` — the attributes in call order —
+forward, and the same list reversed for backward.
+"""
+from .. import nn
+
+
+class Chain(nn.Module):
+    """Subclasses set their layers as attributes, then ``self.steps = [...]`` in call order."""
+
+    def forward(self, x):
+        for layer in self.steps:
+            x = layer(x)
+        return x
+
+    def backward(self, dout):
+        for layer in reversed(self.steps):
+            dout = layer.backward(dout)
+        return dout
+
+    @property
+    def steps(self):
+        return self.__dict__["_steps"]
+
+    @steps.setter
+    def steps(self, layers):
+        # a plain list, not registered: each layer is registered once, under its attribute name
+        self.__dict__["_steps"] = list(layers)

@@ -1,0 +1,76 @@
+"""``Linear``: y = x·Wᵀ + b over the last axis, with torch's layout and default initialisation."""
+import math
+import operator
+
+import numpy as np
+
+from .. import backend
+from . import init
+from .activation import check_dout, check_float_input
+from .module import Module
+from .parameter import Parameter
+
+__all__ = ["Linear"]
+
+
+class Linear(Module):
+    """``Linear(in_features, out_features, bias=True)``: y = x·Wᵀ + b.
+
+    Input (*, in_features), output (*, out_features). ``weight`` (out_features, in_features)
+    and ``bias`` (out_features,) start as torch's: kaiming_uniform(a=√5), i.e.
+    U(-1/√in_features, 1/√in_features), in float32.
+    """
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            try:
+                ok = operator.index(value) >= 0
+            except TypeError:
+                ok = False
+            if not ok:
+                raise ValueError(f"Linear: {name} must be a non-negative int, got {value!r}")
+        self.in_features = operator.index(in_features)
+        self.out_features = operator.index(out_features)
+        self.weight = Parameter(init.kaiming_uniform((self.out_features, self.in_features),
+                                                     a=math.sqrt(5)))
+        if bias:
+            self.bias = Parameter(init.bias_uniform((self.out_features,),
+                                                    fan_in=self.in_features))
+        else:
+            self.register_parameter("bias", None)
+        self._cache = None
+        self._in_shape = None
+        self._out_shape = self._out_dtype = None
+
+    def forward(self, x):
+        check_float_input("Linear", x)
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"Linear: expected input of shape (*, {self.in_features}), "
+                             f"got shape {x.shape}")
+        w = self.weight.data
+        if x.dtype != w.dtype:
+            raise TypeError(f"Linear: input dtype {x.dtype} does not match weight dtype "
+                            f"{w.dtype}; cast the input or call .to({x.dtype}) on the model")
+        lead = x.shape[:-1]
+        rows = int(np.prod(lead, dtype=np.int64))
+        b = self.bias.data if self.bias is not None else None
+        out, self._cache = backend.ops().linear_forward(x.reshape(rows, self.in_features), w, b)
+        self._in_shape = x.shape
+        out = out.reshape(lead + (self.out_features,))
+        self._out_shape, self._out_dtype = out.shape, out.dtype
+        return out
+
+    def backward(self, dout):
+        check_dout("Linear", dout, self._out_shape, self._out_dtype)
+        rows = int(np.prod(self._in_shape[:-1], dtype=np.int64))
+        dx, dw, db = backend.ops().linear_backward(dout.reshape(rows, self.out_features),
+                                                   self._cache)
+        self.weight.accumulate_grad(dw)
+        if self.bias is not None:
+            self.bias.accumulate_grad(db)
+        return dx.reshape(self._in_shape)
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")

@@ -1,0 +1,176 @@
+"""``Module``: the base of every layer and model, with torch.nn.Module's bookkeeping.
+
+Contract (what every subclass implements):
+
+- ``forward(x)`` computes the output and keeps what ``backward`` needs;
+- ``backward(dout)`` returns the gradient w.r.t. the input of the last ``forward`` and **adds**
+  parameter gradients into ``p.grad`` (torch accumulates the same way; ``zero_grad()`` clears).
+
+Parameters and submodules are registered by attribute assignment, in order, so
+``named_parameters()`` and ``state_dict()`` produce torch's key names (``conv_layers.0.weight``).
+"""
+from collections import OrderedDict
+
+import numpy as np
+
+from .parameter import Parameter
+
+FLOAT_DTYPES = (np.float32, np.float64)
+
+
+class Module:
+    """Base class: parameter registry, state dicts, train/eval mode, dtype moves."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(
+                f"{type(self).__name__}: call super().__init__() before assigning attributes")
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_parameter(self, name, param):
+        """Register ``param`` (a Parameter or None, as torch allows for ``bias``) under ``name``."""
+        if param is None:
+            self._parameters.pop(name, None)
+            object.__setattr__(self, name, None)
+        else:
+            setattr(self, name, param)
+
+    def add_module(self, name, module):
+        """Register a child module under ``name`` (used by containers with numeric names)."""
+        self._modules[name] = module
+        object.__setattr__(self, name, module)
+
+    # ----- running -----
+    def forward(self, x):
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+    def backward(self, dout):
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # ----- traversal -----
+    def children(self):
+        """Direct submodules, in registration order."""
+        return iter(self._modules.values())
+
+    def named_modules(self, prefix=""):
+        """``(name, module)`` for this module and every descendant, depth first."""
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        for _, m in self.named_modules():
+            yield m
+
+    def named_parameters(self, prefix=""):
+        """``(dotted name, Parameter)`` pairs, in torch's order."""
+        for mod_name, module in self.named_modules(prefix):
+            for name, p in module._parameters.items():
+                yield (f"{mod_name}.{name}" if mod_name else name), p
+
+    def parameters(self):
+        """Every Parameter of this module and its descendants."""
+        return [p for _, p in self.named_parameters()]
+
+    # ----- state -----
+    def state_dict(self):
+        """``OrderedDict`` of name → ndarray (copies), with torch's key names."""
+        return OrderedDict((name, p.data.copy()) for name, p in self.named_parameters())
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy arrays from ``state_dict`` into the parameters, cast to each parameter's dtype.
+
+        Raises KeyError naming missing and unexpected keys (when ``strict``) and ValueError
+        naming any key whose shape differs from the parameter's.
+        """
+        own = OrderedDict(self.named_parameters())
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append(f"missing keys {missing}")
+            if unexpected:
+                parts.append(f"unexpected keys {unexpected}")
+            raise KeyError(f"Error loading state_dict into {type(self).__name__}: "
+                           + "; ".join(parts))
+        arrays = {}
+        for name, p in own.items():
+            if name not in state_dict:
+                continue
+            value = np.asarray(state_dict[name])
+            if value.shape != p.data.shape:
+                raise ValueError(
+                    f"Error loading state_dict into {type(self).__name__}: size mismatch for "
+                    f"{name}: expected shape {tuple(p.data.shape)}, got {tuple(value.shape)}")
+            arrays[name] = value
+        for name, value in arrays.items():
+            own[name].data[...] = value.astype(own[name].data.dtype, copy=False)
+        return missing, unexpected
+
+    # ----- modes -----
+    def train(self, mode=True):
+        """Set training mode (dropout active) on this module and its descendants."""
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        """Set evaluation mode (dropout off)."""
+        return self.train(False)
+
+    def zero_grad(self, set_to_none=True):
+        """Clear every parameter's gradient."""
+        for p in self.parameters():
+            p.zero_grad(set_to_none)
+
+    # ----- dtype -----
+    def to(self, dtype):
+        """Cast every parameter (and its gradient) to ``dtype`` (float32 or float64), in place."""
+        dtype = np.dtype(dtype)
+        if dtype.type not in FLOAT_DTYPES:
+            raise TypeError(f"{type(self).__name__}.to: expected float32 or float64, got {dtype}")
+        for p in self.parameters():
+            p.data = p.data.astype(dtype)
+            if p.grad is not None:
+                p.grad = p.grad.astype(dtype)
+        return self
+
+    def float(self):
+        return self.to(np.float32)
+
+    def double(self):
+        return self.to(np.float64)
+
+    @property
+    def dtype(self):
+        """dtype of the first parameter (float32 for parameter-free modules)."""
+        params = self.parameters()
+        return params[0].data.dtype if params else np.dtype(np.float32)
+
+    # ----- display -----
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        if self._modules:
+            for name, child in self._modules.items():
+                child_repr = repr(child).replace("\n", "\n  ")
+                lines.append(f"  ({name}): {child_repr}")
+            return "\n".join(lines) + "\n)"
+        return lines[0] + ")"

@@ -1,0 +1,39 @@
+"""``Parameter``: a trainable array and the gradient accumulated into it."""
+import numpy as np
+
+
+class Parameter:
+    """A trainable tensor: ``data`` (ndarray) and ``grad`` (same shape, or None until backward).
+
+    As in torch, gradients accumulate: each backward pass adds into ``grad`` until
+    ``zero_grad()`` clears it.
+    """
+
+    def __init__(self, data):
+        self.data = np.asarray(data)
+        self.grad = None
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def accumulate_grad(self, g):
+        """Add ``g`` (shape of ``data``) into ``grad``, creating it on first use."""
+        if self.grad is None:
+            self.grad = np.array(g, dtype=self.data.dtype, copy=True)
+        else:
+            self.grad += g
+
+    def zero_grad(self, set_to_none=True):
+        """Clear the gradient: to None (torch's default) or to zeros."""
+        if set_to_none or self.grad is None:
+            self.grad = None
+        else:
+            self.grad[...] = 0
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"

@@ -1,0 +1,6 @@
+"""Optimizers with torch.optim's names, arguments, update rules and state-dict layout."""
+from .adam import Adam, AdamW
+from .optimizer import Optimizer
+from .sgd import SGD
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW"]

@@ -1,0 +1,82 @@
+"""PNG figures for a training run: learning curves, sample predictions, confusion matrix.
+
+Drawn on matplotlib's Agg canvas directly (no pyplot), so nothing needs a display and no
+global matplotlib state changes.
+"""
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def _save(fig, path):
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=100)
+
+
+def training_curves(history, path):
+    """Loss and accuracy per epoch (train, and validation when present) from metrics history."""
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(9, 3.5))
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.95, wspace=0.25)
+    for ax, key, label in zip(fig.subplots(1, 2), ("loss", "accuracy"), ("loss", "accuracy")):
+        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
+        if any(h.get(f"val_{key}") is not None for h in history):
+            ax.plot(epochs, [h.get(f"val_{key}") for h in history], "s--", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    _save(fig, path)
+
+
+def prediction_grid(images, predicted, true, path, classes=None, n=25):
+    """The first ``n`` images in a grid captioned "pred (true)"; misclassified ones in red.
+
+    images: uint8 (N, 28, 28); predicted, true: (N,) int. Drawn as one mosaic in one axes:
+    a subplot per image would cost seconds of layout for a small picture.
+    """
+    n = min(n, len(images))
+    cols = max(1, int(np.ceil(np.sqrt(n))))
+    rows = max(1, int(np.ceil(n / cols)))
+    h, w = images.shape[1:] if n else (28, 28)
+    pad, caption = 4, 12  # pixels between tiles and above each tile for its caption
+    cell_h, cell_w = h + caption, w + pad
+    mosaic = np.full((rows * cell_h, cols * cell_w), 255, dtype=np.uint8)
+    fig = Figure(figsize=(cols * (1.5 if classes else 0.9), rows * 1.0 + 0.4))
+    ax = fig.add_axes((0, 0, 1, 1 - 0.4 / (rows * 1.0 + 0.4)))
+    name = (lambda c: classes[c]) if classes else str
+    for i in range(n):
+        r, c = divmod(i, cols)
+        top, left = r * cell_h + caption, c * cell_w + pad // 2
+        mosaic[top:top + h, left:left + w] = images[i]
+        wrong = predicted[i] != true[i]
+        ax.text(left + w / 2, top - 1.5, f"{name(predicted[i])} ({name(true[i])})"
+                + (" ✗" if wrong else ""), ha="center", va="bottom", fontsize=7,
+                color="red" if wrong else "black")
+    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.axis("off")
+    fig.suptitle("predicted (true); red: misclassified", fontsize=9, y=0.995, va="top")
+    _save(fig, path)
+
+
+def confusion_matrix_figure(matrix, path, classes=None):
+    """Heat map of ``matrix`` (C, C): rows true class, columns predicted, counts written in."""
+    matrix = np.asarray(matrix)
+    c = len(matrix)
+    fig = Figure(figsize=(6, 5.5))
+    fig.subplots_adjust(left=0.2 if classes else 0.1, right=0.98, bottom=0.2 if classes else 0.1,
+                        top=0.97)
+    ax = fig.subplots()
+    im = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    labels = classes if classes else [str(i) for i in range(c)]
+    ax.set_xticks(range(c), labels, rotation=45 if classes else 0, fontsize=8)
+    ax.set_yticks(range(c), labels, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for i in range(c):
+        for j in range(c):
+            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if matrix[i, j] > threshold else "black")
+    _save(fig, path)

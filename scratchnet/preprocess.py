@@ -1,0 +1,114 @@
+"""Turn a photo or scan of a handwritten digit into an MNIST-like 28x28 image.
+
+MNIST was made this way (LeCun et al.): the digit, white on black, was size-normalised to fit
+a 20x20 box keeping its aspect ratio (with anti-aliasing, hence grey edges), then placed in a
+28x28 field so that its centre of mass lies at the centre. :func:`to_mnist` repeats those
+steps on an arbitrary image; :func:`load_image` reads any file PIL can open.
+"""
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+SIZE = 28
+BOX = 20
+# MNIST digits' centre of mass sits at pixel (14, 14) (row, column; mean over the training set)
+CENTRE = 14
+# a pixel belongs to the digit when brighter than this fraction of the way from background to ink
+INK_THRESHOLD = 0.2
+
+
+class ImageError(ValueError):
+    """An image file cannot be read, or holds no digit."""
+
+
+def _gray(img):
+    """uint8 grayscale of a PIL image; 16-bit and float images are scaled, not clipped as
+    PIL's own convert("L") would."""
+    if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
+        return np.asarray(img.convert("L"), dtype=np.uint8)
+    a = np.asarray(img, dtype=np.float64)
+    if img.mode.startswith("I;16") or a.max() > 255:
+        top = 65535.0
+    else:
+        top = 1.0 if img.mode == "F" and a.max() <= 1 else 255.0
+    return np.clip(np.round(a * (255.0 / top)), 0, 255).astype(np.uint8)
+
+
+def load_image(path):
+    """The image at ``path`` as uint8 grayscale (H, W); transparency is flattened onto white."""
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
+            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+                rgba = img.convert("RGBA")
+                img = Image.new("RGBA", rgba.size, "white")
+                img.alpha_composite(rgba)
+            return _gray(img)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such image file") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file PIL can read") from None
+    except (OSError, ValueError, SyntaxError) as e:  # truncated or damaged image data
+        raise ImageError(f"{path}: cannot read the image ({e})") from None
+
+
+def _ink(gray):
+    """Float image in [0, 1] with the digit bright on a zero background."""
+    g = gray.astype(np.float64) / 255.0
+    border = np.concatenate([g[0], g[-1], g[:, 0], g[:, -1]])
+    background = float(np.median(border))
+    if background > 0.5:  # dark digit on light paper: invert
+        g, background = 1.0 - g, 1.0 - background
+    peak = float(g.max())
+    if peak - background < 1e-6:
+        return None
+    return np.clip((g - background) / (peak - background), 0.0, 1.0)
+
+
+def _bounding_box(ink):
+    rows = np.flatnonzero((ink > INK_THRESHOLD).any(axis=1))
+    cols = np.flatnonzero((ink > INK_THRESHOLD).any(axis=0))
+    return rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+
+
+def _centre_of_mass(a):
+    total = a.sum()
+    rows, cols = np.indices(a.shape)
+    return (rows * a).sum() / total, (cols * a).sum() / total
+
+
+def to_mnist(gray, source="image"):
+    """uint8 grayscale (H, W) of any size -> uint8 (28, 28), white digit on black, as in MNIST.
+
+    Light backgrounds (the median border pixel above mid-grey) are inverted; the background
+    level is subtracted and the ink stretched to 0..255; the digit is cropped to the box of
+    pixels above ``INK_THRESHOLD``, its longer side scaled to 20 px (PIL LANCZOS, aspect
+    kept), and pasted into 28x28 with its centre of mass at (14, 14).
+    """
+    gray = np.asarray(gray)
+    if gray.ndim != 2 or gray.dtype != np.uint8 or min(gray.shape) == 0:
+        raise ImageError(
+            f"{source}: expected a non-empty uint8 grayscale image (H, W), "
+            f"got {gray.dtype} of shape {gray.shape}")
+    ink = _ink(gray)
+    if ink is None or not (ink > INK_THRESHOLD).any():
+        raise ImageError(f"{source}: no digit found (the image is blank)")
+    top, bottom, left, right = _bounding_box(ink)
+    digit = Image.fromarray(np.round(ink[top:bottom, left:right] * 255).astype(np.uint8))
+    h, w = bottom - top, right - left
+    scale = BOX / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # PIL sizes are (width, height)
+    small = np.asarray(digit.resize(size, Image.Resampling.LANCZOS), dtype=np.float64)
+    if small.sum() == 0:
+        raise ImageError(f"{source}: no digit found (the ink vanished when scaled to 20 px)")
+    cy, cx = _centre_of_mass(small)
+    # integer shifts, as MNIST used: no second resampling blurs the digit
+    y0 = int(np.clip(round(CENTRE - cy), 0, SIZE - small.shape[0]))
+    x0 = int(np.clip(round(CENTRE - cx), 0, SIZE - small.shape[1]))
+    out = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    out[y0:y0 + small.shape[0], x0:x0 + small.shape[1]] = np.round(small).astype(np.uint8)
+    return out
+
+
+def load_digit(path):
+    """The image file at ``path`` as an MNIST-like uint8 (28, 28) digit."""
+    return to_mnist(load_image(path), source=path)

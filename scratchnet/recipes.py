@@ -1,0 +1,91 @@
+"""Recipes: the hyperparameters each tutorial trains its model with.
+
+``scratchnet train --model NAME`` starts from ``RECIPES[NAME]``; every command-line flag given
+overrides one field (:func:`resolve`). ``normalize`` is ``(mean, std)`` applied to pixels scaled
+to [0, 1], or None to feed the [0, 1] pixels as they are.
+"""
+import dataclasses
+from dataclasses import dataclass
+
+from . import optim
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+DISPLAY_NAMES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
+# torch.optim.AdamW defaults to weight_decay=0.01; SGD and Adam to 0
+DEFAULT_WEIGHT_DECAY = {"sgd": 0.0, "adam": 0.0, "adamw": 0.01}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one model is trained. ``weight_decay`` None means the optimizer's torch default."""
+
+    optimizer: str
+    lr: float
+    batch_size: int
+    epochs: int
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float | None = None
+    normalize: tuple | None = None
+    val_split: float = 0.0
+
+    def describe(self):
+        """One line, e.g. ``SGD lr 0.01 momentum 0.9 nesterov, batch 32, 10 epochs, ...``."""
+        parts = [f"{DISPLAY_NAMES[self.optimizer]} lr {self.lr:g}"]
+        if self.momentum:
+            parts[0] += f" momentum {self.momentum:g}" + (" nesterov" if self.nesterov else "")
+        if self.weight_decay:
+            parts[0] += f" weight decay {self.weight_decay:g}"
+        parts.append(f"batch {self.batch_size}")
+        parts.append(f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}")
+        parts.append(f"normalise {self.normalize}" if self.normalize else "pixels in [0, 1]")
+        if self.val_split:
+            parts.append(f"{self.val_split:.0%} validation")
+        return ", ".join(parts)
+
+
+RECIPES = {
+    "digitcnn": Recipe("adam", lr=1e-3, batch_size=64, epochs=5, normalize=(0.5, 0.5)),
+    "lenet": Recipe("sgd", lr=0.001, momentum=0.9, batch_size=50, epochs=5,
+                    normalize=(0.1307, 0.3081)),
+    "mlp": Recipe("sgd", lr=0.1, batch_size=32, epochs=10, val_split=0.1),
+    "mlp128": Recipe("sgd", lr=0.1, batch_size=32, epochs=10, val_split=0.1),
+    "mitxcnn": Recipe("sgd", lr=0.01, momentum=0.9, nesterov=True, batch_size=32, epochs=10,
+                      val_split=0.1),
+    "widecnn": Recipe("sgd", lr=0.01, momentum=0.95, batch_size=50, epochs=3),
+}
+
+
+def resolve(model, **overrides):
+    """``RECIPES[model]`` with every override that is not None put in its place.
+
+    Choosing another optimizer than the recipe's drops the recipe's SGD-only settings
+    (momentum, nesterov) and its weight decay, unless those are overridden too.
+    """
+    if model not in RECIPES:
+        raise ValueError(f"no recipe for model {model!r}: expected one of {', '.join(RECIPES)}")
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(changes) - {f.name for f in dataclasses.fields(Recipe)}
+    if unknown:
+        raise TypeError(f"resolve: unknown recipe fields {sorted(unknown)}")
+    if changes.get("optimizer", RECIPES[model].optimizer) not in OPTIMIZERS:
+        raise ValueError(
+            f"unknown optimizer {changes['optimizer']!r}: expected one of {', '.join(OPTIMIZERS)}")
+    recipe = RECIPES[model]
+    if changes.get("optimizer", recipe.optimizer) != recipe.optimizer:
+        recipe = dataclasses.replace(recipe, momentum=0.0, nesterov=False, weight_decay=None)
+    return dataclasses.replace(recipe, **changes)
+
+
+def make_optimizer(recipe, params):
+    """The torch-equivalent optimizer ``recipe`` names, over ``params``."""
+    wd = recipe.weight_decay
+    if wd is None:
+        wd = DEFAULT_WEIGHT_DECAY[recipe.optimizer]
+    if recipe.optimizer == "sgd":
+        return optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum,
+                         nesterov=recipe.nesterov, weight_decay=wd)
+    if recipe.momentum or recipe.nesterov:
+        raise ValueError(f"momentum and nesterov apply to sgd only, not {recipe.optimizer}")
+    cls = optim.Adam if recipe.optimizer == "adam" else optim.AdamW
+    return cls(params, lr=recipe.lr, weight_decay=wd)

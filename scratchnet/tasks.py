@@ -1,0 +1,59 @@
+"""Tasks: how a model's output is scored against its targets.
+
+The trainer knows nothing about heads or loss functions. It asks the task for
+
+- ``loss(out, y)``: the mini-batch loss as a Python float (and keeps what backward needs);
+- ``backward()``: the upstream gradient for ``model.backward``, shaped like ``out``;
+- ``predict(out)``: predicted labels shaped like ``y``, so accuracy is ``mean(predict == y)``;
+- ``probabilities(out)``: per-class probabilities, for ``scratchnet predict``.
+
+A two-headed model (``out`` a tuple of two logit arrays, ``y`` of shape (N, 2)) needs only a new
+task whose loss is the mean of two cross-entropies and whose backward returns a tuple.
+"""
+import numpy as np
+
+from . import nn
+
+OUTPUT_KINDS = ("logits", "log_probs")
+
+
+class Classification:
+    """One head: ``out`` (N, C) logits or log-probabilities; ``y`` (N,) int64 class indices.
+
+    Logits are scored with ``CrossEntropyLoss``; log-probabilities (a model ending in
+    ``log_softmax``) with ``NLLLoss``, as their tutorials do. Both average over the batch.
+    """
+
+    name = "classification"
+
+    def __init__(self, output="logits"):
+        if output not in OUTPUT_KINDS:
+            raise ValueError(
+                f"Classification: output must be one of {', '.join(OUTPUT_KINDS)}, got {output!r}")
+        self.output = output
+        self.loss_fn = nn.CrossEntropyLoss() if output == "logits" else nn.NLLLoss()
+
+    def loss(self, out, y):
+        """Mean loss of the batch, as a float."""
+        return float(self.loss_fn(out, y))
+
+    def backward(self):
+        """d(loss)/d(out) for the last ``loss`` call, shape (N, C)."""
+        return self.loss_fn.backward()
+
+    def predict(self, out):
+        """Predicted classes (N,) int64: the arg-max of the scores."""
+        return np.argmax(out, axis=1).astype(np.int64)
+
+    def probabilities(self, out):
+        """Class probabilities (N, C) in float64, rows summing to 1."""
+        out = np.asarray(out, dtype=np.float64)
+        if self.output == "log_probs":
+            return np.exp(out)
+        shifted = np.exp(out - out.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def for_model(output):
+    """The task that trains a model whose ``models.OUTPUTS`` entry is ``output``."""
+    return Classification(output)

@@ -1,0 +1,148 @@
+"""The training and evaluation loops, resumable at any batch boundary.
+
+:class:`TrainState` is the loop's position (epochs and batches done, the partial epoch's sums,
+the shuffle generator's state at the start of the epoch, the finished epochs' metrics). Saved
+with the weights, the optimizer state and the dropout generator's state, it lets :func:`fit`
+continue to exactly the numbers an uninterrupted run gives: the epoch's order is drawn again
+from the saved shuffle state and the batches already done are skipped.
+"""
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from .data import DataLoader
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or infinite; training stopped before that batch changed anything."""
+
+
+class TrainingInterrupted(Exception):
+    """``should_stop()`` asked :func:`fit` to stop; the TrainState is at a batch boundary."""
+
+
+@dataclass
+class TrainState:
+    """Where training stands; JSON-serialisable via :meth:`to_dict` / :meth:`from_dict`."""
+
+    shuffle_state: dict          # shuffle generator state at the start of the current epoch
+    epoch: int = 0               # epochs completed
+    batch: int = 0               # batches completed in the current epoch
+    loss_sum: float = 0.0        # sum of (batch loss x batch size) over those batches
+    correct: int = 0             # correct predictions among them
+    seen: int = 0                # targets scored among them
+    seconds: float = 0.0         # training time spent in the current epoch so far
+    history: list = field(default_factory=list)  # one metrics dict per completed epoch
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(**d)
+
+
+def evaluate(model, task, x, y, batch_size=1000):
+    """Loss and accuracy of ``model`` on (x, y) in eval mode (dropout off).
+
+    Returns ``{"loss", "accuracy", "predictions"}``: mean loss per sample, fraction of targets
+    predicted right, and the predictions (shaped like ``y``). NaN loss/accuracy when empty.
+    """
+    model.eval()
+    loss_sum, predictions = 0.0, []
+    for xb, yb in DataLoader(x, y, batch_size):
+        out = model(xb)
+        loss_sum += task.loss(out, yb) * len(yb)
+        predictions.append(task.predict(out))
+    if not predictions:
+        return {"loss": math.nan, "accuracy": math.nan, "predictions": np.zeros_like(y)}
+    predictions = np.concatenate(predictions)
+    return {"loss": loss_sum / len(y), "accuracy": float(np.mean(predictions == y)),
+            "predictions": predictions}
+
+
+def confusion_matrix(true, predicted, num_classes=10):
+    """(C, C) int64 counts: row = true class, column = predicted class."""
+    m = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(m, (np.ravel(true), np.ravel(predicted)), 1)
+    return m
+
+
+def per_class_accuracy(matrix):
+    """Fraction right per true class (NaN for a class with no samples)."""
+    totals = matrix.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.diag(matrix) / totals
+
+
+def _train_epoch(model, task, optimizer, loader, state, bar, should_stop):
+    """Run the rest of the current epoch from ``state.batch``, updating ``state`` per batch."""
+    model.train()
+    batches = iter(loader)
+    for _ in range(state.batch):  # replays the epoch's order; these batches are done
+        next(batches)
+    for xb, yb in batches:
+        start = time.perf_counter()
+        out = model(xb)
+        loss = task.loss(out, yb)
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(
+                f"the loss became {loss} at epoch {state.epoch + 1}, batch {state.batch + 1}; "
+                f"try a smaller learning rate")
+        optimizer.zero_grad()
+        model.backward(task.backward())
+        optimizer.step()
+        state.seconds += time.perf_counter() - start
+        state.batch += 1
+        state.loss_sum += loss * len(yb)
+        state.correct += int(np.sum(task.predict(out) == yb))
+        state.seen += int(np.size(yb))
+        bar.set_postfix({"loss": f"{state.loss_sum / state.seen:.4f}",
+                         "acc": f"{state.correct / state.seen:.4f}",
+                         "samples/s": f"{state.seen / max(state.seconds, 1e-9):.0f}"},
+                        refresh=False)
+        bar.update()
+        if should_stop():
+            raise TrainingInterrupted()
+
+
+def fit(model, task, optimizer, train, val, epochs, batch_size, shuffle_rng, state,
+        progress=True, should_stop=None, on_epoch=None):
+    """Train ``model`` until ``state.epoch == epochs``, from wherever ``state`` stands.
+
+    train, val: (x, y) pairs; val may be None. shuffle_rng: the numpy Generator that orders
+    each epoch (set to ``state.shuffle_state`` first). After every batch ``should_stop()`` is
+    asked; True raises TrainingInterrupted with ``state`` consistent with the weights. After
+    every epoch ``on_epoch(record)`` gets that epoch's metrics (also appended to
+    ``state.history``). Raises NonFiniteLoss, before the step, when the loss is NaN or inf.
+    """
+    should_stop = should_stop or (lambda: False)
+    x, y = train
+    while state.epoch < epochs:
+        shuffle_rng.bit_generator.state = state.shuffle_state
+        loader = DataLoader(x, y, batch_size, shuffle=True, rng=shuffle_rng)
+        with tqdm(total=len(loader), initial=state.batch, disable=not progress, leave=False,
+                  desc=f"epoch {state.epoch + 1}/{epochs}", unit="batch") as bar:
+            _train_epoch(model, task, optimizer, loader, state, bar, should_stop)
+        record = {"epoch": state.epoch + 1,
+                  "train_loss": state.loss_sum / max(state.seen, 1),
+                  "train_accuracy": state.correct / max(state.seen, 1),
+                  "val_loss": None, "val_accuracy": None,
+                  "seconds": state.seconds,
+                  "samples_per_s": state.seen / max(state.seconds, 1e-9)}
+        if val is not None and len(val[1]):
+            result = evaluate(model, task, *val, batch_size=max(batch_size, 1000))
+            record["val_loss"], record["val_accuracy"] = result["loss"], result["accuracy"]
+        state.history.append(record)
+        state.shuffle_state = shuffle_rng.bit_generator.state
+        state.epoch += 1
+        state.batch, state.loss_sum, state.correct, state.seen, state.seconds = 0, 0.0, 0, 0, 0.0
+        if on_epoch is not None:
+            on_epoch(record)
+        if should_stop():
+            raise TrainingInterrupted()
+    return state.history
