@@ -1,35 +1,44 @@
-"""``python -m benchmarks``: scratchnet (numba and numpy backends) against torch on this machine.
+"""Benchmark scratchnet (numba and numpy backends) against torch on this machine.
 
-Prints markdown tables and writes results.json, results.md and ratios.png to --out.
+``python -m benchmarks [--quick] [--models ...] [--threads N] [--device cpu|cuda] [--out DIR]``
+prints markdown tables and writes results.json, results.md and ratios.png to --out.
 """
 import argparse
 import os
 import sys
 import time
 
-from scratchnet import models as sn_models
-
-from . import frameworks, isolated, machine, ops, report, time_to_accuracy, training_step
+from . import frameworks, isolated, machine, ops, report, time_to_accuracy, training_step, workload
 
 PARTS = ("train", "ops", "jit", "memory", "accuracy")
 QUICK_MODELS = ["digitcnn", "lenet"]
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None/False ones (whose help says what --quick or not decides)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--models", nargs="+", choices=sn_models.names(), default=None,
+                                formatter_class=_HelpFormatter)
+    p.add_argument("--models", nargs="+", choices=workload.model_names(), default=None,
                    help=f"models to time (default: all; with --quick: {' '.join(QUICK_MODELS)})")
     p.add_argument("--backends", nargs="+", choices=["numba", "numpy"], default=["numba", "numpy"],
                    help="scratchnet backends to compare with torch")
     p.add_argument("--threads", type=int, default=machine.available_cores(),
-                   help="threads for Numba and torch alike (default: every available core)")
+                   help="threads for Numba and torch alike (all available cores)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cuda adds torch on the GPU (skipped with a note when there is none)")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds (default 7; quick 3)")
     p.add_argument("--round-seconds", type=float, default=None,
-                   help="target length of one round, fixing steps per round (default 0.5; quick 0.1)")
+                   help="target seconds per round, which fixes steps per round "
+                        "(default 0.5; quick 0.1)")
     p.add_argument("--skip", nargs="+", choices=PARTS, default=[],
                    help="parts not to run (train covers training and inference throughput)")
     p.add_argument("--memory-steps", type=int, default=None,
@@ -40,16 +49,17 @@ def parse_args(argv):
                    help="fewer models, rounds and op cases; no time-to-accuracy run unless "
                         "--accuracy-steps is given")
     p.add_argument("--seed", type=int, default=0, help="initial weights and batch order")
-    p.add_argument("--out", default=DEFAULT_OUT, help="directory for results.{json,md} and ratios.png")
+    p.add_argument("--out", default=DEFAULT_OUT,
+                   help="directory for results.json, results.md and ratios.png")
     args = p.parse_args(argv)
     if args.threads < 1:
         p.error(f"--threads must be at least 1, got {args.threads}")
-    args.models = args.models or (QUICK_MODELS if args.quick else sn_models.names())
+    args.models = args.models or (QUICK_MODELS if args.quick else workload.model_names())
     args.rounds = args.rounds or (3 if args.quick else 7)
     args.round_seconds = args.round_seconds or (0.1 if args.quick else 0.5)
     args.memory_steps = args.memory_steps or (5 if args.quick else 20)
-    if args.quick and args.accuracy_steps is None and "accuracy" not in args.skip:
-        args.skip.append("accuracy")
+    if args.quick and args.accuracy_steps is None:
+        args.skip = sorted(set(args.skip) | {"accuracy"})
     return args
 
 
@@ -59,14 +69,16 @@ def log(msg):
 
 
 def _subprocess_parts(args, sides, results):
+    numba = "scratchnet-numba" in sides
     for name in args.models:
         entry = results["models"].setdefault(name, {})
         with isolated.CacheDir() as cache:
             # the cold JIT child also fills the cache the memory children then load from
-            log(f"{name}: JIT compile time, cold then warm Numba cache (fresh processes)")
-            jit = isolated.jit_times(name, args.threads, cache)
-            if "jit" not in args.skip:
-                entry["jit"] = jit
+            if numba and "jit" not in args.skip:
+                log(f"{name}: JIT compile time, cold then warm Numba cache (fresh processes)")
+                entry["jit"] = isolated.jit_times(name, args.threads, cache)
+            elif numba:
+                isolated.fill_cache(name, args.threads, cache)
             if "memory" not in args.skip:
                 log(f"{name}: peak memory, one process per side")
                 entry["memory"] = isolated.peak_memory(name, sides, args.threads,
@@ -105,7 +117,8 @@ def main(argv=None):
             results["models"][name] = training_step.run(name, sides, args.threads, args.rounds,
                                                         args.round_seconds, args.seed)
             for side, reason in results["models"][name]["refused"].items():
-                notes.append(f"{name}: {side} speed not reported, it disagrees with torch: {reason}")
+                notes.append(f"{name}: {side} speed not reported, it disagrees with torch: "
+                             f"{reason}")
     if "ops" not in args.skip:
         log("per-op forward and backward timings")
         results["ops"] = ops.run(args.backends + ["torch"], args.threads, args.rounds,
@@ -115,9 +128,7 @@ def main(argv=None):
     if "accuracy" not in args.skip:
         log("time to accuracy: one epoch of digitcnn per side")
         results["time_to_accuracy"] = {
-            "description": "digitcnn, Adam lr 1e-3, batch 64, normalise (0.5, 0.5), one epoch of "
-                           "MNIST's 60,000 training images, same initial weights and batch order; "
-                           "accuracy on the 10,000 test images.",
+            "description": time_to_accuracy.describe(args.accuracy_steps),
             "sides": time_to_accuracy.run(sides, args.threads, args.seed, args.accuracy_steps)}
     machine.set_blas_threads(1)
     results["machine"] = machine.facts(thread_info)

@@ -1,7 +1,7 @@
 """Work per sample, counted from layer shapes: FLOPs = 2 × multiply-adds of convs and linears.
 
-Forward: conv ``2·F·(C/groups)·KH·KW·OH·OW``, linear ``2·in·out`` (bias adds, activations and
-pooling are a rounding error next to these and are not counted). Training: each weighted layer
+Forward: conv ``2·F·(C/groups)·KH·KW·OH·OW``, linear ``2·in·out`` (bias adds, activations
+and pooling are a rounding error next to these and are not counted). Training: each weighted layer
 also runs two backward GEMMs of the forward's size (dW and dX), except that the layer reading
 the input needs no dX: ``3 × forward − that layer's forward``. PERF_NOTES' table (digitcnn 5.06
 MFLOP forward, 14.8 training) is this count.

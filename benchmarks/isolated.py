@@ -5,11 +5,12 @@ pointing at an empty directory (cold: every kernel compiles), then again in a se
 with the same, now filled, directory (warm: kernels load from disk). The compile cost is the
 first step minus a steady step.
 
-Memory: one process per side trains for a few steps. After setup (imports, MNIST, one step)
+Memory: one process per side trains for a few steps. After setup (imports, model, batches)
 the kernel's peak-RSS mark is reset (``/proc/self/clear_refs``), so ``peak_rss_mb`` is the
-process's peak during training alone; every child imports the same libraries (torch, numba,
-scratchnet), so ``training_growth_mb`` (peak − RSS before training) is what the training run
-itself added. ``lifetime_peak_rss_mb`` (``ru_maxrss``) includes setup. For the
+process's peak during training alone. Every child imports the same libraries (torch, numba,
+scratchnet), so ``training_growth_mb`` (peak − RSS before the first step) is what training
+itself added: activations, gradients, optimizer state and, for the numba backend, the compiled
+kernels loaded from the cache. ``lifetime_peak_rss_mb`` (``ru_maxrss``) includes setup. For the
 scratchnet sides, tracemalloc also reports the peak of NumPy-allocated memory during training
 (arrays a Numba kernel allocates itself are invisible to it). Numba children use the model's
 warm cache so compilation doesn't inflate the peak.
@@ -61,6 +62,12 @@ def jit_times(model, threads, cache_dir, timeout=600):
     cold = _run_child(args, env, timeout)
     warm = _run_child(args, env, timeout)
     return {"cold": cold, "warm": warm, "cache": "NUMBA_CACHE_DIR=<fresh temporary directory>"}
+
+
+def fill_cache(model, threads, cache_dir, timeout=600):
+    """Compile ``model``'s kernels into ``cache_dir`` (one cold JIT child, result discarded)."""
+    _run_child(["jit", "--model", model, "--threads", threads], {"NUMBA_CACHE_DIR": cache_dir},
+               timeout)
 
 
 def peak_memory(model, sides, threads, steps, cache_dir, timeout=600):
@@ -132,7 +139,6 @@ def _child_memory(model, side_name, threads, steps):
     side = frameworks.build(side_name, model, state, threads)
     inputs = frameworks.stack_inputs(side, xs, ys)
     side.enter()
-    side.train_step(*inputs[0])  # first step: lazily loaded kernels, optimizer state
     side.sync()
     gc.collect()
     reset = _reset_peak_rss()

@@ -22,16 +22,29 @@ def available_cores():
         return os.cpu_count() or 1
 
 
-def cpu_model():
-    """The CPU's model name from /proc/cpuinfo (platform.processor() elsewhere)."""
+SIMD_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "amx_tile")
+
+
+def _cpuinfo_field(name):
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.split(":", 1)[0].strip() == name:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return None
+
+
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo (platform.processor() elsewhere)."""
+    return _cpuinfo_field("model name") or platform.processor() or "unknown"
+
+
+def simd_flags():
+    """The vector-instruction flags that bound GEMM speed (from /proc/cpuinfo), e.g. avx512f."""
+    flags = (_cpuinfo_field("flags") or "").split()
+    return [f for f in SIMD_FLAGS if f in flags]
 
 
 def set_blas_threads(n):
@@ -65,7 +78,7 @@ def set_threads(n):
 
 
 def gemm_peak(threads, size=2048, reps=5):
-    """Best float32 GFLOP/s of numpy's ``a @ b`` on ``size``² matrices with ``threads`` BLAS threads.
+    """Best float32 GFLOP/s of numpy's ``a @ b`` on ``size``² matrices, ``threads`` BLAS threads.
 
     The achievable ceiling that training GFLOP/s is reported against; 2·size³ FLOPs per product.
     """
@@ -106,6 +119,7 @@ def facts(thread_info):
     cuda = torch.cuda.is_available()
     return {
         "cpu": cpu_model(),
+        "cpu_simd": simd_flags(),
         "cores_available": available_cores(),
         "cores_total": os.cpu_count(),
         "platform": platform.platform(),

@@ -15,10 +15,14 @@ from . import machine, timing
 
 # (op, where the models use it, shapes); batch = the model's tutorial batch size
 CASES = [
-    ("conv2d", "digitcnn conv1 1→32 3×3 on 28×28, batch 64", {"x": (64, 1, 28, 28), "w": (32, 1, 3, 3), "pad": 0}),
-    ("conv2d", "digitcnn conv2 32→64 3×3 on 13×13, batch 64", {"x": (64, 32, 13, 13), "w": (64, 32, 3, 3), "pad": 0}),
-    ("conv2d", "lenet conv2 10→20 5×5 on 12×12, batch 50", {"x": (50, 10, 12, 12), "w": (20, 10, 5, 5), "pad": 0}),
-    ("conv2d", "widecnn conv2 150→64 5×5 pad 2 on 14×14, batch 50", {"x": (50, 150, 14, 14), "w": (64, 150, 5, 5), "pad": 2}),
+    ("conv2d", "digitcnn conv1 1→32 3×3 on 28×28, batch 64",
+     {"x": (64, 1, 28, 28), "w": (32, 1, 3, 3), "pad": 0}),
+    ("conv2d", "digitcnn conv2 32→64 3×3 on 13×13, batch 64",
+     {"x": (64, 32, 13, 13), "w": (64, 32, 3, 3), "pad": 0}),
+    ("conv2d", "lenet conv2 10→20 5×5 on 12×12, batch 50",
+     {"x": (50, 10, 12, 12), "w": (20, 10, 5, 5), "pad": 0}),
+    ("conv2d", "widecnn conv2 150→64 5×5 pad 2 on 14×14, batch 50",
+     {"x": (50, 150, 14, 14), "w": (64, 150, 5, 5), "pad": 2}),
     ("maxpool2d", "digitcnn pool1 2×2 on 32×26×26, batch 64", {"x": (64, 32, 26, 26)}),
     ("maxpool2d", "digitcnn pool2 2×2 on 64×11×11, batch 64", {"x": (64, 64, 11, 11)}),
     ("relu", "digitcnn relu after conv1, 32×26×26, batch 64", {"x": (64, 32, 26, 26)}),
@@ -45,48 +49,39 @@ def _arrays(op, shapes, rng):
 
 
 def _scratchnet_pair(ops, op, a, dout, pad):
-    """(forward(), backward()) closures for a backend module ``ops``; backward reuses one cache."""
-    x = a["x"]
-    if op == "conv2d":
-        fwd = lambda: ops.conv2d_forward(x, a["w"], a["b"], (1, 1), (pad,) * 4, (1, 1), 1)  # noqa: E731
-    elif op == "maxpool2d":
-        fwd = lambda: ops.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), False)  # noqa: E731
-    elif op == "relu":
-        fwd = lambda: ops.relu_forward(x)  # noqa: E731
-    elif op == "linear":
-        fwd = lambda: ops.linear_forward(x, a["w"], a["b"])  # noqa: E731
-    elif op == "log_softmax":
-        fwd = lambda: ops.log_softmax_forward(x, 1)  # noqa: E731
-    elif op == "nll_loss":
-        fwd = lambda: ops.nll_loss_forward(x, a["target"], None, -100, "mean")  # noqa: E731
-    else:
-        fwd = lambda: ops.cross_entropy_forward(x, a["target"], None, -100, "mean", 0.0)  # noqa: E731
+    """(forward(), backward()) closures on backend module ``ops``; backward reuses one cache."""
+    x, w, b, t = a["x"], a.get("w"), a.get("b"), a.get("target")
+    fwd = {
+        "conv2d": lambda: ops.conv2d_forward(x, w, b, (1, 1), (pad,) * 4, (1, 1), 1),
+        "maxpool2d": lambda: ops.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), False),
+        "relu": lambda: ops.relu_forward(x),
+        "linear": lambda: ops.linear_forward(x, w, b),
+        "log_softmax": lambda: ops.log_softmax_forward(x, 1),
+        "nll_loss": lambda: ops.nll_loss_forward(x, t, None, -100, "mean"),
+        "cross_entropy": lambda: ops.cross_entropy_forward(x, t, None, -100, "mean", 0.0),
+    }[op]
     out, cache = fwd()
-    dout = np.ones_like(out) if out.ndim == 0 else dout
+    dout = np.ones_like(out) if out.ndim == 0 else dout  # a loss: d(loss) = 1
     backward = getattr(ops, f"{op}_backward")
     return fwd, lambda: backward(dout, cache)
 
 
 def _torch_pair(op, a, dout, pad):
-    t = {k: torch.from_numpy(v).requires_grad_(v.dtype == np.float32) for k, v in a.items()}
-    x = t["x"]
-    if op == "conv2d":
-        fwd = lambda: F.conv2d(x, t["w"], t["b"], padding=pad)  # noqa: E731
-    elif op == "maxpool2d":
-        fwd = lambda: F.max_pool2d(x, 2)  # noqa: E731
-    elif op == "relu":
-        fwd = lambda: F.relu(x)  # noqa: E731
-    elif op == "linear":
-        fwd = lambda: F.linear(x, t["w"], t["b"])  # noqa: E731
-    elif op == "log_softmax":
-        fwd = lambda: F.log_softmax(x, 1)  # noqa: E731
-    elif op == "nll_loss":
-        fwd = lambda: F.nll_loss(x, t["target"])  # noqa: E731
-    else:
-        fwd = lambda: F.cross_entropy(x, t["target"])  # noqa: E731
+    """(forward(), backward()) closures in torch; backward runs on one retained graph."""
+    ts = {k: torch.from_numpy(v).requires_grad_(v.dtype == np.float32) for k, v in a.items()}
+    x, w, b, t = ts["x"], ts.get("w"), ts.get("b"), ts.get("target")
+    fwd = {
+        "conv2d": lambda: F.conv2d(x, w, b, padding=pad),
+        "maxpool2d": lambda: F.max_pool2d(x, 2),
+        "relu": lambda: F.relu(x),
+        "linear": lambda: F.linear(x, w, b),
+        "log_softmax": lambda: F.log_softmax(x, 1),
+        "nll_loss": lambda: F.nll_loss(x, t),
+        "cross_entropy": lambda: F.cross_entropy(x, t),
+    }[op]
     out = fwd()
     dout = torch.ones_like(out) if out.ndim == 0 else torch.from_numpy(dout)
-    inputs = [v for v in t.values() if v.requires_grad]
+    inputs = [v for v in ts.values() if v.requires_grad]
     return fwd, lambda: torch.autograd.grad(out, inputs, dout, retain_graph=True)
 
 

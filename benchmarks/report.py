@@ -41,11 +41,13 @@ def _machine(res):
         lines.append(f"float32 GEMM peak: {peak['gflops']:.0f} GFLOP/s (numpy sgemm "
                      f"{peak['size']}², {peak['threads']} threads).")
     s = res["settings"]
-    lines.append(f"Throughput: median of {s['rounds']} interleaved rounds (~{s['round_seconds']} s "
-                 f"each) after warm-up; JIT compile time excluded (see its own table). Ratio: "
-                 f"median over rounds of scratchnet/torch-cpu throughput in the same round "
-                 f"(range in brackets); above 1 means scratchnet is faster.")
-    return "\n".join(lines)
+    if any("train" in m for m in res["models"].values()):
+        lines.append(f"Throughput: median of {s['rounds']} interleaved rounds "
+                     f"(~{s['round_seconds']} s each) after warm-up; JIT compile time "
+                     f"excluded (see its own table). "
+                     f"Ratio: median over rounds of scratchnet/torch-cpu throughput in the same "
+                     f"round (range in brackets); above 1 means scratchnet is faster.")
+    return "\n".join("- " + line for line in lines)
 
 
 def _throughput(res, part, sides):
@@ -64,7 +66,10 @@ def _throughput(res, part, sides):
         row += [_ratio(m["ratios"][part].get(s)) for s in scratch]
         for s in sides:
             g = m["gflops"][part].get(s)
-            row.append("—" if g is None else f"{g:.1f}" + (f" ({100 * g / peak:.0f} %)" if peak else ""))
+            # the peak is the CPU's: a GPU's GFLOP/s is shown without a percentage
+            on_cpu = g is not None and peak and s != "torch-cuda"
+            pct = f" ({100 * g / peak:.0f} %)" if on_cpu else ""
+            row.append("—" if g is None else f"{g:.1f}{pct}")
         rows.append(row)
     return _table(header, rows)
 
@@ -183,7 +188,8 @@ def chart(res, path):
     models = [n for n, m in res["models"].items() if "ratios" in m]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     width = 0.8 / max(len(scratch), 1)
-    for ax, part, title in zip(axes, ("train", "infer"), ("training step", "inference, batch 1000")):
+    titles = ("training step", "inference, batch 1000")
+    for ax, part, title in zip(axes, ("train", "infer"), titles):
         for k, side in enumerate(scratch):
             rs = [res["models"][n]["ratios"][part].get(side) for n in models]
             med = [r["median"] if r else 0 for r in rs]
@@ -195,10 +201,12 @@ def chart(res, path):
         ax.set_xticks(np.arange(len(models)), models)
         ax.set_title(title)
     axes[0].set_ylabel("throughput / torch CPU (>1: scratchnet faster)")
-    axes[0].legend()
+    top = axes[0].get_ylim()[1]
+    axes[0].set_ylim(0, top * 1.2)  # headroom for the legend
+    axes[0].legend(loc="upper left", ncol=len(scratch))
     threads = res["machine"]["threads"]["requested"]
-    fig.suptitle(f"scratchnet vs torch {res['machine']['torch']}, {threads} threads, "
-                 f"{res['machine']['cpu']}", fontsize=9)
+    fig.suptitle(f"scratchnet vs torch {res['machine']['torch']} on {res['machine']['cpu']}, "
+                 f"threads: {threads}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -42,6 +42,15 @@ def _accuracy(side, xs, ys):
     return correct / sum(len(y) for y in ys)
 
 
+def describe(max_steps=None):
+    r = workload.recipe(MODEL)
+    length = (f"the first {max_steps} steps of one epoch" if max_steps is not None
+              else "one epoch of MNIST's 60,000 training images")
+    return (f"{MODEL}, {r.describe().split(', ')[0]}, batch {r.batch_size}, normalise "
+            f"{r.normalize}, {length}, same initial weights and batch order for every side; "
+            f"accuracy on the 10,000 test images; kernels loaded before the clock starts.")
+
+
 def run(side_names, threads, seed=0, max_steps=None):
     """``{side: {"seconds", "samples_per_s", "test_accuracy", "steps"}}`` for one epoch each."""
     xs, ys = _epoch_batches(seed, max_steps)

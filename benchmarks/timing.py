@@ -40,7 +40,7 @@ def timed(contender, steps, start=0):
 
 
 def calibrate(contender, target_s, warmup=3, min_steps=2, max_steps=2000):
-    """Warm ``contender`` up and fix its steps per round so that a round lasts about ``target_s``."""
+    """Warm ``contender`` up and fix its steps per round so a round lasts about ``target_s``."""
     contender.enter()
     for i in range(warmup):
         contender.step(i)

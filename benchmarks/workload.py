@@ -12,13 +12,22 @@ from scratchnet import recipes
 INFERENCE_BATCH = 1000
 
 
+def model_names():
+    """The models benchmarked: those with a recipe that classify single MNIST digits.
+
+    (The two-digit models, output "two_logits", train on their own data set.)
+    """
+    return [n for n in sn.models.names()
+            if sn.models.OUTPUTS[n] in ("logits", "log_probs") and n in recipes.RECIPES]
+
+
 def recipe(name):
     """The tutorial's ``Recipe`` for model ``name`` (batch size, optimizer, normalisation)."""
     return recipes.RECIPES[name]
 
 
 def losses(name):
-    """``(scratchnet loss, torch loss)``: NLL for models ending in log_softmax, else cross-entropy."""
+    """``(scratchnet loss, torch loss)``: NLL after a log_softmax output, else cross-entropy."""
     if sn.models.OUTPUTS[name] == "log_probs":
         return sn.nn.NLLLoss(), torch.nn.NLLLoss()
     return sn.nn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss()
@@ -67,7 +76,10 @@ def prepare(name, images, labels, normalize="recipe"):
 
 
 def mnist_batches(name, batch_size, n_batches, split="train", seed=0):
-    """``n_batches`` distinct real MNIST batches: x (n_batches, B, *input_shape), y (n_batches, B)."""
+    """``n_batches`` distinct real MNIST batches: x (n_batches, B, *input_shape), y (n_batches, B).
+
+    Fewer when the split holds fewer than ``n_batches · batch_size`` images.
+    """
     images, labels = sn.data.load_mnist(split)
     count = min(n_batches * batch_size, len(images)) // batch_size * batch_size
     order = np.random.default_rng(seed).permutation(len(images))[:count]

@@ -32,6 +32,7 @@ EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 # a --dry-run trains one epoch on this many batches and tests on this many
 DRY_RUN_BATCHES = (4, 2)
 # settings a resumed run may change without changing its numbers
+RECIPE = " (default: the model's recipe)"
 RESUME_MAY_CHANGE = {"resume", "epochs", "data_dir", "limit_test", "out", "no_progress",
                      "backend", "model"}
 
@@ -117,22 +118,29 @@ def build_parser():
                        description="Train a model; write checkpoint, metrics and plots to --out.")
     t.add_argument("--model", action=_Given, choices=models.names(), default=None,
                    help="which network (required unless --resume)")
-    t.add_argument("--epochs", action=_Given, type=positive_int, default=None)
-    t.add_argument("--batch-size", action=_Given, type=positive_int, default=None)
-    t.add_argument("--lr", action=_Given, type=positive_float, default=None, help="learning rate")
-    t.add_argument("--optimizer", action=_Given, choices=recipes.OPTIMIZERS, default=None)
+    t.add_argument("--epochs", action=_Given, type=positive_int, default=None,
+                   help="passes over the training set" + RECIPE)
+    t.add_argument("--batch-size", action=_Given, type=positive_int, default=None,
+                   help="samples per step" + RECIPE)
+    t.add_argument("--lr", action=_Given, type=positive_float, default=None,
+                   help="learning rate" + RECIPE)
+    t.add_argument("--optimizer", action=_Given, choices=recipes.OPTIMIZERS, default=None,
+                   help="torch.optim's SGD, Adam or AdamW" + RECIPE)
     t.add_argument("--momentum", action=_Given, type=nonneg_float, default=None,
-                   help="SGD momentum")
-    t.add_argument("--nesterov", action=_GivenBool, default=None, help="SGD Nesterov momentum")
+                   help="SGD momentum" + RECIPE)
+    t.add_argument("--nesterov", action=_GivenBool, default=None,
+                   help="SGD Nesterov momentum" + RECIPE)
     t.add_argument("--weight-decay", action=_Given, type=nonneg_float, default=None,
-                   help="L2 penalty (AdamW: decoupled); default: the optimizer's torch default")
+                   help="L2 penalty, decoupled for AdamW (default: the recipe's, else the "
+                        "optimizer's torch default)")
     t.add_argument("--val-split", action=_Given, type=fraction, default=None,
-                   help="fraction of the training images held out for validation")
+                   help="fraction of the training images held out for validation" + RECIPE)
     t.add_argument("--seed", action=_Given, type=seed_int, default=1,
                    help="seeds weights, dropout, shuffling and the validation split")
     t.add_argument("--backend", action=_Given, choices=backend.BACKENDS, default=None,
                    help="op implementation (default: $SCRATCHNET_BACKEND, else numba)")
-    t.add_argument("--dtype", action=_Given, choices=("float32", "float64"), default="float32")
+    t.add_argument("--dtype", action=_Given, choices=("float32", "float64"), default="float32",
+                   help="floating-point type of weights and data")
     _add_data_flags(t)
     t.add_argument("--out", action=_Given, default=None,
                    help="run folder (default: runs/MODEL-TIMESTAMP, or the --resume folder)")
@@ -152,7 +160,8 @@ def build_parser():
     e.add_argument("--model", action=_Given, choices=models.names(), default=None,
                    help="the network a .pt/.pth holds (default: inferred from its keys and shapes)")
     _add_data_flags(e, test_only=True)
-    e.add_argument("--batch-size", action=_Given, type=positive_int, default=1000)
+    e.add_argument("--batch-size", action=_Given, type=positive_int, default=1000,
+                   help="test images per forward pass")
     e.add_argument("--backend", action=_Given, choices=backend.BACKENDS, default=None,
                    help="op implementation (default: $SCRATCHNET_BACKEND, else numba)")
     e.set_defaults(func=cmd_evaluate, given=frozenset())
@@ -162,7 +171,7 @@ def build_parser():
                        description="Classify image files (PNG, JPEG, any size or colour): each "
                                    "is turned into an MNIST-like 28x28 digit first.")
     p.add_argument("checkpoint", help="checkpoint.npz, a run folder, or a .pt/.pth state dict")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG/... image files")
     p.add_argument("--model", action=_Given, choices=models.names(), default=None,
                    help="the network a .pt/.pth holds (default: inferred from its keys and shapes)")
     p.set_defaults(func=cmd_predict, given=frozenset())
@@ -196,16 +205,26 @@ def _inputs(images, model, normalization, dtype):
     return normalize(images, mean, std, dtype=dtype, input_shape=model.input_shape)
 
 
+def _load_run_checkpoint(path, *keys):
+    """A checkpoint written by ``scratchnet train``: its meta must hold ``keys``."""
+    ckpt = checkpoint.load_checkpoint(path)
+    missing = [k for k in ("model", "config", *keys) if k not in ckpt.meta]
+    if missing:
+        raise checkpoint.CheckpointError(
+            f"{path}: not a checkpoint of `scratchnet train` (no {', '.join(missing)} in it)")
+    return ckpt
+
+
 def _load_for_inference(path, model_name=None):
     """(model, name, normalization, dataset) from a checkpoint or a torch state dict."""
     if checkpoint.is_torch_file(path):
         state = checkpoint.load_torch_state_dict(path)
         name = model_name or checkpoint.infer_model(state)
         dtype = np.result_type(*state.values()) if state else np.float32
-        normalization, dataset = recipes.RECIPES[name].normalize, "mnist"
+        normalization, dataset = recipes.resolve(name).normalize, "mnist"
     else:
         path = _checkpoint_path(path)
-        ckpt = checkpoint.load_checkpoint(path)
+        ckpt = _load_run_checkpoint(path)
         state, name = ckpt.model_state, ckpt.meta["model"]
         if model_name is not None and model_name != name:
             raise checkpoint.CheckpointError(f"{path} holds a {name} model, not {model_name}")
@@ -284,6 +303,18 @@ def _resumed_config(args, meta, path):
     return config
 
 
+def _restore(path, resumed, optimizer):
+    """Optimizer state, dropout generator and TrainState from a checkpoint being resumed."""
+    try:
+        optimizer.load_state_dict(resumed.optimizer_state)
+        sn_random.set_rng_state(resumed.meta["rng_state"])
+        return training.TrainState.from_dict(resumed.meta["progress"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise checkpoint.CheckpointError(
+            f"{path}: cannot resume from it: its optimizer, RNG or progress state is damaged "
+            f"({type(e).__name__}: {e})") from None
+
+
 def _default_out(model):
     base = os.path.join("runs", f"{model}-{time.strftime('%Y%m%d-%H%M%S')}")
     out, n = base, 1
@@ -293,20 +324,26 @@ def _default_out(model):
     return out
 
 
-def _save_run(out, model, optimizer, config, state, finished):
-    """Write checkpoint.npz and metrics.json (history so far) into ``out``."""
+def _finite(value):
+    """``value`` with every NaN/inf float replaced by None, so metrics.json is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _save_run(out, model, optimizer, config, state, test=None):
+    """Write checkpoint.npz and metrics.json (epochs so far, and the test report when done)."""
     os.makedirs(out, exist_ok=True)
     meta = {"model": config["model"], "config": config, "progress": state.to_dict(),
-            "rng_state": sn_random.get_rng_state(), "finished": finished}
+            "rng_state": sn_random.get_rng_state(), "finished": test is not None}
     checkpoint.save_checkpoint(os.path.join(out, CHECKPOINT), meta, model.state_dict(),
                                optimizer.state_dict())
-
-
-def _write_metrics(out, config, history, test=None):
-    metrics = {"model": config["model"], "config": config, "epochs": history}
-    if test is not None:
-        metrics.update(test)
-    text = json.dumps(metrics, indent=2, allow_nan=False, default=str)
+    metrics = {"model": config["model"], "config": config, "epochs": state.history, **(test or {})}
+    text = json.dumps(_finite(metrics), indent=2)
     checkpoint.atomic_write(os.path.join(out, METRICS), lambda f: f.write(text.encode()))
 
 
@@ -319,14 +356,13 @@ def _print_epoch(record, epochs):
     print(line, flush=True)
 
 
-def _test_report(model, task, config, images, labels, x):
-    """Final test metrics as a dict for metrics.json, and the predictions."""
+def _test_report(model, task, x, labels):
+    """Final test metrics as a dict for metrics.json, the predictions and confusion matrix."""
     result = training.evaluate(model, task, x, labels, batch_size=1000)
     matrix = training.confusion_matrix(labels, result["predictions"])
     report = {"test_samples": int(len(labels)), "test_loss": result["loss"],
               "test_accuracy": result["accuracy"],
-              "per_class_accuracy": [None if math.isnan(a) else a
-                                     for a in training.per_class_accuracy(matrix).tolist()],
+              "per_class_accuracy": training.per_class_accuracy(matrix).tolist(),
               "confusion_matrix": matrix.tolist()}
     return report, result["predictions"], matrix
 
@@ -342,57 +378,59 @@ def _write_plots(out, history, images, labels, predictions, matrix, dataset):
                                   classes=classes)
 
 
-def cmd_train(args):
-    resumed = None
-    if args.resume is not None:
-        path = _checkpoint_path(args.resume)
-        resumed = checkpoint.load_checkpoint(path)
-        config = _resumed_config(args, resumed.meta, path)
-        out = args.out or os.path.dirname(os.path.abspath(path))
-    else:
+def _start_or_resume(args):
+    """(config, run folder, checkpoint being resumed or None, its path or None)."""
+    if args.resume is None:
         config = _new_config(args)
         out = args.out or _default_out(config["model"])
         if os.path.exists(os.path.join(out, CHECKPOINT)):
             raise UsageError(f"{out} already holds a run; continue it with --resume {out} "
                              f"or choose another --out")
-    recipe = recipes.Recipe(**{f: config[f] for f in recipes.Recipe.__dataclass_fields__})
-    seed, dtype = config["seed"], np.dtype(config["dtype"])
+        return config, out, None, None
+    path = _checkpoint_path(args.resume)
+    resumed = _load_run_checkpoint(path, "progress", "rng_state")
+    config = _resumed_config(args, resumed.meta, path)
+    return config, args.out or os.path.dirname(os.path.abspath(path)), resumed, path
 
-    train_images, train_labels = _load_data("train", config, config["limit_train"])
+
+def _train_and_val(config, model, recipe):
+    """(x, y) for training and for validation (None without a split), model-ready."""
+    images, labels = _load_data("train", config, config["limit_train"])
+    # its own stream from the seed, apart from the weights/dropout and shuffling ones
+    train_idx, val_idx = train_val_split(len(labels), config["val_split"],
+                                         rng=np.random.default_rng([config["seed"], 2]))
+    dtype = model.dtype
+    train = (_inputs(images[train_idx], model, recipe.normalize, dtype), labels[train_idx])
+    if not len(val_idx):
+        return train, None
+    return train, (_inputs(images[val_idx], model, recipe.normalize, dtype), labels[val_idx])
+
+
+def cmd_train(args):
+    config, out, resumed, path = _start_or_resume(args)
+    recipe = recipes.Recipe(**{f: config[f] for f in recipes.Recipe.__dataclass_fields__})
     test_images, test_labels = _load_data("test", config, config["limit_test"])
-    # separate streams from one seed: weights/dropout, shuffling, validation split
-    train_idx, val_idx = train_val_split(len(train_labels), config["val_split"],
-                                         rng=np.random.default_rng([seed, 2]))
-    shuffle_rng = np.random.default_rng([seed, 1])
+    shuffle_rng = np.random.default_rng([config["seed"], 1])
 
     with backend.use_backend(config["backend"]), \
             np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        sn_random.manual_seed(seed)
-        model = models.build(config["model"], dtype=dtype)
+        sn_random.manual_seed(config["seed"])
+        model = models.build(config["model"], dtype=config["dtype"])
         task = tasks.for_model(models.OUTPUTS[config["model"]])
         optimizer = recipes.make_optimizer(recipe, model.parameters())
         if resumed is None:
             state = training.TrainState(shuffle_state=shuffle_rng.bit_generator.state)
         else:
             checkpoint.load_weights(model, resumed.model_state, path, config["model"])
-            optimizer.load_state_dict(resumed.optimizer_state)
-            sn_random.set_rng_state(resumed.meta["rng_state"])
-            state = training.TrainState.from_dict(resumed.meta["progress"])
-
-        train = (_inputs(train_images[train_idx], model, recipe.normalize, dtype),
-                 train_labels[train_idx])
-        val = None
-        if len(val_idx):
-            val = (_inputs(train_images[val_idx], model, recipe.normalize, dtype),
-                   train_labels[val_idx])
+            state = _restore(path, resumed, optimizer)
+        train, val = _train_and_val(config, model, recipe)
         print(f"training {config['model']} on {len(train[1])} {config['dataset']} images "
               f"({recipe.describe()}), {config['backend']} backend, {config['dtype']}; "
               f"run folder {out}", flush=True)
 
         def on_epoch(record):
             _print_epoch(record, config["epochs"])
-            _save_run(out, model, optimizer, config, state, finished=False)
-            _write_metrics(out, config, state.history)
+            _save_run(out, model, optimizer, config, state)
 
         with _stop_on_ctrl_c() as should_stop:
             try:
@@ -405,18 +443,15 @@ def cmd_train(args):
                          if state.epoch else "nothing was saved")
                 raise training.NonFiniteLoss(f"{e}; {saved}") from None
             except training.TrainingInterrupted:
-                _save_run(out, model, optimizer, config, state, finished=False)
-                _write_metrics(out, config, state.history)
+                _save_run(out, model, optimizer, config, state)
                 print(f"scratchnet: interrupted at epoch {state.epoch + 1}, batch {state.batch}; "
                       f"saved {os.path.join(out, CHECKPOINT)} (continue with --resume {out})",
                       file=sys.stderr, flush=True)
                 return EXIT_INTERRUPTED
 
-        x_test = _inputs(test_images, model, recipe.normalize, dtype)
-        report, predictions, matrix = _test_report(model, task, config, test_images, test_labels,
-                                                   x_test)
-    _save_run(out, model, optimizer, config, state, finished=True)
-    _write_metrics(out, config, state.history, report)
+        x_test = _inputs(test_images, model, recipe.normalize, model.dtype)
+        report, predictions, matrix = _test_report(model, task, x_test, test_labels)
+    _save_run(out, model, optimizer, config, state, test=report)
     _write_plots(out, state.history, test_images, test_labels, predictions, matrix,
                  config["dataset"])
     print(f"test accuracy {_percent(report['test_accuracy'])} on {report['test_samples']} "

@@ -39,23 +39,26 @@ def prediction_grid(images, predicted, true, path, classes=None, n=25):
     cols = max(1, int(np.ceil(np.sqrt(n))))
     rows = max(1, int(np.ceil(n / cols)))
     h, w = images.shape[1:] if n else (28, 28)
-    pad, caption = 4, 12  # pixels between tiles and above each tile for its caption
+    # mosaic pixels between tiles and above each for its caption (two lines for class names)
+    pad, caption, title = (28, 22, 14) if classes else (4, 12, 14)
     cell_h, cell_w = h + caption, w + pad
     mosaic = np.full((rows * cell_h, cols * cell_w), 255, dtype=np.uint8)
-    fig = Figure(figsize=(cols * (1.5 if classes else 0.9), rows * 1.0 + 0.4))
-    ax = fig.add_axes((0, 0, 1, 1 - 0.4 / (rows * 1.0 + 0.4)))
+    height = rows * cell_h + title
+    fig = Figure(figsize=(cols * cell_w / 36, height / 36))  # 36 mosaic pixels per inch
+    ax = fig.add_axes((0, 0, 1, 1 - title / height))
     name = (lambda c: classes[c]) if classes else str
+    sep = "\n" if classes else " "
     for i in range(n):
         r, c = divmod(i, cols)
         top, left = r * cell_h + caption, c * cell_w + pad // 2
         mosaic[top:top + h, left:left + w] = images[i]
         wrong = predicted[i] != true[i]
-        ax.text(left + w / 2, top - 1.5, f"{name(predicted[i])} ({name(true[i])})"
+        ax.text(left + w / 2, top - 1.5, f"{name(predicted[i])}{sep}({name(true[i])})"
                 + (" ✗" if wrong else ""), ha="center", va="bottom", fontsize=7,
                 color="red" if wrong else "black")
-    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=255, interpolation="nearest", aspect="auto")
     ax.axis("off")
-    fig.suptitle("predicted (true); red: misclassified", fontsize=9, y=0.995, va="top")
+    fig.suptitle("predicted (true); red: misclassified", fontsize=9, y=1 - 2 / height, va="top")
     _save(fig, path)
 
 

@@ -54,6 +54,36 @@ class Classification:
         return shifted / shifted.sum(axis=1, keepdims=True)
 
 
+class TwoDigitClassification:
+    """Two heads: ``out`` a pair of (N, C) logits; ``y`` (N, 2), one column per digit.
+
+    The loss is the mean of the two cross-entropies (``models.multidigit.TwoDigitLoss``);
+    backward returns the pair of gradients a two-head model's ``backward`` takes. Predictions
+    are (N, 2), so accuracy counts each digit.
+    """
+
+    name = "two_digit_classification"
+
+    def __init__(self):
+        from .models.multidigit import TwoDigitLoss
+        self.loss_fn = TwoDigitLoss()
+
+    def loss(self, out, y):
+        return float(self.loss_fn(out, y))
+
+    def backward(self):
+        return self.loss_fn.backward()
+
+    def predict(self, out):
+        return np.stack([np.argmax(head, axis=1) for head in out], axis=1).astype(np.int64)
+
+    def probabilities(self, out):
+        """(N, 2, C): each head's softmax."""
+        return np.stack([Classification("logits").probabilities(head) for head in out], axis=1)
+
+
 def for_model(output):
     """The task that trains a model whose ``models.OUTPUTS`` entry is ``output``."""
+    if output == "two_logits":
+        return TwoDigitClassification()
     return Classification(output)

@@ -5,9 +5,18 @@ import torch
 
 import scratchnet.nn as snn
 from scratchnet.backend import ops, use_backend
+from scratchnet.backends.numba_backend import activation as numba_activation
 from tests.helpers import BACKENDS, DTYPES, assert_close, to_torch
 
 SHAPES = [(0, 3), (1,), (7,), (2, 3, 5, 4), (1, 1, 1, 1)]
+
+
+@pytest.fixture(params=["serial", "parallel"])
+def numba_path(request, monkeypatch):
+    """Run numba kernels on the calling thread (small work) or split across threads."""
+    if request.param == "parallel":
+        monkeypatch.setattr(numba_activation, "PARALLEL_MIN_WORK", 0)
+    return request.param
 
 
 def _input(rng, shape, dtype):
@@ -47,7 +56,8 @@ def test_relu_matches_torch(rng, backend, dtype, shape, inplace):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("slope,inplace", [(0.01, False), (0.2, True), (-0.5, False), (0.0, False)])
+@pytest.mark.parametrize("slope,inplace",
+                         [(0.01, False), (0.2, True), (-0.5, False), (0.0, False)])
 def test_leaky_relu_matches_torch(rng, backend, dtype, shape, slope, inplace):
     x = _input(rng, shape, dtype)
     dout = rng.standard_normal(shape).astype(dtype)
@@ -88,7 +98,7 @@ def test_leaky_relu_inplace_negative_slope_backward_raises(rng):
 
 @pytest.mark.parametrize("name,args", [("relu", ()), ("leaky_relu", (0.03,))])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_numba_matches_numpy(rng, name, args, dtype):
+def test_numba_matches_numpy(numba_path, rng, name, args, dtype):
     x = _input(rng, (4, 5, 6), dtype)
     dout = rng.standard_normal(x.shape).astype(dtype)
     results = []

@@ -1,4 +1,4 @@
-"""The ``scratchnet`` command end to end: train, resume, evaluate, predict, export, and every failure.
+"""``scratchnet`` end to end: train, resume, evaluate, predict, export, and every failure.
 
 Runs use small subsets (--limit-train / --limit-test) and --no-progress to stay fast.
 """
@@ -14,13 +14,14 @@ import torch
 from PIL import Image
 
 import scratchnet as sn
-from scratchnet import checkpoint
+from scratchnet import checkpoint, training
 from scratchnet.cli import main
 from scratchnet.data import load_mnist
 from reference import models as ref_models
 from tests.helpers import assert_close
 
-FAST = ["--no-progress", "--limit-test", "200"]
+EVAL = ["--limit-test", "200"]
+FAST = ["--no-progress", *EVAL]
 TIMING_KEYS = ("seconds", "samples_per_s")
 
 
@@ -89,6 +90,18 @@ def mlp_run(tmp_path_factory):
     return out
 
 
+RESUME_ARGS = ["train", "--model", "mitxcnn", "--limit-train", "320", "--batch-size", "32",
+               "--epochs", "2", *FAST]  # 288 training images: 9 batches per epoch; dropout
+
+
+@pytest.fixture(scope="module")
+def mitxcnn_run(tmp_path_factory):
+    """Two uninterrupted epochs of mitxcnn: what every resumed run must reproduce bitwise."""
+    out = tmp_path_factory.mktemp("runs") / "whole"
+    assert main([str(a) for a in RESUME_ARGS] + ["--out", str(out)]) == 0
+    return out
+
+
 @pytest.fixture(scope="module")
 def digitcnn_run(tmp_path_factory):
     """digitcnn trained on 3000 images (a twentieth of an epoch of MNIST)."""
@@ -101,7 +114,7 @@ def digitcnn_run(tmp_path_factory):
 
 # ----- train -----
 
-@pytest.mark.parametrize("name", sn.models.names())
+@pytest.mark.parametrize("name", list(sn.recipes.RECIPES))
 def test_dry_run_writes_loadable_outputs(tmp_path, capsys, name):
     out = tmp_path / name
     code, stdout, err = run(capsys, "train", "--model", name, "--dry-run", "--batch-size", "8",
@@ -148,13 +161,9 @@ def test_recipe_and_overrides_are_recorded(mlp_run, tmp_path, capsys):
 
 # ----- resume -----
 
-RESUME_ARGS = ["train", "--model", "mitxcnn", "--limit-train", "320", "--batch-size", "32",
-               "--epochs", "2", *FAST]  # 288 training images: 9 batches per epoch; dropout
-
-
-def test_resume_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, capsys, monkeypatch):
-    whole, parts = tmp_path / "whole", tmp_path / "parts"
-    assert run(capsys, *RESUME_ARGS, "--out", whole)[0] == 0
+def test_resume_after_ctrl_c_equals_an_uninterrupted_run(mitxcnn_run, tmp_path, capsys,
+                                                         monkeypatch):
+    whole, parts = mitxcnn_run, tmp_path / "parts"
 
     with monkeypatch.context() as m:
         interrupt_at_step(m, sn.optim.SGD, 4)  # epoch 1, batch 4
@@ -174,9 +183,8 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(tmp_path, capsys, monke
     assert_same_checkpoint(parts, whole)
 
 
-def test_resume_at_an_epoch_boundary_with_more_epochs(tmp_path, capsys):
-    whole, parts = tmp_path / "whole", tmp_path / "parts"
-    assert run(capsys, *RESUME_ARGS, "--out", whole)[0] == 0
+def test_resume_at_an_epoch_boundary_with_more_epochs(mitxcnn_run, tmp_path, capsys):
+    whole, parts = mitxcnn_run, tmp_path / "parts"
     first = [a if a != "2" else "1" for a in RESUME_ARGS]  # --epochs 1
     assert run(capsys, *first, "--out", parts)[0] == 0
     code, _, err = run(capsys, "train", "--resume", parts / "checkpoint.npz", "--epochs", "2",
@@ -184,6 +192,26 @@ def test_resume_at_an_epoch_boundary_with_more_epochs(tmp_path, capsys):
     assert code == 0, err
     assert numbers(read_metrics(parts)) == numbers(read_metrics(whole))
     assert_same_checkpoint(parts, whole)
+
+
+def test_the_trainer_knows_no_heads(tmp_path):
+    """A two-head model trains through the same fit/evaluate; only its task differs."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((96, 1, 42, 28)).astype(np.float32)
+    y = rng.integers(0, 10, size=(96, 2))
+    sn.manual_seed(0)
+    model = sn.models.build("multimlp")
+    task = sn.tasks.for_model(sn.models.OUTPUTS["multimlp"])
+    optimizer = sn.optim.Adam(model.parameters(), lr=1e-2)
+    shuffle = np.random.default_rng(1)
+    state = training.TrainState(shuffle_state=shuffle.bit_generator.state)
+    history = training.fit(model, task, optimizer, (x, y), (x[:32], y[:32]), 12, 32, shuffle,
+                           state, progress=False)
+    assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
+    assert history[-1]["val_accuracy"] > 0.9  # memorised both digits of (nearly) every sample
+    result = training.evaluate(model, task, x, y)
+    assert result["predictions"].shape == (96, 2)
+    assert result["accuracy"] == np.mean(result["predictions"] == y)
 
 
 # ----- learning, evaluate, predict, export -----
@@ -298,7 +326,7 @@ def test_bad_command_lines(capsys, argv, fragment):
 
 def test_help_exits_zero(capsys):
     assert main(["train", "--help"]) == 0
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # undo the line wrapping
     assert "--batch-size" in out and "mitxcnn" in out and "(default: float32)" in out
 
 
@@ -340,7 +368,7 @@ def test_diverging_loss_stops_and_saves_nothing(tmp_path, capsys):
 
 
 def test_checkpoint_of_another_model(mlp_run, tmp_path, capsys):
-    code, _, err = run(capsys, "evaluate", mlp_run, "--model", "lenet", *FAST)
+    code, _, err = run(capsys, "evaluate", mlp_run, "--model", "lenet", *EVAL)
     assert code == 1
     assert_one_line_error(err, "holds a mlp model, not lenet")
     code, _, err = run(capsys, "train", "--resume", mlp_run, "--model", "mlp128", "--no-progress")
@@ -348,7 +376,7 @@ def test_checkpoint_of_another_model(mlp_run, tmp_path, capsys):
     assert_one_line_error(err, "not mlp128")
     path = tmp_path / "mlp.pth"
     torch.save(ref_models.build("mlp").state_dict(), path)
-    code, _, err = run(capsys, "evaluate", path, "--model", "mlp128", *FAST)
+    code, _, err = run(capsys, "evaluate", path, "--model", "mlp128", *EVAL)
     assert code == 1
     assert_one_line_error(err, "do not fit model 'mlp128'", "size mismatch")
 
@@ -371,7 +399,7 @@ def test_corrupt_or_missing_checkpoint(mlp_run, tmp_path, capsys, damage, comman
         path.write_bytes(data[: len(data) * 2 // 3])
     elif damage == "garbage":
         path.write_bytes(os.urandom(2000))
-    argv = {"evaluate": ["evaluate", path, *FAST],
+    argv = {"evaluate": ["evaluate", path, *EVAL],
             "predict": ["predict", path, "digit.png"],
             "export": ["export", path, tmp_path / "out.pth"],
             "resume": ["train", "--resume", path, "--no-progress"]}[command]
@@ -379,6 +407,15 @@ def test_corrupt_or_missing_checkpoint(mlp_run, tmp_path, capsys, damage, comman
     assert code == 1
     assert_one_line_error(err, str(path))
     assert not (tmp_path / "out.pth").exists()
+
+
+def test_checkpoint_not_written_by_train(tmp_path, capsys):
+    path = tmp_path / "weights.npz"
+    checkpoint.save_checkpoint(path, {"note": "saved by hand"}, sn.models.build("mlp").state_dict())
+    for argv in (["evaluate", path], ["train", "--resume", path, "--no-progress"]):
+        code, _, err = run(capsys, *argv)
+        assert code == 1
+        assert_one_line_error(err, "not a checkpoint of `scratchnet train`")
 
 
 def test_unreadable_and_blank_images(mlp_run, tmp_path, capsys):
@@ -401,6 +438,6 @@ def test_pytorch_missing(mlp_run, tmp_path, capsys, monkeypatch):
     code, _, err = run(capsys, "export", mlp_run, tmp_path / "out.pth")
     assert code == 1
     assert_one_line_error(err, "needs PyTorch", "pip install torch")
-    code, _, err = run(capsys, "evaluate", path, *FAST)
+    code, _, err = run(capsys, "evaluate", path, *EVAL)
     assert code == 1
     assert_one_line_error(err, "needs PyTorch")

@@ -7,7 +7,16 @@ import torch.nn.functional as F
 import scratchnet
 import scratchnet.nn as snn
 from scratchnet.backend import ops, use_backend
+from scratchnet.backends.numba_backend import activation as numba_activation
 from tests.helpers import BACKENDS, DTYPES, TORCH_DTYPE, assert_close, to_torch
+
+
+@pytest.fixture(params=["serial", "parallel"])
+def numba_path(request, monkeypatch):
+    """Run numba kernels on the calling thread (small work) or split across threads."""
+    if request.param == "parallel":
+        monkeypatch.setattr(numba_activation, "PARALLEL_MIN_WORK", 0)
+    return request.param
 
 
 def _train_step(backend, layer, x, dout):
@@ -131,7 +140,7 @@ def test_inplace_writes_into_input(rng, backend):
     np.testing.assert_array_equal(x, expected)
 
 
-def test_numba_matches_numpy(rng):
+def test_numba_matches_numpy(numba_path, rng):
     x = rng.standard_normal((6, 7, 8)).astype(np.float32)
     dout = rng.standard_normal(x.shape).astype(np.float32)
     results = []

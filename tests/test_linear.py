@@ -8,7 +8,16 @@ import torch
 import scratchnet
 import scratchnet.nn as snn
 from scratchnet.backend import ops, use_backend
+from scratchnet.backends.numba_backend import activation as numba_activation
 from tests.helpers import BACKENDS, DTYPES, TORCH_DTYPE, assert_close, to_torch
+
+
+@pytest.fixture(params=["serial", "parallel"])
+def numba_path(request, monkeypatch):
+    """Run numba kernels on the calling thread (small work) or split across threads."""
+    if request.param == "parallel":
+        monkeypatch.setattr(numba_activation, "PARALLEL_MIN_WORK", 0)
+    return request.param
 
 
 def _twins(in_features, out_features, bias, dtype):
@@ -72,7 +81,7 @@ def test_gradients_accumulate_like_torch(rng, backend):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bias", [True, False])
-def test_numba_matches_numpy(rng, dtype, bias):
+def test_numba_matches_numpy(numba_path, rng, dtype, bias):
     x = rng.standard_normal((50, 21)).astype(dtype)
     w = rng.standard_normal((8, 21)).astype(dtype)
     b = rng.standard_normal(8).astype(dtype) if bias else None
@@ -130,7 +139,8 @@ def test_repr_and_parameters_match_torch():
 
 def test_validation_errors():
     layer = snn.Linear(4, 2)
-    with pytest.raises(ValueError, match=r"Linear: expected input of shape \(\*, 4\), got shape \(2, 3\)"):
+    with pytest.raises(ValueError,
+                       match=r"Linear: expected input of shape \(\*, 4\), got shape \(2, 3\)"):
         layer(np.zeros((2, 3), np.float32))
     with pytest.raises(ValueError, match=r"got shape \(\)"):
         layer(np.zeros((), np.float32))

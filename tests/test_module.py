@@ -101,7 +101,8 @@ def test_load_state_dict_errors_and_casting():
     with pytest.raises(KeyError, match=r"unexpected keys \['head.2.bias'\]"):
         ours.load_state_dict(extra)
     wrong = dict(state, **{"features.1.weight": np.zeros((8, 11), np.float32)})
-    with pytest.raises(ValueError, match=r"features.1.weight: expected shape \(8, 12\), got \(8, 11\)"):
+    with pytest.raises(ValueError,
+                       match=r"features.1.weight: expected shape \(8, 12\), got \(8, 11\)"):
         ours.load_state_dict(wrong)
     # a failed load changes nothing
     for name, value in ours.state_dict().items():
@@ -164,7 +165,8 @@ def test_dtype_moves(rng):
         assert p.data.dtype == np.float64 and p.grad.dtype == np.float64
     out = ours(x32.astype(np.float64))
     assert out.dtype == np.float64
-    with pytest.raises(TypeError, match="Linear: input dtype float32 does not match weight dtype float64"):
+    with pytest.raises(TypeError,
+                       match="Linear: input dtype float32 does not match weight dtype float64"):
         ours(x32)
     assert ours.float() is ours and ours.dtype == np.float32
     assert all(p.data.dtype == np.float32 for p in ours.parameters())

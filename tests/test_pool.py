@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 import scratchnet.nn as snn
 from scratchnet.backend import ops, use_backend
+from scratchnet.backends.numba_backend import activation as numba_activation
 from tests.helpers import BACKENDS, DTYPES, assert_close, to_torch
 
 # (input shape, kernel_size, stride, padding, dilation, ceil_mode)
@@ -19,10 +20,19 @@ CONFIGS = [
     ((2, 1, 10, 9), 3, 1, 1, 2, False),             # dilation
     ((1, 2, 9, 11), (2, 3), (2, 2), (1, 1), (3, 2), True),
     ((2, 3, 5, 5), 2, 2, 0, 1, True),               # ceil_mode adds a partial window
-    ((1, 1, 5, 5), 2, 2, 1, 1, True),               # ceil_mode's extra window starts in padding: dropped
+    ((1, 1, 5, 5), 2, 2, 1, 1, True),               # ceil_mode's extra window would start in
+                                                    # the right padding: dropped
     ((1, 2, 1, 1), 1, 1, 0, 1, False),
     ((2, 2, 4, 3), (4, 3), 1, (2, 1), 1, False),
 ]
+
+
+@pytest.fixture(params=["serial", "parallel"])
+def numba_path(request, monkeypatch):
+    """Run numba kernels on the calling thread (small work) or split across threads."""
+    if request.param == "parallel":
+        monkeypatch.setattr(numba_activation, "PARALLEL_MIN_WORK", 0)
+    return request.param
 
 
 def _torch_pool(x, dout, k, s, p, d, ceil_mode):
@@ -118,7 +128,7 @@ def test_maxpool2d_unbatched(rng, backend, dtype):
 
 
 @pytest.mark.parametrize("shape,k,s,p,d,ceil_mode", CONFIGS)
-def test_numba_matches_numpy(rng, shape, k, s, p, d, ceil_mode):
+def test_numba_matches_numpy(numba_path, rng, shape, k, s, p, d, ceil_mode):
     x = rng.integers(-2, 3, size=shape).astype(np.float32)
     pair = snn.pooling._pair
     args = (pair("k", k), pair("s", s if s is not None else k), pair("p", p), pair("d", d),
@@ -148,8 +158,9 @@ def test_numpy_op_directional_gradient(rng):
 
 
 def test_repr_matches_torch():
-    for args, kwargs in [((2,), {}), (((2, 3), 1, 1), {}), ((3,), dict(stride=2, padding=1,
-                                                                       dilation=2, ceil_mode=True))]:
+    configs = [((2,), {}), (((2, 3), 1, 1), {}),
+               ((3,), dict(stride=2, padding=1, dilation=2, ceil_mode=True))]
+    for args, kwargs in configs:
         assert repr(snn.MaxPool2d(*args, **kwargs)) == repr(torch.nn.MaxPool2d(*args, **kwargs))
 
 

@@ -1,4 +1,4 @@
-"""Image files -> MNIST-like digits: real MNIST digits survive the round trip through a photo-like PNG."""
+"""Image files -> MNIST-like digits: real MNIST digits survive a round trip through a photo."""
 import numpy as np
 import pytest
 from PIL import Image

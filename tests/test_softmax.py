@@ -7,9 +7,18 @@ import torch
 
 import scratchnet.nn as snn
 from scratchnet.backend import ops, use_backend
+from scratchnet.backends.numba_backend import activation as numba_activation
 from tests.helpers import BACKENDS, DTYPES, assert_close, to_torch
 
 LAYERS = [(snn.Softmax, torch.nn.Softmax), (snn.LogSoftmax, torch.nn.LogSoftmax)]
+
+
+@pytest.fixture(params=["serial", "parallel"])
+def numba_path(request, monkeypatch):
+    """Run numba kernels on the calling thread (small work) or split across threads."""
+    if request.param == "parallel":
+        monkeypatch.setattr(numba_activation, "PARALLEL_MIN_WORK", 0)
+    return request.param
 
 
 def _compare(backend, ours, theirs, x, dout):
@@ -85,7 +94,7 @@ def test_implicit_dim_follows_torch(rng, backend, layers, ndim):
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dim", [0, 1, 2])
-def test_numba_matches_numpy(rng, name, dtype, dim):
+def test_numba_matches_numpy(numba_path, rng, name, dtype, dim):
     x = rng.standard_normal((3, 4, 5)).astype(dtype)
     dout = rng.standard_normal(x.shape).astype(dtype)
     results = []

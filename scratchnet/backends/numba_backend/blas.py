@@ -58,7 +58,11 @@ def gemm(a, b, c, trans_a, trans_b, alpha, beta):
     """
     opa = a.T if trans_a else a
     opb = b.T if trans_b else b
-    c[...] = alpha * np.dot(opa, opb) + beta * c
+    if beta == 0:
+        # BLAS never reads c when beta is 0, so garbage (even NaN) in an np.empty buffer is fine
+        c[...] = alpha * np.dot(opa, opb)
+    else:
+        c[...] = alpha * np.dot(opa, opb) + beta * c
 
 
 if HAVE_CBLAS:

@@ -49,7 +49,7 @@ def _valid_range(offset, stride, size, n_out):
 
 @njit(cache=True)
 def is_pointwise(KH, KW, sh, sw, pt, pb, pl, pr):
-    """True when im2col is the identity (1×1 kernel, stride 1, no padding): col = x[n] as (C, H·W)."""
+    """True when im2col is the identity (1×1 kernel, stride 1, no padding): col = x[n] (C, H·W)."""
     return (KH == 1 and KW == 1 and sh == 1 and sw == 1
             and pt == 0 and pb == 0 and pl == 0 and pr == 0)
 
@@ -182,7 +182,8 @@ def _conv2d_forward_kernel(x, w2, b, has_bias, out, cols, KH, KW, sh, sw, pt, pb
 @njit(cache=True, parallel=True)
 def _conv2d_backward_kernel(x, w2, dout, has_bias, dx, dw_part, db_part, cols, dcols,
                             KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups):
-    """dx (N, C, H, W, zeroed by the caller), per-thread dw_part (T, F, Cg·KH·KW), db_part (T, F)."""
+    """Fill dx (N, C, H, W), zeroed by the caller, and the per-thread partials
+    dw_part (T, F, Cg·KH·KW) and db_part (T, F)."""
     N, C, H, W = x.shape
     F, OH, OW = dout.shape[1], dout.shape[2], dout.shape[3]
     T = cols.shape[0]
@@ -206,7 +207,7 @@ def _conv2d_backward_kernel(x, w2, dout, has_bias, dx, dw_part, db_part, cols, d
 
 
 def _kernel_array(a, dtype):
-    """C-contiguous, writeable array of ``dtype`` (read-only arrays would compile a new signature)."""
+    """C-contiguous writeable array of ``dtype`` (read-only ones would compile a new signature)."""
     a = np.ascontiguousarray(a, dtype=dtype)
     return a if a.flags.writeable else a.copy()
 
@@ -223,12 +224,17 @@ def _geometry(w, stride, padding, dilation):
     return KH, KW, sh, sw, pt, pb, pl, pr, dh, dw
 
 
+def _as_matrix(w):
+    """w (F, Cg, KH, KW) as the GEMM's (F, Cg·KH·KW) (spelled out: F may be 0)."""
+    F, Cg, KH, KW = w.shape
+    return w.reshape(F, Cg * KH * KW)
+
+
 def _cols_shape(T, C, OH, OW, geo):
     """Per-thread column buffers; none are needed when im2col is the identity."""
-    KH, KW = geo[0], geo[1]
     if is_pointwise(*geo[:8]):
         return (T, 0, 0)
-    return (T, C * KH * KW, OH * OW)
+    return (T, C * geo[0] * geo[1], OH * OW)
 
 
 def conv2d_forward(x, w, b, stride, padding, dilation, groups):
@@ -263,7 +269,7 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
         return out, cache
     T = _n_threads(N)
     cols = np.zeros(_cols_shape(T, C, OH, OW, geo), dtype=dtype)
-    _conv2d_forward_kernel(x, w.reshape(F, -1), bias, has_bias, out, cols, *geo, groups)
+    _conv2d_forward_kernel(x, _as_matrix(w), bias, has_bias, out, cols, *geo, groups)
     return out, cache
 
 
@@ -284,12 +290,12 @@ def conv2d_backward(dout, cache):
     OH, OW = dout.shape[2], dout.shape[3]
     dx = np.zeros_like(x)
     T = _n_threads(N)
-    dw_part = np.zeros((T, F, w[0].size), dtype=dtype)
+    dw_part = np.zeros((T, F, C // groups * geo[0] * geo[1]), dtype=dtype)
     db_part = np.zeros((T, F), dtype=dtype)
     if N > 0:
         cols = np.zeros(_cols_shape(T, C, OH, OW, geo), dtype=dtype)
         dcols = np.zeros_like(cols)
-        _conv2d_backward_kernel(x, w.reshape(F, -1), dout, has_bias, dx, dw_part, db_part,
+        _conv2d_backward_kernel(x, _as_matrix(w), dout, has_bias, dx, dw_part, db_part,
                                 cols, dcols, *geo, groups)
     dw = dw_part.sum(axis=0).reshape(w.shape)
     db = db_part.sum(axis=0) if has_bias else None

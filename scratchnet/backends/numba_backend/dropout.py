@@ -14,12 +14,11 @@ __all__ = ["dropout_forward", "dropout_backward"]
 
 @njit(cache=True)
 def _apply_mask_span(x, keep, scale, out, lo, hi):
-    for i in range(lo, hi):
+    x, keep, out = x[lo:hi], keep[lo:hi], out[lo:hi]
+    zero = scale - scale
+    for i in range(x.size):
         # multiply by 0 rather than assign it: torch's x·noise turns a dropped inf/NaN into NaN
-        if keep[i]:
-            out[i] = x[i] * scale
-        else:
-            out[i] = x[i] * 0
+        out[i] = x[i] * (scale if keep[i] else zero)
 
 
 @njit(cache=True, parallel=True)

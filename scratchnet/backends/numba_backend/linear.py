@@ -7,7 +7,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .activation import PARALLEL_MIN_WORK
+from . import activation
 from .blas import gemm
 
 __all__ = ["linear_forward", "linear_backward"]
@@ -17,7 +17,7 @@ _MIN_ROWS_PER_BLOCK = 16
 
 
 def _num_blocks(n, work):
-    if work < PARALLEL_MIN_WORK:
+    if work < activation.PARALLEL_MIN_WORK:
         return 1
     return max(1, min(numba.get_num_threads(), n // _MIN_ROWS_PER_BLOCK))
 

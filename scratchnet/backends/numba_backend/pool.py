@@ -9,32 +9,55 @@ __all__ = ["maxpool2d_forward", "maxpool2d_backward"]
 
 
 @njit(cache=True)
+def _taps(size, out_size, K, S, P, D):
+    """First in-bounds tap of each window along one axis and how many taps are in bounds."""
+    first = np.empty(out_size, dtype=np.int64)
+    count = np.empty(out_size, dtype=np.int64)
+    for o in range(out_size):
+        start = o * S - P
+        stop = min(start + (K - 1) * D + 1, size)
+        # padding is -inf and never wins, so windows simply skip it (as torch's loop does)
+        while start < 0:
+            start += D
+        first[o] = start
+        count[o] = (stop - start + D - 1) // D
+    return first, count
+
+
+@njit(cache=True)
 def _forward_span(x, KH, KW, SH, SW, PH, PW, DH, DW, out, index, lo, hi):
-    H, W = x.shape[1], x.shape[2]
+    P, H, W = x.shape
     OH, OW = out.shape[1], out.shape[2]
+    h_first, h_count = _taps(H, OH, KH, SH, PH, DH)
+    w_first, w_count = _taps(W, OW, KW, SW, PW, DW)
+    planes = x.reshape(P, H * W)
+    # one output row at a time, window row by window row: longer inner loops than
+    # window-by-window, about 1.5x faster
+    best_val = np.empty(OW, dtype=x.dtype)
+    best_idx = np.empty(OW, dtype=np.int64)
     for p in range(lo, hi):
+        plane = planes[p]
         for oh in range(OH):
-            h0 = oh * SH - PH
-            h1 = min(h0 + (KH - 1) * DH + 1, H)
-            while h0 < 0:
-                h0 += DH
             for ow in range(OW):
-                w0 = ow * SW - PW
-                w1 = min(w0 + (KW - 1) * DW + 1, W)
-                while w0 < 0:
-                    w0 += DW
-                # torch's rule: start from -inf at the first real element, take strictly
-                # greater values and every NaN (first max wins ties, last NaN wins)
-                best = h0 * W + w0
-                m = -np.inf
-                for ih in range(h0, h1, DH):
-                    for iw in range(w0, w1, DW):
-                        v = x[p, ih, iw]
-                        if v > m or np.isnan(v):
+                best_val[ow] = -np.inf
+                best_idx[ow] = h_first[oh] * W + w_first[ow]
+            for a in range(h_count[oh]):
+                row = (h_first[oh] + a * DH) * W
+                for ow in range(OW):
+                    m = best_val[ow]
+                    k = best_idx[ow]
+                    for b in range(w_count[ow]):
+                        j = row + w_first[ow] + b * DW
+                        v = plane[j]
+                        # torch's rule, in its row-major scan: strictly greater values and
+                        # every NaN take over (ties keep the first max, the last NaN wins)
+                        if v > m or v != v:
                             m = v
-                            best = ih * W + iw
-                out[p, oh, ow] = m
-                index[p, oh, ow] = best
+                            k = j
+                    best_val[ow] = m
+                    best_idx[ow] = k
+            out[p, oh, :] = best_val
+            index[p, oh, :] = best_idx
 
 
 @njit(cache=True, parallel=True)

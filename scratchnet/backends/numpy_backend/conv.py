@@ -19,7 +19,7 @@ def _out_size(size, pad_lo, pad_hi, kernel, stride, dilation):
 
 
 def _im2col_view(x_padded, KH, KW, stride, dilation, OH, OW):
-    """Read-only view (N, C, KH, KW, OH, OW) of the padded input: one entry per (patch, position)."""
+    """Read-only view (N, C, KH, KW, OH, OW) of the padded input: an entry per (patch, position)."""
     sN, sC, sH, sW = x_padded.strides
     N, C = x_padded.shape[:2]
     (sh, sw), (dh, dw) = stride, dilation

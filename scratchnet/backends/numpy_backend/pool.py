@@ -1,4 +1,4 @@
-"""Max pooling, the readable specification: every window gathered, its winner picked as torch does."""
+"""Max pooling, the readable specification: gather every window, pick its winner as torch does."""
 import numpy as np
 
 __all__ = ["maxpool2d_forward", "maxpool2d_backward"]
@@ -42,7 +42,7 @@ def maxpool2d_forward(x, kernel_size, stride, padding, dilation, ceil_mode):
     cols, col_inside = _window_positions(W, OW, KW, SW, PW, DW)  # (OW, KW)
     r = rows[:, None, :, None]
     c = cols[None, :, None, :]
-    # windows[n, c, oh, ow, kh·KW + kw] = x[n, c, rows[oh, kh], cols[ow, kw]], scan order as torch's
+    # windows[n, c, oh, ow, kh·KW + kw] = x[n, c, rows[oh, kh], cols[ow, kw]]: torch's scan order
     windows = x[:, :, r, c].reshape(N, C, OH, OW, K)
     inside = (row_inside[:, None, :, None] & col_inside[None, :, None, :]).reshape(OH, OW, K)
     flat_index = np.broadcast_to((r * W + c).reshape(OH, OW, K), (N, C, OH, OW, K))
