@@ -136,6 +136,18 @@ def test_dry_run_writes_loadable_outputs(tmp_path, capsys, name):
     assert model(x).shape == (2, 10)
 
 
+def test_float64_on_the_numpy_backend(tmp_path, capsys):
+    out = tmp_path / "r"
+    code, stdout, err = run(capsys, "train", "--model", "lenet", "--dry-run", "--dtype", "float64",
+                            "--backend", "numpy", "--out", out, *FAST)
+    assert code == 0, err
+    assert "numpy backend, float64" in stdout
+    model, ckpt = load_model(out)
+    assert all(v.dtype == np.float64 for v in ckpt.model_state.values())
+    assert all(v.dtype == np.float64 for s in ckpt.optimizer_state["state"].values()
+               for k, v in s.items() if k != "step")
+
+
 def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path, capsys):
     args = ["train", "--model", "mlp128", "--limit-train", "300", "--epochs", "2", *FAST]
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):

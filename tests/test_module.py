@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import scratchnet.nn as snn
-from scratchnet.backend import use_backend
+from scratchnet.backend import ops, use_backend
 from tests.helpers import BACKENDS, assert_close, to_torch
 
 
@@ -209,3 +209,23 @@ def test_flatten_repr_and_validation():
         snn.Flatten(2, 1)(np.zeros((2, 3, 4)))
     with pytest.raises(RuntimeError, match="before forward"):
         snn.Flatten().backward(np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize("make,shape,op", [
+    (lambda: snn.ReLU(), (3, 4), "relu"), (lambda: snn.LeakyReLU(0.2), (3, 4), "leaky_relu"),
+    (lambda: snn.MaxPool2d(2), (2, 3, 4, 4), "maxpool2d"),
+    (lambda: snn.Linear(4, 3), (5, 4), "linear"), (lambda: snn.Dropout(0.5), (3, 4), "dropout"),
+    (lambda: snn.Softmax(1), (3, 4), "softmax"), (lambda: snn.LogSoftmax(0), (3, 4), "log_softmax"),
+])
+def test_backward_uses_the_backend_of_forward(rng, monkeypatch, make, shape, op):
+    # a cache belongs to the backend that made it: switching backends between forward and
+    # backward must not hand it to the other backend's op
+    def refuse(*args):
+        raise AssertionError(f"numpy {op}_backward called with a numba cache")
+
+    monkeypatch.setattr(ops("numpy"), f"{op}_backward", refuse)
+    layer = make().double()
+    with use_backend("numba"):
+        out = layer(rng.standard_normal(shape))
+    with use_backend("numpy"):
+        layer.backward(np.ones_like(out))

@@ -7,26 +7,26 @@ from .module import FLOAT_DTYPES, Module
 __all__ = ["ReLU", "LeakyReLU"]
 
 
-def check_float_input(layer, x):
-    """Raise TypeError unless ``x`` is a float32/float64 ndarray; ``layer`` names the caller."""
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{layer}: expected a numpy.ndarray input, got {type(x).__name__}")
+def float_input(layer, x):
+    """``x`` as an ndarray; TypeError naming ``layer`` unless it is float32 or float64."""
+    x = np.asarray(x)
     if x.dtype.type not in FLOAT_DTYPES:
         raise TypeError(f"{layer}: expected a float32 or float64 input, got dtype {x.dtype}")
+    return x
 
 
-def check_dout(layer, dout, shape, dtype):
-    """Raise unless ``dout`` matches the last forward's output ``shape`` and ``dtype``."""
+def grad_output(layer, dout, shape, dtype):
+    """``dout`` as an array of the last output's dtype (cast, as torch's autograd does).
+
+    RuntimeError before any forward; ValueError unless ``dout`` has the output's ``shape``.
+    """
     if shape is None:
         raise RuntimeError(f"{layer}: backward called before forward")
-    if not isinstance(dout, np.ndarray):
-        raise TypeError(f"{layer}.backward: expected a numpy.ndarray dout, got "
-                        f"{type(dout).__name__}")
+    dout = np.asarray(dout, dtype=dtype)
     if dout.shape != shape:
         raise ValueError(f"{layer}.backward: expected dout of shape {shape} (the forward "
                          f"output's), got {dout.shape}")
-    if dout.dtype != dtype:
-        raise TypeError(f"{layer}.backward: expected dout of dtype {dtype}, got {dout.dtype}")
+    return dout
 
 
 class ReLU(Module):
@@ -38,12 +38,14 @@ class ReLU(Module):
     def __init__(self, inplace=False):
         super().__init__()
         self.inplace = inplace
-        self._cache = None
+        self._cache = self._backend = None
         self._out_shape = self._out_dtype = None
 
     def forward(self, x):
-        check_float_input("ReLU", x)
-        out, self._cache = backend.ops().relu_forward(x)
+        x = float_input("ReLU", x)
+        # the cache belongs to the backend that made it: backward uses the same one
+        self._backend = backend.get_backend()
+        out, self._cache = backend.ops(self._backend).relu_forward(x)
         self._out_shape, self._out_dtype = out.shape, out.dtype
         if self.inplace:
             # the cache may hold x itself; relu(x) <= 0 exactly where x <= 0, so the gradient
@@ -53,8 +55,8 @@ class ReLU(Module):
         return out
 
     def backward(self, dout):
-        check_dout("ReLU", dout, self._out_shape, self._out_dtype)
-        return backend.ops().relu_backward(dout, self._cache)
+        dout = grad_output("ReLU", dout, self._out_shape, self._out_dtype)
+        return backend.ops(self._backend).relu_backward(dout, self._cache)
 
     def extra_repr(self):
         return "inplace=True" if self.inplace else ""
@@ -70,13 +72,14 @@ class LeakyReLU(Module):
         super().__init__()
         self.negative_slope = negative_slope
         self.inplace = inplace
-        self._cache = None
+        self._cache = self._backend = None
         self._out_shape = self._out_dtype = None
         self._overwrote_negative = False
 
     def forward(self, x):
-        check_float_input("LeakyReLU", x)
-        out, self._cache = backend.ops().leaky_relu_forward(x, self.negative_slope)
+        x = float_input("LeakyReLU", x)
+        self._backend = backend.get_backend()
+        out, self._cache = backend.ops(self._backend).leaky_relu_forward(x, self.negative_slope)
         self._out_shape, self._out_dtype = out.shape, out.dtype
         self._overwrote_negative = False
         if self.inplace:
@@ -87,12 +90,12 @@ class LeakyReLU(Module):
         return out
 
     def backward(self, dout):
-        check_dout("LeakyReLU", dout, self._out_shape, self._out_dtype)
+        dout = grad_output("LeakyReLU", dout, self._out_shape, self._out_dtype)
         if self._overwrote_negative:
             raise RuntimeError(
                 "LeakyReLU: in-place forward with a negative slope overwrote the input its "
                 f"backward needs (negative_slope={self.negative_slope}); use inplace=False")
-        return backend.ops().leaky_relu_backward(dout, self._cache)
+        return backend.ops(self._backend).leaky_relu_backward(dout, self._cache)
 
     def extra_repr(self):
         inplace = ", inplace=True" if self.inplace else ""

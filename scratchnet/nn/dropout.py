@@ -1,7 +1,7 @@
 """``Dropout``: inverted dropout while training, identity in eval mode."""
 from .. import backend
 from .. import random as sn_random
-from .activation import check_dout, check_float_input
+from .activation import float_input, grad_output
 from .module import Module
 
 __all__ = ["Dropout"]
@@ -22,26 +22,28 @@ class Dropout(Module):
                              f"but got {p}")
         self.p = p
         self.inplace = inplace
-        self._cache = None
+        self._cache = self._backend = None
         self._out_shape = self._out_dtype = None
 
     def forward(self, x):
-        check_float_input("Dropout", x)
+        x = float_input("Dropout", x)
         self._out_shape, self._out_dtype = x.shape, x.dtype
         if not self.training:
             self._cache = None
             return x
-        out, self._cache = backend.ops().dropout_forward(x, self.p, sn_random.default_generator())
+        self._backend = backend.get_backend()
+        out, self._cache = backend.ops(self._backend).dropout_forward(
+            x, self.p, sn_random.default_generator())
         if self.inplace and out is not x:
             x[...] = out
             return x
         return out
 
     def backward(self, dout):
-        check_dout("Dropout", dout, self._out_shape, self._out_dtype)
+        dout = grad_output("Dropout", dout, self._out_shape, self._out_dtype)
         if self._cache is None:
             return dout
-        return backend.ops().dropout_backward(dout, self._cache)
+        return backend.ops(self._backend).dropout_backward(dout, self._cache)
 
     def extra_repr(self):
         return f"p={self.p}, inplace={self.inplace}"

@@ -1,7 +1,7 @@
 """``Flatten``: merge a range of axes into one (backward restores the input's shape)."""
 import numpy as np
 
-from .activation import check_dout
+from .activation import grad_output
 from .module import Module
 
 __all__ = ["Flatten"]
@@ -27,8 +27,7 @@ class Flatten(Module):
         self._out_shape = self._out_dtype = None
 
     def forward(self, x):
-        if not isinstance(x, np.ndarray):
-            raise TypeError(f"Flatten: expected a numpy.ndarray input, got {type(x).__name__}")
+        x = np.asarray(x)
         start = _wrap_dim("Flatten", "start_dim", self.start_dim, x.ndim)
         end = _wrap_dim("Flatten", "end_dim", self.end_dim, x.ndim)
         if start > end:
@@ -42,7 +41,7 @@ class Flatten(Module):
         return out
 
     def backward(self, dout):
-        check_dout("Flatten", dout, self._out_shape, self._out_dtype)
+        dout = grad_output("Flatten", dout, self._out_shape, self._out_dtype)
         return dout.reshape(self._in_shape)
 
     def extra_repr(self):

@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import backend
 from . import init
-from .activation import check_dout, check_float_input
+from .activation import float_input, grad_output
 from .module import Module
 from .parameter import Parameter
 
@@ -39,12 +39,12 @@ class Linear(Module):
                                                     fan_in=self.in_features))
         else:
             self.register_parameter("bias", None)
-        self._cache = None
+        self._cache = self._backend = None
         self._in_shape = None
         self._out_shape = self._out_dtype = None
 
     def forward(self, x):
-        check_float_input("Linear", x)
+        x = float_input("Linear", x)
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear: expected input of shape (*, {self.in_features}), "
                              f"got shape {x.shape}")
@@ -55,17 +55,20 @@ class Linear(Module):
         lead = x.shape[:-1]
         rows = int(np.prod(lead, dtype=np.int64))
         b = self.bias.data if self.bias is not None else None
-        out, self._cache = backend.ops().linear_forward(x.reshape(rows, self.in_features), w, b)
+        # the cache belongs to the backend that made it: backward uses the same one
+        self._backend = backend.get_backend()
+        out, self._cache = backend.ops(self._backend).linear_forward(
+            x.reshape(rows, self.in_features), w, b)
         self._in_shape = x.shape
         out = out.reshape(lead + (self.out_features,))
         self._out_shape, self._out_dtype = out.shape, out.dtype
         return out
 
     def backward(self, dout):
-        check_dout("Linear", dout, self._out_shape, self._out_dtype)
+        dout = grad_output("Linear", dout, self._out_shape, self._out_dtype)
         rows = int(np.prod(self._in_shape[:-1], dtype=np.int64))
-        dx, dw, db = backend.ops().linear_backward(dout.reshape(rows, self.out_features),
-                                                   self._cache)
+        dx, dw, db = backend.ops(self._backend).linear_backward(
+            dout.reshape(rows, self.out_features), self._cache)
         self.weight.accumulate_grad(dw)
         if self.bias is not None:
             self.bias.accumulate_grad(db)

@@ -3,7 +3,7 @@ import operator
 
 from .. import backend
 from ..backends.numpy_backend.pool import pool_output_size
-from .activation import check_dout, check_float_input
+from .activation import float_input, grad_output
 from .module import Module
 
 __all__ = ["MaxPool2d"]
@@ -46,7 +46,7 @@ class MaxPool2d(Module):
         self.return_indices = return_indices
         self.ceil_mode = ceil_mode
         self._pairs()
-        self._cache = None
+        self._cache = self._backend = None
         self._batched = True
         self._out_shape = self._out_dtype = None
 
@@ -66,7 +66,7 @@ class MaxPool2d(Module):
         return k, s, p, d
 
     def forward(self, x):
-        check_float_input("MaxPool2d", x)
+        x = float_input("MaxPool2d", x)
         if x.ndim not in (3, 4):
             raise ValueError(f"MaxPool2d: expected a 3-D (C, H, W) or 4-D (N, C, H, W) input, "
                              f"got shape {x.shape}")
@@ -82,15 +82,19 @@ class MaxPool2d(Module):
                              f"size {OH}x{OW}")
         self._batched = x.ndim == 4
         x4 = x if self._batched else x[None]
-        out, self._cache = backend.ops().maxpool2d_forward(x4, k, s, p, d, self.ceil_mode)
+        # the cache belongs to the backend that made it: backward uses the same one
+        self._backend = backend.get_backend()
+        out, self._cache = backend.ops(self._backend).maxpool2d_forward(x4, k, s, p, d,
+                                                                        self.ceil_mode)
         if not self._batched:
             out = out[0]
         self._out_shape, self._out_dtype = out.shape, out.dtype
         return out
 
     def backward(self, dout):
-        check_dout("MaxPool2d", dout, self._out_shape, self._out_dtype)
-        dx = backend.ops().maxpool2d_backward(dout if self._batched else dout[None], self._cache)
+        dout = grad_output("MaxPool2d", dout, self._out_shape, self._out_dtype)
+        dx = backend.ops(self._backend).maxpool2d_backward(
+            dout if self._batched else dout[None], self._cache)
         return dx if self._batched else dx[0]
 
     def extra_repr(self):

@@ -2,7 +2,7 @@
 import warnings
 
 from .. import backend
-from .activation import check_dout, check_float_input
+from .activation import float_input, grad_output
 from .module import Module
 
 __all__ = ["Softmax", "LogSoftmax"]
@@ -28,16 +28,19 @@ class _SoftmaxBase(Module):
     def __init__(self, dim=None):
         super().__init__()
         self.dim = dim
-        self._cache = None
+        self._cache = self._backend = None
         self._out_shape = self._out_dtype = None
 
-    def _ops(self):
+    def _ops(self, ops):
+        """(forward, backward) op pair from the backend module ``ops``."""
         raise NotImplementedError
 
     def forward(self, x):
-        check_float_input(self._name, x)
+        x = float_input(self._name, x)
         dim = _resolve_dim(self._name, self.dim, x.ndim)
-        forward, _ = self._ops()
+        # the cache belongs to the backend that made it: backward uses the same one
+        self._backend = backend.get_backend()
+        forward, _ = self._ops(backend.ops(self._backend))
         # a 0-d input is a single-element line, as in torch
         out, self._cache = forward(x.reshape(x.shape or (1,)), dim)
         out = out.reshape(x.shape)
@@ -45,8 +48,8 @@ class _SoftmaxBase(Module):
         return out
 
     def backward(self, dout):
-        check_dout(self._name, dout, self._out_shape, self._out_dtype)
-        _, backward = self._ops()
+        dout = grad_output(self._name, dout, self._out_shape, self._out_dtype)
+        _, backward = self._ops(backend.ops(self._backend))
         return backward(dout.reshape(dout.shape or (1,)), self._cache).reshape(dout.shape)
 
     def extra_repr(self):
@@ -61,8 +64,7 @@ class Softmax(_SoftmaxBase):
 
     _name = "Softmax"
 
-    def _ops(self):
-        ops = backend.ops()
+    def _ops(self, ops):
         return ops.softmax_forward, ops.softmax_backward
 
 
@@ -74,6 +76,5 @@ class LogSoftmax(_SoftmaxBase):
 
     _name = "LogSoftmax"
 
-    def _ops(self):
-        ops = backend.ops()
+    def _ops(self, ops):
         return ops.log_softmax_forward, ops.log_softmax_backward

@@ -3,6 +3,8 @@
 x is viewed as (A, L, B) with L the softmax axis; each of the A·B lines (stride B) is an
 independent item: max, then sum of exp(x - max), then the output.
 """
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -73,9 +75,7 @@ def _backward_parallel(dout, y, dx, log, chunks):
 
 def _line_shape(shape, dim):
     """(A, L, B): the axes before ``dim`` merged, ``dim`` itself, the axes after merged."""
-    A = int(np.prod(shape[:dim], dtype=np.int64))
-    B = int(np.prod(shape[dim + 1:], dtype=np.int64))
-    return A, shape[dim], B
+    return math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1:])
 
 
 def _forward(x, dim, log):
