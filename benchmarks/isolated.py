@@ -10,10 +10,10 @@ the kernel's peak-RSS mark is reset (``/proc/self/clear_refs``), so ``peak_rss_m
 process's peak during training alone. Every child imports the same libraries (torch, numba,
 scratchnet), so ``training_growth_mb`` (peak − RSS before the first step) is what training
 itself added: activations, gradients, optimizer state and, for the numba backend, the compiled
-kernels loaded from the cache. ``lifetime_peak_rss_mb`` (``ru_maxrss``) includes setup. For the
-scratchnet sides, tracemalloc also reports the peak of NumPy-allocated memory during training
-(arrays a Numba kernel allocates itself are invisible to it). Numba children use the model's
-warm cache so compilation doesn't inflate the peak.
+kernels loaded from the cache. (``ru_maxrss`` is no use here: after ``exec`` it still holds
+the parent's peak.) For the scratchnet sides, tracemalloc also reports the peak of
+NumPy-allocated memory during training (arrays a Numba kernel allocates itself are invisible
+to it). Numba children use the model's warm cache so compilation doesn't inflate the peak.
 
 Run as ``python -m benchmarks.isolated {jit,memory} ...``: the last stdout line is JSON.
 """
@@ -141,16 +141,21 @@ def _child_memory(model, side_name, threads, steps):
     side.enter()
     side.sync()
     gc.collect()
+    setup_peak = _status_mb("VmHWM")
     reset = _reset_peak_rss()
     before = _status_mb("VmRSS")
     for i in range(steps):
         side.train_step(*inputs[i % len(inputs)])
     side.sync()
-    lifetime = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    peak = _status_mb("VmHWM") if reset else None
-    result = {"steps": steps, "batch_size": batch, "rss_before_training_mb": before,
-              "peak_rss_mb": peak, "lifetime_peak_rss_mb": lifetime}
-    if before is not None and peak is not None:
+    if reset:
+        peak = _status_mb("VmHWM")
+    else:  # no /proc: the process's lifetime peak, setup included (bytes on macOS, else KiB)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak /= 2 ** 20 if sys.platform == "darwin" else 2 ** 10
+    result = {"steps": steps, "batch_size": batch, "setup_peak_rss_mb": setup_peak,
+              "rss_before_training_mb": before, "peak_rss_mb": peak,
+              "peak_includes_setup": not reset}
+    if before is not None and reset:
         result["training_growth_mb"] = peak - before
     if side_name in frameworks.SCRATCHNET:
         tracemalloc.start()

@@ -31,8 +31,8 @@ METRICS = "metrics.json"
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 # a --dry-run trains one epoch on this many batches and tests on this many
 DRY_RUN_BATCHES = (4, 2)
-# settings a resumed run may change without changing its numbers
 RECIPE = " (default: the model's recipe)"
+# settings a resumed run may change without changing its numbers
 RESUME_MAY_CHANGE = {"resume", "epochs", "data_dir", "limit_test", "out", "no_progress",
                      "backend", "model"}
 
@@ -502,8 +502,7 @@ def cmd_predict(args):
 
 
 def cmd_export(args):
-    path = _checkpoint_path(args.checkpoint)
-    ckpt = checkpoint.load_checkpoint(path)
+    ckpt = _load_run_checkpoint(_checkpoint_path(args.checkpoint))
     checkpoint.save_torch_state_dict(args.output, ckpt.model_state)
     print(f"wrote {args.output}: {ckpt.meta['model']} weights ({len(ckpt.model_state)} tensors) "
           f"for reference.models.build({ckpt.meta['model']!r})")

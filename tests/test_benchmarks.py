@@ -96,8 +96,7 @@ def test_memory_child_reports_peak_rss(tmp_path):
                                cache_dir=str(tmp_path))
     for side, r in res.items():
         assert "error" not in r, r
-        assert r["peak_rss_mb"] is None or r["peak_rss_mb"] > 0
-        assert r["lifetime_peak_rss_mb"] > 0
+        assert r["peak_rss_mb"] > 0
     assert res["scratchnet-numpy"]["numpy_traced_peak_mb"] > 0
 
 
