@@ -5,6 +5,8 @@
     scratchnet evaluate runs/digitcnn-.../checkpoint.npz   # or a PyTorch state dict (.pt/.pth)
     scratchnet predict runs/digitcnn-.../checkpoint.npz my_digit.png
     scratchnet export runs/digitcnn-.../checkpoint.npz digitcnn.pth
+    scratchnet train --model multicnn                  # two overlapping digits, made from MNIST
+    scratchnet predict runs/multicnn-.../checkpoint.npz two_digits.png
 
 Every failure prints one line ``scratchnet: error: ...`` to stderr and returns non-zero:
 1 for bad data, files or numbers, 2 for bad usage, 130 when interrupted.
@@ -24,7 +26,8 @@ import numpy as np
 
 from . import backend, checkpoint, models, recipes, tasks, training
 from . import random as sn_random
-from .data import DATASETS, load_mnist, normalize, train_val_split
+from .data import DATASETS, DataError, load_mnist, normalize, train_val_split
+from .data import multidigit
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.json"
@@ -34,7 +37,14 @@ DRY_RUN_BATCHES = (4, 2)
 RECIPE = " (default: the model's recipe)"
 # settings a resumed run may change without changing its numbers
 RESUME_MAY_CHANGE = {"resume", "epochs", "data_dir", "limit_test", "out", "no_progress",
-                     "backend", "model"}
+                     "backend", "model", "allow_pickle", "n_test"}
+# flags only the two-digit models (multimlp, multicnn) take
+TWO_DIGIT_FLAGS = ("n_train", "n_test", "data_seed", "allow_pickle")
+TWO_DIGIT_DATASET = "two-digit"
+HEADS = ("first", "second")
+ALLOW_PICKLE_HELP = ("two-digit models: read the tutorial's .pkl.gz images from --data-dir. "
+                     "Unpickling runs whatever code the file names: allow it only for files "
+                     "you trust")
 
 
 class UsageError(Exception):
@@ -96,7 +106,13 @@ def _recipe_table():
 
 def _add_data_flags(p, test_only=False):
     p.add_argument("--data-dir", action=_Given, default=None,
-                   help="folder with the IDX files (default: the copy shipped with scratchnet)")
+                   help="folder with the IDX files (default: the copy shipped with scratchnet); "
+                        "two-digit models: a folder with train_multi_digit.npz and "
+                        "test_multi_digit.npz, or the tutorial's {train,test}_multi_digit.pkl.gz "
+                        "and {train,test}_labels.txt.gz (see --allow-pickle), else MNIST's IDX "
+                        "files to generate them from" + (
+                            " (default: the checkpoint's, else generated from the shipped MNIST)"
+                            if test_only else ""))
     p.add_argument("--dataset", action=_Given, default=None, choices=sorted(DATASETS),
                    help="which dataset (default: the checkpoint's, else mnist)")
     if not test_only:
@@ -104,6 +120,20 @@ def _add_data_flags(p, test_only=False):
                        help="use only the first N training images")
     p.add_argument("--limit-test", action=_Given, type=positive_int, default=None,
                    help="use only the first N test images")
+    if not test_only:
+        p.add_argument("--n-train", action=_Given, type=positive_int, default=None,
+                       help="two-digit models: training images to generate from MNIST "
+                            "(default: 40000, the tutorial's)")
+    p.add_argument("--n-test", action=_Given, type=positive_int, default=None,
+                   help="two-digit models: test images to generate from MNIST's test digits "
+                        "(default: the checkpoint's, else 4000, the tutorial's)")
+    p.add_argument("--data-seed", action=_Given, type=seed_int, default=None,
+                   help="two-digit models: seeds the generated images (default: the "
+                        "checkpoint's, else --seed)" if not test_only else
+                        "two-digit models: seeds the generated test images (default: the "
+                        "checkpoint's, else 1, train's default --seed)")
+    p.add_argument("--allow-pickle", action=_Given, nargs=0, const=True, default=False,
+                   help=ALLOW_PICKLE_HELP)
 
 
 def build_parser():
@@ -169,7 +199,9 @@ def build_parser():
     p = sub.add_parser("predict", help="probability of each class for image files",
                        formatter_class=_Formatter,
                        description="Classify image files (PNG, JPEG, any size or colour): each "
-                                   "is turned into an MNIST-like 28x28 digit first.")
+                                   "is turned into an MNIST-like 28x28 digit first (for the "
+                                   "two-digit models: a 42x28 canvas of two stacked digits, "
+                                   "and each digit gets its row).")
     p.add_argument("checkpoint", help="checkpoint.npz, a run folder, or a .pt/.pth state dict")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG/... image files")
     p.add_argument("--model", action=_Given, choices=models.names(), default=None,
@@ -193,8 +225,77 @@ def _checkpoint_path(path):
     return os.path.join(path, CHECKPOINT) if os.path.isdir(path) else path
 
 
+def _two_digit(name):
+    """True for the models that name two digits (multimlp, multicnn)."""
+    return models.OUTPUTS[name] == "two_logits"
+
+
+def _reject_two_digit_flags(args, name):
+    """UsageError when a two-digit-only flag was given for a single-digit model ``name``."""
+    given = [d for d in TWO_DIGIT_FLAGS if d in args.given]
+    if given and not _two_digit(name):
+        raise UsageError(f"--{given[0].replace('_', '-')} applies to the two-digit models "
+                         f"(multimlp, multicnn) only, not {name}")
+    if "dataset" in args.given and _two_digit(name):
+        raise UsageError(f"--dataset does not apply to {name}: its images are made from MNIST "
+                         f"digits (or read from --data-dir)")
+
+
+def _two_digit_files(config, split):
+    """(kind, suffix, path) of the two-digit files in config's data_dir for ``split``, or None."""
+    if config["data_dir"] is None:
+        return None
+    return multidigit.find_multidigit_files(config["data_dir"], split)
+
+
+def _load_two_digit(split, config):
+    """Two-digit (images (N, 42, 28), labels (N, 2)): read from files in data_dir when it holds
+    them, else generated from MNIST (data_dir's IDX files, or the shipped copy)."""
+    data_dir, found = config["data_dir"], _two_digit_files(config, split)
+    if found is not None:
+        kind, _, path = found
+        if kind == "pkl" and not config.get("allow_pickle"):
+            raise DataError(
+                f"{path}: the tutorial's two-digit images are a Python pickle, and unpickling "
+                f"runs whatever code the file names; pass --allow-pickle only if you trust the "
+                f"file (or convert it once to .npz with scratchnet.data.save_multidigit_npz)")
+        images, labels, _ = multidigit.load_multidigit_dir(data_dir, split, allow_pickle=True)
+    else:
+        path = f"the {split} set generated from MNIST"
+        try:
+            images, labels = multidigit.load_multidigit(
+                split, seed=config["data_seed"], n_train=config["n_train"],
+                n_test=config["n_test"], data_dir=data_dir)
+        except DataError as e:
+            if data_dir is None:
+                raise
+            image_name, label_name = multidigit.tutorial_files(split)
+            raise DataError(
+                f"{data_dir}: holds no two-digit {split} files ({multidigit.npz_file(split)}, "
+                f"or the tutorial's {image_name} and {label_name}) and no MNIST files to "
+                f"generate them from ({e})") from None
+    if images.shape[1:] != multidigit.CANVAS_SHAPE:
+        raise DataError(f"{path}: the two-digit models read 42 x 28 images, got "
+                        f"{images.shape[1]} x {images.shape[2]}")
+    return images, np.ascontiguousarray(labels.T)  # (N, 2): one row per sample, for batches
+
+
+def _describe_data(config, split):
+    """Where ``split`` comes from, for the messages: "mnist", "two-digit ... from FILE"."""
+    if config["dataset"] != TWO_DIGIT_DATASET:
+        return config["dataset"]
+    found = _two_digit_files(config, split)
+    if found is not None:
+        return f"two-digit (from {found[2]})"
+    return f"two-digit (generated from MNIST, data seed {config['data_seed']})"
+
+
 def _load_data(split, config, limit):
-    images, labels = load_mnist(split, data_dir=config["data_dir"], dataset=config["dataset"])
+    if config["dataset"] == TWO_DIGIT_DATASET:
+        images, labels = _load_two_digit(split, config)
+    else:
+        images, labels = load_mnist(split, data_dir=config["data_dir"],
+                                    dataset=config["dataset"])
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     return images, labels
@@ -216,23 +317,26 @@ def _load_run_checkpoint(path, *keys):
 
 
 def _load_for_inference(path, model_name=None):
-    """(model, name, normalization, dataset) from a checkpoint or a torch state dict."""
+    """(model, name, normalization, dataset, config) from a checkpoint or a torch state dict;
+    config is the training run's (None for a state dict)."""
+    config = None
     if checkpoint.is_torch_file(path):
         state = checkpoint.load_torch_state_dict(path)
         name = model_name or checkpoint.infer_model(state)
         dtype = np.result_type(*state.values()) if state else np.float32
-        normalization, dataset = recipes.resolve(name).normalize, "mnist"
+        normalization = recipes.resolve(name).normalize
+        dataset = TWO_DIGIT_DATASET if _two_digit(name) else "mnist"
     else:
         path = _checkpoint_path(path)
         ckpt = _load_run_checkpoint(path)
         state, name = ckpt.model_state, ckpt.meta["model"]
         if model_name is not None and model_name != name:
             raise checkpoint.CheckpointError(f"{path} holds a {name} model, not {model_name}")
-        dtype = ckpt.meta["config"]["dtype"]
-        normalization, dataset = ckpt.meta["config"]["normalize"], ckpt.meta["config"]["dataset"]
+        config = ckpt.meta["config"]
+        dtype, normalization, dataset = config["dtype"], config["normalize"], config["dataset"]
     model = models.build(name, dtype=dtype)
     checkpoint.load_weights(model, state, path, name)
-    return model.eval(), name, normalization, dataset
+    return model.eval(), name, normalization, dataset, config
 
 
 @contextlib.contextmanager
@@ -264,6 +368,7 @@ def _percent(v):
 def _new_config(args):
     if args.model is None:
         raise UsageError("train needs --model NAME (or --resume DIR)")
+    _reject_two_digit_flags(args, args.model)
     recipe = recipes.resolve(
         args.model, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
         epochs=args.epochs, momentum=args.momentum, nesterov=args.nesterov,
@@ -274,6 +379,11 @@ def _new_config(args):
               "limit_train": args.limit_train, "limit_test": args.limit_test,
               "dry_run": args.dry_run}
     config["normalize"] = list(recipe.normalize) if recipe.normalize else None
+    if _two_digit(args.model):
+        config.update(dataset=TWO_DIGIT_DATASET, n_train=args.n_train or 40000,
+                      n_test=args.n_test or 4000,
+                      data_seed=args.seed if args.data_seed is None else args.data_seed,
+                      allow_pickle=args.allow_pickle)
     if args.dry_run:
         train_batches, test_batches = DRY_RUN_BATCHES
         config["epochs"] = 1
@@ -289,6 +399,7 @@ def _resumed_config(args, meta, path):
     if args.model is not None and args.model != config["model"]:
         raise checkpoint.CheckpointError(f"{path} holds a {config['model']} model, "
                                          f"not {args.model}")
+    _reject_two_digit_flags(args, config["model"])
     for dest in sorted(args.given - RESUME_MAY_CHANGE):
         value = getattr(args, dest)
         if value != config.get(dest):
@@ -296,10 +407,12 @@ def _resumed_config(args, meta, path):
             raise UsageError(
                 f"{flag} {value} differs from the resumed run's {config.get(dest)}; a resumed "
                 f"run keeps its settings (it may change only --epochs, --data-dir, "
-                f"--limit-test, --backend, --out, --no-progress)")
-    for dest in ("epochs", "data_dir", "limit_test", "backend"):
+                f"--limit-test, --n-test, --allow-pickle, --backend, --out, --no-progress)")
+    for dest in ("epochs", "data_dir", "limit_test", "backend", "n_test"):
         if dest in args.given:
             config[dest] = getattr(args, dest)
+    if config["dataset"] == TWO_DIGIT_DATASET:
+        config["allow_pickle"] = args.allow_pickle  # a permission each command gives anew
     return config
 
 
@@ -347,35 +460,70 @@ def _save_run(out, model, optimizer, config, state, test=None):
     checkpoint.atomic_write(os.path.join(out, METRICS), lambda f: f.write(text.encode()))
 
 
+def _accuracies(metrics, prefix):
+    """"accuracy 91.00%", and for two digits " (first 93.00%, second 95.00%, both 88.50%)"."""
+    text = f"accuracy {_percent(metrics[f'{prefix}accuracy'])}"
+    if f"{prefix}accuracy_both" in metrics:
+        text += (f" (first {_percent(metrics[f'{prefix}accuracy_first'])}, second "
+                 f"{_percent(metrics[f'{prefix}accuracy_second'])}, both "
+                 f"{_percent(metrics[f'{prefix}accuracy_both'])})")
+    return text
+
+
+def _loss(metrics, prefix):
+    """"loss 0.1234", and for two digits " (first 0.1000, second 0.1468)"."""
+    text = f"loss {metrics[f'{prefix}loss']:.4f}"
+    if f"{prefix}loss_first" in metrics:
+        text += (f" (first {metrics[f'{prefix}loss_first']:.4f}, second "
+                 f"{metrics[f'{prefix}loss_second']:.4f})")
+    return text
+
+
 def _print_epoch(record, epochs):
-    line = (f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f} "
-            f"accuracy {_percent(record['train_accuracy'])}")
+    line = (f"epoch {record['epoch']}/{epochs}: train {_loss(record, 'train_')} "
+            f"{_accuracies(record, 'train_')}")
     if record["val_loss"] is not None:
-        line += f" | val loss {record['val_loss']:.4f} accuracy {_percent(record['val_accuracy'])}"
+        line += f" | val {_loss(record, 'val_')} {_accuracies(record, 'val_')}"
     line += f" | {record['samples_per_s']:.0f} samples/s, {record['seconds']:.1f} s"
     print(line, flush=True)
 
 
+def _confusion(labels, predictions):
+    """The confusion matrix, or for two digits the list (first digit's, second digit's)."""
+    if labels.ndim == 1:
+        return training.confusion_matrix(labels, predictions)
+    return [training.confusion_matrix(labels[:, h], predictions[:, h]) for h in range(2)]
+
+
 def _test_report(model, task, x, labels):
-    """Final test metrics as a dict for metrics.json, the predictions and confusion matrix."""
+    """Final test metrics as a dict for metrics.json, the predictions and confusion matrix
+    (for two digits: both digits' matrices summed, and each digit's, ``_first``/``_second``)."""
     result = training.evaluate(model, task, x, labels, batch_size=1000)
-    matrix = training.confusion_matrix(labels, result["predictions"])
+    matrices = _confusion(labels, result["predictions"])
     report = {"test_samples": int(len(labels)), "test_loss": result["loss"],
-              "test_accuracy": result["accuracy"],
-              "per_class_accuracy": training.per_class_accuracy(matrix).tolist(),
-              "confusion_matrix": matrix.tolist()}
-    return report, result["predictions"], matrix
+              "test_accuracy": result["accuracy"]}
+    report.update({f"test_{k}": v for k, v in result.items()
+                   if k not in ("loss", "accuracy", "predictions")})
+    matrix = matrices if labels.ndim == 1 else sum(matrices)
+    report["per_class_accuracy"] = training.per_class_accuracy(matrix).tolist()
+    report["confusion_matrix"] = matrix.tolist()
+    if labels.ndim == 2:
+        for head, m in zip(HEADS, matrices):
+            report[f"per_class_accuracy_{head}"] = training.per_class_accuracy(m).tolist()
+            report[f"confusion_matrix_{head}"] = m.tolist()
+    return report, result["predictions"], matrices
 
 
-def _write_plots(out, history, images, labels, predictions, matrix, dataset):
+def _write_plots(out, history, images, labels, predictions, matrices, dataset):
     from . import plots  # matplotlib is slow to import; only training needs it
-    classes = None if dataset == "mnist" else DATASETS[dataset]["classes"]
+    classes = None if dataset in ("mnist", TWO_DIGIT_DATASET) else DATASETS[dataset]["classes"]
     if history:
         plots.training_curves(history, os.path.join(out, "curves.png"))
     plots.prediction_grid(images, predictions, labels, os.path.join(out, "predictions.png"),
                           classes=classes)
-    plots.confusion_matrix_figure(matrix, os.path.join(out, "confusion_matrix.png"),
-                                  classes=classes)
+    titles = None if labels.ndim == 1 else [f"{head} digit" for head in HEADS]
+    plots.confusion_matrix_figure(matrices, os.path.join(out, "confusion_matrix.png"),
+                                  classes=classes, titles=titles)
 
 
 def _start_or_resume(args):
@@ -424,7 +572,8 @@ def cmd_train(args):
             checkpoint.load_weights(model, resumed.model_state, path, config["model"])
             state = _restore(path, resumed, optimizer)
         train, val = _train_and_val(config, model, recipe)
-        print(f"training {config['model']} on {len(train[1])} {config['dataset']} images "
+        print(f"training {config['model']} on {len(train[1])} "
+              f"{_describe_data(config, 'train')} images "
               f"({recipe.describe()}), {config['backend']} backend, {config['dtype']}; "
               f"run folder {out}", flush=True)
 
@@ -450,11 +599,12 @@ def cmd_train(args):
                 return EXIT_INTERRUPTED
 
         x_test = _inputs(test_images, model, recipe.normalize, model.dtype)
-        report, predictions, matrix = _test_report(model, task, x_test, test_labels)
+        report, predictions, matrices = _test_report(model, task, x_test, test_labels)
     _save_run(out, model, optimizer, config, state, test=report)
-    _write_plots(out, state.history, test_images, test_labels, predictions, matrix,
+    _write_plots(out, state.history, test_images, test_labels, predictions, matrices,
                  config["dataset"])
-    print(f"test accuracy {_percent(report['test_accuracy'])} on {report['test_samples']} "
+    loss = f", {_loss(report, 'test_')}" if "test_loss_first" in report else ""
+    print(f"test {_accuracies(report, 'test_')}{loss} on {report['test_samples']} "
           f"images; wrote {out}", flush=True)
     return 0
 
@@ -468,36 +618,72 @@ def _format_matrix(matrix):
     return "\n".join([header] + rows)
 
 
+def _evaluation_data_config(args, name, dataset, config):
+    """What ``_load_data`` needs to load the test set ``evaluate`` scores."""
+    _reject_two_digit_flags(args, name)
+    if dataset != TWO_DIGIT_DATASET:
+        return {"data_dir": args.data_dir, "dataset": args.dataset or dataset}
+    # the checkpoint's own test set (its files, or generated as it was), unless flags say else
+    config = config or {}
+    return {"dataset": TWO_DIGIT_DATASET,
+            "data_dir": args.data_dir if "data_dir" in args.given else config.get("data_dir"),
+            "data_seed": args.data_seed if args.data_seed is not None
+            else config.get("data_seed", 1),
+            "n_train": config.get("n_train", 40000),
+            "n_test": args.n_test or config.get("n_test", 4000),
+            "allow_pickle": args.allow_pickle}
+
+
+def _print_per_class_and_confusion(matrix, what=""):
+    per_class = training.per_class_accuracy(matrix)
+    print(f"per-class accuracy{what}: " + "  ".join(f"{c}: {_percent(a)}" for c, a in
+                                                   enumerate(per_class.tolist())))
+    print(f"confusion matrix{what} (rows: true class, columns: predicted class):")
+    print(_format_matrix(matrix))
+
+
 def cmd_evaluate(args):
     with backend.use_backend(args.backend or backend.get_backend()):
-        model, name, normalization, dataset = _load_for_inference(args.checkpoint, args.model)
-        dataset = args.dataset or dataset
-        images, labels = _load_data("test", {"data_dir": args.data_dir, "dataset": dataset},
-                                    args.limit_test)
+        model, name, normalization, dataset, config = _load_for_inference(args.checkpoint,
+                                                                          args.model)
+        data_config = _evaluation_data_config(args, name, dataset, config)
+        images, labels = _load_data("test", data_config, args.limit_test)
         x = _inputs(images, model, normalization, model.dtype)
         result = training.evaluate(model, tasks.for_model(models.OUTPUTS[name]), x, labels,
                                    batch_size=args.batch_size)
-    matrix = training.confusion_matrix(labels, result["predictions"])
-    print(f"{name} on {len(labels)} {dataset} test images: accuracy "
-          f"{_percent(result['accuracy'])}, loss {result['loss']:.4f}")
-    per_class = training.per_class_accuracy(matrix)
-    print("per-class accuracy: " + "  ".join(f"{c}: {_percent(a)}" for c, a in
-                                             enumerate(per_class.tolist())))
-    print("confusion matrix (rows: true class, columns: predicted class):")
-    print(_format_matrix(matrix))
+    matrices = _confusion(labels, result["predictions"])
+    if labels.ndim == 1:
+        print(f"{name} on {len(labels)} {data_config['dataset']} test images: accuracy "
+              f"{_percent(result['accuracy'])}, loss {result['loss']:.4f}")
+        _print_per_class_and_confusion(matrices)
+        return 0
+    print(f"{name} on {len(labels)} {_describe_data(data_config, 'test')} test images: "
+          f"{_accuracies(result, '')}, {_loss(result, '')}")
+    for head, matrix in zip(HEADS, matrices):
+        _print_per_class_and_confusion(matrix, f", {head} digit")
     return 0
 
 
 def cmd_predict(args):
-    from .preprocess import load_digit  # PIL is needed only here
-    model, name, normalization, _ = _load_for_inference(args.checkpoint, args.model)
-    digits = np.stack([load_digit(path) for path in args.images])
+    from .preprocess import load_digit, load_two_digit  # PIL is needed only here
+    model, name, normalization, _, _ = _load_for_inference(args.checkpoint, args.model)
+    load = load_two_digit if _two_digit(name) else load_digit
+    digits = np.stack([load(path) for path in args.images])
     x = _inputs(digits, model, normalization, model.dtype)
     probs = tasks.for_model(models.OUTPUTS[name]).probabilities(model(x))
     width = max(len(p) for p in args.images)
-    print(f"{'image':<{width}}  pred  " + " ".join(f"{c:>6}" for c in range(probs.shape[1])))
-    for path, p in zip(args.images, probs):
-        print(f"{path:<{width}}  {int(np.argmax(p)):>4}  " + " ".join(f"{v:6.4f}" for v in p))
+    classes = " ".join(f"{c:>6}" for c in range(probs.shape[-1]))
+    if probs.ndim == 2:
+        print(f"{'image':<{width}}  pred  " + classes)
+        for path, p in zip(args.images, probs):
+            print(f"{path:<{width}}  {int(np.argmax(p)):>4}  " + " ".join(f"{v:6.4f}" for v in p))
+        return 0
+    # two digits: a row per digit, top (first) then bottom (second)
+    print(f"{'image':<{width}}  digit   pred  " + classes)
+    for path, pair in zip(args.images, probs):
+        for head, p in zip(HEADS, pair):
+            print(f"{path:<{width}}  {head:<6}  {int(np.argmax(p)):>4}  "
+                  + " ".join(f"{v:6.4f}" for v in p))
     return 0
 
 

@@ -4,6 +4,7 @@ MNIST was made this way (LeCun et al.): the digit, white on black, was size-norm
 a 20x20 box keeping its aspect ratio (with anti-aliasing, hence grey edges), then placed in a
 28x28 field so that its centre of mass lies at the centre. :func:`to_mnist` repeats those
 steps on an arbitrary image; :func:`load_image` reads any file PIL can open.
+:func:`to_two_digit` does the same for two digits stacked on the 42 x 28 two-digit canvas.
 """
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -112,3 +113,74 @@ def to_mnist(gray, source="image"):
 def load_digit(path):
     """The image file at ``path`` as an MNIST-like uint8 (28, 28) digit."""
     return to_mnist(load_image(path), source=path)
+
+
+# The two-digit canvas (MITx 6.86x): two MNIST digits stacked, the second 14 rows up into the
+# first, each centred by its own centre of mass. Measured over generated canvases, splitting
+# the ink at the middle row of its bounding box, the upper half's centre of mass lies about
+# 15.3 rows above the lower half's, their midpoint at row 20.9, and the whole ink's column
+# centre of mass at 14. Placing a new image's two halves there (rather than fitting its
+# bounding box, whose height varies from 30 to 37 rows with the digits) keeps each digit where
+# the models saw it in training.
+TWO_DIGIT_SHAPE = (42, 28)
+TWO_DIGIT_HALVES_APART = 15.3
+TWO_DIGIT_HALVES_MIDDLE = 20.9
+TWO_DIGIT_CENTRE_COLUMN = 14
+# the largest the ink may become: the canvas less a 1-pixel border, and two MNIST digits' width
+TWO_DIGIT_MAX_INK = (40, 22)
+
+
+def _halves_centres(ink, top, bottom):
+    """Row centres of mass of the ink above and below the middle of rows ``top..bottom``."""
+    middle = (top + bottom) // 2
+    rows = np.arange(ink.shape[0], dtype=np.float64)
+    weight = ink.sum(axis=1)
+    upper, lower = weight[top:middle], weight[middle:bottom]
+    if upper.sum() == 0 or lower.sum() == 0:  # no ink in one half: a single short stroke
+        centre = (top + bottom - 1) / 2
+        return centre - TWO_DIGIT_HALVES_APART / 2, centre + TWO_DIGIT_HALVES_APART / 2
+    return ((rows[top:middle] * upper).sum() / upper.sum(),
+            (rows[middle:bottom] * lower).sum() / lower.sum())
+
+
+def to_two_digit(gray, source="image"):
+    """uint8 grayscale (H, W) of two digits, one above the other -> uint8 (42, 28) canvas.
+
+    As :func:`to_mnist` does for one digit: light backgrounds are inverted, the background
+    subtracted and the ink stretched to 0..255, then cropped to its bounding box. The crop is
+    scaled (PIL LANCZOS, aspect kept) so that the centres of mass of its upper and lower
+    halves lie 15.3 rows apart, as the two digits' do on generated canvases (at most 40 x 22
+    pixels), and pasted with their midpoint at row 20.9 and the ink's column centre of mass at
+    column 14, where the generated canvases have theirs.
+    """
+    gray = np.asarray(gray)
+    if gray.ndim != 2 or gray.dtype != np.uint8 or min(gray.shape) == 0:
+        raise ImageError(
+            f"{source}: expected a non-empty uint8 grayscale image (H, W), "
+            f"got {gray.dtype} of shape {gray.shape}")
+    ink = _ink(gray)
+    if ink is None or not (ink > INK_THRESHOLD).any():
+        raise ImageError(f"{source}: no digits found (the image is blank)")
+    top, bottom, left, right = _bounding_box(ink)
+    upper, lower = _halves_centres(ink, top, bottom)
+    h, w = bottom - top, right - left
+    scale = min(TWO_DIGIT_HALVES_APART / max(lower - upper, 1e-9),
+                TWO_DIGIT_MAX_INK[0] / h, TWO_DIGIT_MAX_INK[1] / w)
+    content = Image.fromarray(np.round(ink[top:bottom, left:right] * 255).astype(np.uint8))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # PIL sizes are (width, height)
+    small = np.asarray(content.resize(size, Image.Resampling.LANCZOS), dtype=np.float64)
+    if small.sum() == 0:
+        raise ImageError(f"{source}: no digits found (the ink vanished when scaled down)")
+    middle = ((upper + lower) / 2 - top) * small.shape[0] / h  # in the scaled crop's rows
+    _, cx = _centre_of_mass(small)
+    height, width = TWO_DIGIT_SHAPE
+    y0 = int(np.clip(round(TWO_DIGIT_HALVES_MIDDLE - middle), 0, height - small.shape[0]))
+    x0 = int(np.clip(round(TWO_DIGIT_CENTRE_COLUMN - cx), 0, width - small.shape[1]))
+    out = np.zeros(TWO_DIGIT_SHAPE, dtype=np.uint8)
+    out[y0:y0 + small.shape[0], x0:x0 + small.shape[1]] = np.round(small).astype(np.uint8)
+    return out
+
+
+def load_two_digit(path):
+    """The image file at ``path`` (two stacked digits) as a uint8 (42, 28) two-digit canvas."""
+    return to_two_digit(load_image(path), source=path)

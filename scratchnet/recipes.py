@@ -53,6 +53,9 @@ RECIPES = {
     "mitxcnn": Recipe("sgd", lr=0.01, momentum=0.9, nesterov=True, batch_size=32, epochs=10,
                       val_split=0.1),
     "widecnn": Recipe("sgd", lr=0.01, momentum=0.95, batch_size=50, epochs=3),
+    # MITx 6.86x project 2, two overlapping digits: its train_model's SGD, 10% dev split
+    "multimlp": Recipe("sgd", lr=0.01, momentum=0.9, batch_size=64, epochs=10, val_split=0.1),
+    "multicnn": Recipe("sgd", lr=0.01, momentum=0.9, batch_size=64, epochs=10, val_split=0.1),
 }
 
 

@@ -5,7 +5,9 @@ The trainer knows nothing about heads or loss functions. It asks the task for
 - ``loss(out, y)``: the mini-batch loss as a Python float (and keeps what backward needs);
 - ``backward()``: the upstream gradient for ``model.backward``, shaped like ``out``;
 - ``predict(out)``: predicted labels shaped like ``y``, so accuracy is ``mean(predict == y)``;
-- ``probabilities(out)``: per-class probabilities, for ``scratchnet predict``.
+- ``probabilities(out)``: per-class probabilities, for ``scratchnet predict``;
+- ``metric_sums(out, y)``: extra metrics of the batch as sums over its samples (after ``loss``);
+  the trainer divides them by the number of samples and reports them next to loss and accuracy.
 
 A two-headed model (``out`` a tuple of two logit arrays, ``y`` of shape (N, 2)) needs only a new
 task whose loss is the mean of two cross-entropies and whose backward returns a tuple.
@@ -53,14 +55,22 @@ class Classification:
         shifted = np.exp(out - out.max(axis=1, keepdims=True))
         return shifted / shifted.sum(axis=1, keepdims=True)
 
+    def metric_sums(self, out, y):
+        """Nothing beyond loss and accuracy for one head."""
+        return {}
+
 
 class TwoDigitClassification:
     """Two heads: ``out`` a pair of (N, C) logits; ``y`` (N, 2), one column per digit.
 
     The loss is the mean of the two cross-entropies (``models.multidigit.TwoDigitLoss``);
     backward returns the pair of gradients a two-head model's ``backward`` takes. Predictions
-    are (N, 2), so accuracy counts each digit.
+    are (N, 2), so accuracy counts each digit (the mean of the two digits' accuracies);
+    :meth:`metric_sums` adds each digit's loss and accuracy and the both-digits-right accuracy.
     """
+
+    METRICS = ("loss_first", "loss_second", "accuracy_first", "accuracy_second",
+               "accuracy_both")
 
     name = "two_digit_classification"
 
@@ -80,6 +90,20 @@ class TwoDigitClassification:
     def probabilities(self, out):
         """(N, 2, C): each head's softmax."""
         return np.stack([Classification("logits").probabilities(head) for head in out], axis=1)
+
+    def metric_sums(self, out, y):
+        """Sums over the batch of each head's loss, each digit right, and both digits right.
+
+        Must follow ``loss(out, y)`` on the same batch: the per-head losses are the ones it
+        computed (each a batch mean, so times the batch size is the sum).
+        """
+        n = len(y)
+        right = self.predict(out) == np.asarray(y).reshape(n, 2)
+        first, second = (float(v) for v in self.loss_fn.losses)
+        return {"loss_first": first * n, "loss_second": second * n,
+                "accuracy_first": int(right[:, 0].sum()),
+                "accuracy_second": int(right[:, 1].sum()),
+                "accuracy_both": int(right.all(axis=1).sum())}
 
 
 def for_model(output):

@@ -32,10 +32,12 @@ class TrainState:
     shuffle_state: dict          # shuffle generator state at the start of the current epoch
     epoch: int = 0               # epochs completed
     batch: int = 0               # batches completed in the current epoch
-    loss_sum: float = 0.0        # sum of (batch loss x batch size) over those batches
+    loss_sum: float = 0.0        # sum of (batch loss x batch samples) over those batches
     correct: int = 0             # correct predictions among them
     seen: int = 0                # targets scored among them
     seconds: float = 0.0         # training time spent in the current epoch so far
+    samples: int = 0             # samples among them (seen counts targets: 2 per two-digit one)
+    metric_sums: dict = field(default_factory=dict)  # the task's extra metrics, summed
     history: list = field(default_factory=list)  # one metrics dict per completed epoch
 
     def to_dict(self):
@@ -43,6 +45,8 @@ class TrainState:
 
     @classmethod
     def from_dict(cls, d):
+        if "samples" not in d:  # saved before two-digit models: one target per sample
+            d = {**d, "samples": d.get("seen", 0)}
         return cls(**d)
 
 
@@ -50,19 +54,26 @@ def evaluate(model, task, x, y, batch_size=1000):
     """Loss and accuracy of ``model`` on (x, y) in eval mode (dropout off).
 
     Returns ``{"loss", "accuracy", "predictions"}``: mean loss per sample, fraction of targets
-    predicted right, and the predictions (shaped like ``y``). NaN loss/accuracy when empty.
+    predicted right, and the predictions (shaped like ``y``), plus the task's extra metrics
+    (``task.metric_sums``) averaged per sample. NaN loss/accuracy when empty.
     """
     model.eval()
-    loss_sum, predictions = 0.0, []
+    loss_sum, predictions, sums = 0.0, [], {}
     for xb, yb in DataLoader(x, y, batch_size):
         out = model(xb)
         loss_sum += task.loss(out, yb) * len(yb)
+        _add(sums, task.metric_sums(out, yb))
         predictions.append(task.predict(out))
     if not predictions:
         return {"loss": math.nan, "accuracy": math.nan, "predictions": np.zeros_like(y)}
     predictions = np.concatenate(predictions)
     return {"loss": loss_sum / len(y), "accuracy": float(np.mean(predictions == y)),
-            "predictions": predictions}
+            **{k: v / len(y) for k, v in sums.items()}, "predictions": predictions}
+
+
+def _add(sums, batch_sums):
+    for k, v in batch_sums.items():
+        sums[k] = sums.get(k, 0) + v
 
 
 def confusion_matrix(true, predicted, num_classes=10):
@@ -101,9 +112,11 @@ def _train_epoch(model, task, optimizer, loader, state, bar, should_stop):
         state.loss_sum += loss * len(yb)
         state.correct += int(np.sum(task.predict(out) == yb))
         state.seen += int(np.size(yb))
-        bar.set_postfix({"loss": f"{state.loss_sum / state.seen:.4f}",
+        state.samples += len(yb)
+        _add(state.metric_sums, task.metric_sums(out, yb))
+        bar.set_postfix({"loss": f"{state.loss_sum / state.samples:.4f}",
                          "acc": f"{state.correct / state.seen:.4f}",
-                         "samples/s": f"{state.seen / max(state.seconds, 1e-9):.0f}"},
+                         "samples/s": f"{state.samples / max(state.seconds, 1e-9):.0f}"},
                         refresh=False)
         bar.update()
         if should_stop():
@@ -129,18 +142,24 @@ def fit(model, task, optimizer, train, val, epochs, batch_size, shuffle_rng, sta
                   desc=f"epoch {state.epoch + 1}/{epochs}", unit="batch") as bar:
             _train_epoch(model, task, optimizer, loader, state, bar, should_stop)
         record = {"epoch": state.epoch + 1,
-                  "train_loss": state.loss_sum / max(state.seen, 1),
+                  "train_loss": state.loss_sum / max(state.samples, 1),
                   "train_accuracy": state.correct / max(state.seen, 1),
                   "val_loss": None, "val_accuracy": None,
                   "seconds": state.seconds,
-                  "samples_per_s": state.seen / max(state.seconds, 1e-9)}
+                  "samples_per_s": state.samples / max(state.seconds, 1e-9)}
+        extra = sorted(state.metric_sums)
+        record.update({f"train_{k}": state.metric_sums[k] / max(state.samples, 1)
+                       for k in extra})
+        record.update({f"val_{k}": None for k in extra})
         if val is not None and len(val[1]):
             result = evaluate(model, task, *val, batch_size=max(batch_size, 1000))
-            record["val_loss"], record["val_accuracy"] = result["loss"], result["accuracy"]
+            for k in ("loss", "accuracy", *extra):
+                record[f"val_{k}"] = result[k]
         state.history.append(record)
         state.shuffle_state = shuffle_rng.bit_generator.state
         state.epoch += 1
         state.batch, state.loss_sum, state.correct, state.seen, state.seconds = 0, 0.0, 0, 0, 0.0
+        state.samples, state.metric_sums = 0, {}
         if on_epoch is not None:
             on_epoch(record)
         if should_stop():

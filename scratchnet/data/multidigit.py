@@ -12,7 +12,8 @@ Labels are ``(2, N)`` as the tutorial stores them: ``labels[0]`` the first (uppe
 ``labels[1]`` the second (lower) one. Datasets can also be read from files: our ``.npz``
 (:func:`save_multidigit_npz` / :func:`load_multidigit_npz`) or the tutorial's own
 ``{split}_multi_digit{suffix}.pkl.gz`` + ``{split}_labels{suffix}.txt.gz``
-(:func:`load_multidigit_pkl`, which unpickles only when explicitly allowed).
+(:func:`load_multidigit_pkl`, which unpickles only when explicitly allowed);
+:func:`load_multidigit_dir` finds either in a folder.
 """
 import gzip
 import os
@@ -301,3 +302,53 @@ def load_multidigit_pkl(data_dir, split="train", suffix="", allow_pickle=False):
         raise DataError(f"{label_path}: not a readable gzipped label text file ({e})") from None
     labels = _as_pair_labels(labels, len(images), label_path)
     return images, labels
+
+
+def npz_file(split="train", suffix=""):
+    """Our ``.npz`` file name for ``split`` in a data folder: ``{split}_multi_digit{suffix}.npz``,
+    beside the tutorial's ``{split}_multi_digit{suffix}.pkl.gz``."""
+    if split not in SPLITS:
+        raise ValueError(f"multidigit: split must be 'train' or 'test', got {split!r}")
+    return f"{split}_multi_digit{suffix}.npz"
+
+
+def find_multidigit_files(data_dir, split="train"):
+    """Which two-digit files ``data_dir`` holds for ``split``, or None.
+
+    Looks for our ``.npz`` first, then the tutorial's ``.pkl.gz`` + ``.txt.gz`` pair, each
+    for the full set before the tutorial's ``_mini`` one. Returns ``(kind, suffix, path)``:
+    kind "npz" or "pkl", path the images file.
+    """
+    data_dir = os.fspath(data_dir)
+    for suffix in ("", "_mini"):
+        path = os.path.join(data_dir, npz_file(split, suffix))
+        if os.path.isfile(path):
+            return "npz", suffix, path
+        image_name, label_name = tutorial_files(split, suffix)
+        path = os.path.join(data_dir, image_name)
+        if os.path.isfile(path) or os.path.isfile(os.path.join(data_dir, label_name)):
+            return "pkl", suffix, path
+    return None
+
+
+def load_multidigit_dir(data_dir, split="train", allow_pickle=False):
+    """Read ``split`` of a two-digit dataset stored in ``data_dir`` (see
+    :func:`find_multidigit_files` for the names looked for).
+
+    The tutorial's pickle is read only with ``allow_pickle=True`` (unpickling runs code).
+    Returns ``(images, labels, path)``: uint8 (N, H, 28), int64 (2, N), and the file read.
+    Raises DataError when the folder holds no two-digit files for ``split``.
+    """
+    found = find_multidigit_files(data_dir, split)
+    if found is None:
+        image_name, label_name = tutorial_files(split)
+        raise DataError(
+            f"{data_dir}: no two-digit {split} files: expected {npz_file(split)} (written by "
+            f"save_multidigit_npz) or the tutorial's {image_name} and {label_name} (or their "
+            f"_mini versions)")
+    kind, suffix, path = found
+    if kind == "npz":
+        images, labels = load_multidigit_npz(path)
+    else:
+        images, labels = load_multidigit_pkl(data_dir, split, suffix, allow_pickle=allow_pickle)
+    return images, labels, path
