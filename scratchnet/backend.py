@@ -33,9 +33,17 @@ def get_backend():
     return _current
 
 
+_loaded = {}
+
+
 def ops(name=None):
     """The module of ops for backend ``name`` (default: the selected one)."""
-    return importlib.import_module(_MODULES[name or get_backend()])
+    name = name or _current or get_backend()
+    module = _loaded.get(name)
+    if module is None:
+        # imported on first use: the numba backend compiles (or loads) kernels when imported
+        module = _loaded[name] = importlib.import_module(_MODULES[name])
+    return module
 
 
 @contextlib.contextmanager

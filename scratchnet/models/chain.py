@@ -3,7 +3,8 @@
 Tutorials often keep only the layers with weights as attributes (``conv1``, ``fc1``) and call
 ``F.relu`` / ``F.max_pool2d`` inside ``forward``. A Chain keeps the same attribute names (so the
 state-dict keys match the tutorial's) and runs ``self.steps`` — the attributes in call order —
-forward, and the same list reversed for backward.
+forward, and the same list reversed for backward (through the fusion plan of nn/fusion.py,
+which runs e.g. conv -> relu -> pool as one fused step on the same parameters).
 """
 from .. import nn
 
@@ -12,12 +13,16 @@ class Chain(nn.Module):
     """Subclasses set their layers as attributes, then ``self.steps = [...]`` in call order."""
 
     def forward(self, x):
-        for layer in self.steps:
+        # runs like conv -> relu -> pool execute as one fused step (nn/fusion.py)
+        steps = nn.fusion.plan(self, self.steps)
+        self.__dict__["_last_steps"] = steps
+        for layer in steps:
             x = layer(x)
         return x
 
     def backward(self, dout):
-        for layer in reversed(self.steps):
+        steps = self.__dict__.get("_last_steps") or self.steps
+        for layer in reversed(steps):
             dout = layer.backward(dout)
         return dout
 

@@ -10,4 +10,4 @@ from .module import Module  # noqa: F401
 from .parameter import Parameter  # noqa: F401
 from .pooling import *  # noqa: F401,F403
 from .softmax import *  # noqa: F401,F403
-from . import init  # noqa: F401
+from . import fusion, init  # noqa: F401

@@ -1,4 +1,9 @@
-"""``Sequential``: modules applied in order; backward runs them in reverse."""
+"""``Sequential``: modules applied in order; backward runs them in reverse.
+
+The modules run through an execution plan (``fusion.plan``) in which runs such as
+Conv2d-ReLU-MaxPool2d are single fused steps; the children themselves are unchanged.
+"""
+from . import fusion
 from .module import Module
 
 
@@ -22,11 +27,15 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def forward(self, x):
-        for m in self._modules.values():
+        steps = fusion.plan(self, list(self._modules.values()))
+        # backward must walk the steps this forward took (fusion may be switched in between)
+        self.__dict__["_last_steps"] = steps
+        for m in steps:
             x = m(x)
         return x
 
     def backward(self, dout):
-        for m in reversed(self._modules.values()):
+        steps = self.__dict__.get("_last_steps") or list(self._modules.values())
+        for m in reversed(steps):
             dout = m.backward(dout)
         return dout

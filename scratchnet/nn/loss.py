@@ -77,8 +77,10 @@ class _WeightedLoss(Module):
                 raise TypeError(f"{name}: expected class-index target of dtype int64 (or uint8), "
                                 f"got {t.dtype}")
             t = t.astype(np.int64, copy=False)
-            bad = (t != self.ignore_index) & ((t < 0) | (t >= C))
-            if bad.any():
+            # two reductions settle the usual all-valid case; the mask only when needed
+            in_range = t.size == 0 or (t.min() >= 0 and t.max() < C)
+            bad = None if in_range else (t != self.ignore_index) & ((t < 0) | (t >= C))
+            if bad is not None and bad.any():
                 # torch raises IndexError ("Target 5 is out of bounds.") too
                 raise IndexError(f"{name}: target {int(t[bad].flat[0])} is out of bounds: expected "
                                  f"class indices in [0, {C}) or ignore_index={self.ignore_index}")
@@ -89,7 +91,10 @@ class _WeightedLoss(Module):
                                  f"weight of shape {weight.shape}")
             weight = weight.astype(x.dtype, copy=False)
         # move C last so each row holds one sample's (or one pixel's) scores
-        x2 = x.reshape(1, C) if x.ndim == 1 else np.moveaxis(x, 1, -1).reshape(-1, C)
+        if x.ndim == 2:  # the common (N, C) case, without moveaxis's Python-level overhead
+            x2 = x
+        else:
+            x2 = x.reshape(1, C) if x.ndim == 1 else np.moveaxis(x, 1, -1).reshape(-1, C)
         if probabilities:
             t2 = t.reshape(1, C) if t.ndim == 1 else np.moveaxis(t, 1, -1).reshape(-1, C)
         else:
@@ -126,7 +131,7 @@ class _WeightedLoss(Module):
                 raise ValueError(f"{name}.backward: expected a scalar grad_output for "
                                  f"reduction={self.reduction!r}, got shape {g.shape}")
         dx = getattr(ops, backward)(g, cache)
-        if len(x_shape) == 1:
+        if len(x_shape) <= 2:
             return dx.reshape(x_shape)
         # undo the flattening: (N * d1 * ..., C) -> (N, d1, ..., C) -> (N, C, d1, ...)
         return np.moveaxis(dx.reshape((x_shape[0],) + x_shape[2:] + (x_shape[1],)), -1, 1)

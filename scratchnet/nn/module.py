@@ -27,9 +27,15 @@ class Module:
         object.__setattr__(self, "training", True)
 
     def __setattr__(self, name, value):
-        if "_parameters" not in self.__dict__:
+        d = self.__dict__
+        if "_parameters" not in d:
             raise AttributeError(
                 f"{type(self).__name__}: call super().__init__() before assigning attributes")
+        if not isinstance(value, (Parameter, Module)) and name not in d["_parameters"] \
+                and name not in d["_modules"]:
+            # plain attributes (a layer's forward cache, every step) skip the registry
+            object.__setattr__(self, name, value)
+            return
         self._parameters.pop(name, None)
         self._modules.pop(name, None)
         if isinstance(value, Parameter):

@@ -1,4 +1,7 @@
 """Stochastic gradient descent with momentum, as torch.optim.SGD (foreach=False)."""
+import numpy as np
+
+from . import kernels
 from .optimizer import Optimizer
 
 __all__ = ["SGD"]
@@ -56,6 +59,21 @@ class SGD(Optimizer):
             weight_decay = group["weight_decay"]
             for p in group["params"]:
                 if p.grad is None:
+                    continue
+                # the same arithmetic in one compiled pass (see kernels.py), where it pays:
+                # a plain small update is one numpy expression, cheaper than a kernel call
+                if (momentum != 0 or p.data.size >= kernels.MIN_ELEMENTS_PLAIN) \
+                        and kernels.available(p):
+                    buf = None
+                    first = False
+                    if momentum != 0:
+                        state = self.state[p]
+                        buf = state.get("momentum_buffer")
+                        first = buf is None
+                        if first:
+                            buf = state["momentum_buffer"] = np.empty_like(p.data)
+                    kernels.sgd_update(p.data, p.grad, buf, lr, momentum, dampening,
+                                       weight_decay, first, group["nesterov"], group["maximize"])
                     continue
                 grad = p.grad if not group["maximize"] else -p.grad
                 if weight_decay != 0:

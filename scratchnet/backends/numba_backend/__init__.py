@@ -1,7 +1,9 @@
 """Numba kernels with the same names and signatures as numpy_backend: the fast default."""
+from . import threads  # noqa: F401  (first: picks the thread pool before any kernel runs)
 from .activation import *  # noqa: F401,F403
 from .conv import *  # noqa: F401,F403
 from .dropout import *  # noqa: F401,F403
+from .fused import *  # noqa: F401,F403
 from .linear import *  # noqa: F401,F403
 from .loss import *  # noqa: F401,F403
 from .pool import *  # noqa: F401,F403

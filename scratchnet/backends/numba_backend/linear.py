@@ -14,10 +14,15 @@ __all__ = ["linear_forward", "linear_backward"]
 
 # a block must be tall enough to be worth its own dW partial (out × in)
 _MIN_ROWS_PER_BLOCK = 16
+# multiply-adds per element-operation of PARALLEL_MIN_WORK: a GEMM does ~64 multiply-adds in
+# the time an elementwise kernel handles one element, so below 64·PARALLEL_MIN_WORK (8M) the
+# product takes less time on one thread than waking the pool does (tens of µs when idle, ms
+# when the cores are busy): the MLPs at batch 32 never launch it
+GEMM_WORK_FACTOR = 64
 
 
 def _num_blocks(n, work):
-    if work < activation.PARALLEL_MIN_WORK:
+    if work < activation.PARALLEL_MIN_WORK * GEMM_WORK_FACTOR:
         return 1
     return max(1, min(numba.get_num_threads(), n // _MIN_ROWS_PER_BLOCK))
 

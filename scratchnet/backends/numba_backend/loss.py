@@ -8,6 +8,7 @@ exact rules, which these follow to round-off.
 """
 import math
 
+import numba
 import numpy as np
 from numba import njit
 
@@ -155,8 +156,12 @@ def _reduce(rows, total, reduction):
         return rows
     s = rows.sum()
     if reduction == "mean":
-        with np.errstate(divide="ignore", invalid="ignore"):
+        if total != 0:
             s = s / total
+        else:
+            # (errstate only on this rare path: entering it costs microseconds per call)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                s = s / total
     return np.asarray(s, dtype=rows.dtype)
 
 
@@ -167,8 +172,11 @@ def _row_grad(dloss, total, reduction, n, dtype):
         return np.ascontiguousarray(dloss.reshape(n))
     g = dloss.reshape(())
     if reduction == "mean":
-        with np.errstate(divide="ignore", invalid="ignore"):
+        if total != 0:
             g = g / total
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                g = g / total
     return np.full(n, g, dtype=dtype)
 
 
@@ -191,6 +199,8 @@ def nll_loss_backward(dloss, cache):
     """Gradient of ``nll_loss_forward``: dlogp (N, C)."""
     target, w, ignore_index, total, reduction, C = cache
     g = -_row_grad(dloss, total, reduction, target.shape[0], w.dtype)
+    if not numba.config.DISABLE_JIT:
+        return _nll_backward_rows(target, w, ignore_index, g, C)
     with np.errstate(invalid="ignore"):
         return _nll_backward_rows(target, w, ignore_index, g, C)
 
@@ -238,5 +248,7 @@ def cross_entropy_backward(dloss, cache):
     gn = (1 - eps) * -g
     gs = (eps / C) * -g if eps > 0 else np.zeros_like(g)
     # a zero weight sum makes 0 * inf = nan on purpose (as torch); only NUMBA_DISABLE_JIT warns
+    if not numba.config.DISABLE_JIT:
+        return _ce_index_backward(x, mx, lse, target, w, ignore_index, gn, gs)
     with np.errstate(invalid="ignore"):
         return _ce_index_backward(x, mx, lse, target, w, ignore_index, gn, gs)

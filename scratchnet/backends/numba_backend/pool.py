@@ -4,6 +4,7 @@ from numba import njit, prange
 
 from ..numpy_backend.pool import pool_output_size
 from .activation import launch
+from .conv import U
 
 __all__ = ["maxpool2d_forward", "maxpool2d_backward"]
 
@@ -25,9 +26,59 @@ def _taps(size, out_size, K, S, P, D):
 
 
 @njit(cache=True)
+def _forward_span_2x2(x, out, index, lo, hi):
+    """The tutorials' MaxPool2d(2): kernel 2, stride 2, no padding, no dilation.
+
+    Same scan as the general loop (row-major within the window, strictly greater or NaN takes
+    over), unrolled and branch-free (``|`` and conditional expressions compile to selects; a
+    data-dependent branch mispredicts half the time): 5-10x faster, which matters most where
+    the pool follows a cheap convolution (digitcnn's first layer spent 10x longer pooling than
+    in its GEMM).
+    """
+    H, W = x.shape[1], x.shape[2]
+    OH, OW = out.shape[1], out.shape[2]
+    # flat arrays and unsigned offsets: no per-row views (each costs reference counting) and
+    # no negative-index wrapping
+    xf = x.reshape(x.size)
+    of = out.reshape(out.size)
+    jf = index.reshape(index.size)
+    for p in range(lo, hi):
+        for oh in range(OH):
+            k0 = 2 * oh * W
+            k1 = k0 + W
+            r0 = p * H * W + k0
+            r1 = r0 + W
+            d = (p * OH + oh) * OW
+            for ow in range(OW):
+                c = 2 * ow
+                # the first tap always replaces the initial -inf (or equals it, keeping the
+                # same value and index)
+                m = xf[U(r0 + c)]
+                k = k0 + c
+                v = xf[U(r0 + c + 1)]
+                take = (v > m) | (v != v)
+                m = v if take else m
+                k = k0 + c + 1 if take else k
+                v = xf[U(r1 + c)]
+                take = (v > m) | (v != v)
+                m = v if take else m
+                k = k1 + c if take else k
+                v = xf[U(r1 + c + 1)]
+                take = (v > m) | (v != v)
+                m = v if take else m
+                k = k1 + c + 1 if take else k
+                of[U(d + ow)] = m
+                jf[U(d + ow)] = k
+
+
+@njit(cache=True)
 def _forward_span(x, KH, KW, SH, SW, PH, PW, DH, DW, out, index, lo, hi):
     P, H, W = x.shape
     OH, OW = out.shape[1], out.shape[2]
+    if (KH == 2 and KW == 2 and SH == 2 and SW == 2 and PH == 0 and PW == 0 and DH == 1
+            and DW == 1 and 2 * OH <= H and 2 * OW <= W):
+        _forward_span_2x2(x, out, index, lo, hi)
+        return
     h_first, h_count = _taps(H, OH, KH, SH, PH, DH)
     w_first, w_count = _taps(W, OW, KW, SW, PW, DW)
     planes = x.reshape(P, H * W)

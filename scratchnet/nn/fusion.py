@@ -1,0 +1,219 @@
+"""Layer fusion: containers run an execution plan in which some runs of layers are one step.
+
+``Sequential`` and ``models.Chain`` do not call their layers one by one; they call
+:func:`plan`, which replaces each run of
+
+- ``Conv2d, ReLU, MaxPool2d`` or ``Conv2d, MaxPool2d, ReLU`` -> one conv+bias+ReLU+pool op
+  (ReLU and max pooling commute exactly, gradient included),
+- ``Conv2d, ReLU`` -> one conv+bias+ReLU op,
+- ``Linear, ReLU`` -> one linear+ReLU op,
+
+by a fused step that calls the fused op pair of the current backend (``conv2d_relu_maxpool2d``,
+``conv2d_relu``, ``linear_relu``; the numpy backend's versions are the compositions of the single
+ops, the numba backend's one parallel pass) on the **same** Parameter objects. Module structure,
+state-dict keys and results are unchanged: the fused numba kernels do the same arithmetic in the
+same order (tests/test_fusion.py checks fused == unfused exactly).
+
+Fusion is on by default. Turn it off with the environment variable ``SCRATCHNET_FUSION=0``, or
+in code with ``scratchnet.nn.fusion.set_enabled(False)`` or ``with fusion.disabled(): ...``.
+
+What changes for a user: after a fused forward, the individual layers inside a fused run hold
+no forward cache, so calling ``backward`` on one of them directly (instead of on the container)
+raises "backward called before forward". A step falls back to the plain layer calls for inputs
+the fused ops don't take (unbatched, empty batch, wrong dtype), so error messages are the
+layers' own.
+"""
+import contextlib
+import os
+
+import numpy as np
+
+from .. import backend
+from ..backends.numpy_backend.pool import pool_output_size
+from .activation import ReLU, grad_output
+from .conv import Conv2d
+from .linear import Linear
+from .pooling import MaxPool2d
+
+__all__ = ["plan", "set_enabled", "is_enabled", "disabled"]
+
+_enabled = os.environ.get("SCRATCHNET_FUSION", "1").strip().lower() not in ("0", "false", "no",
+                                                                            "off")
+
+
+def set_enabled(flag):
+    """Turn layer fusion on or off for every container from the next forward on."""
+    global _enabled
+    _enabled = bool(flag)
+
+
+def is_enabled():
+    return _enabled
+
+
+@contextlib.contextmanager
+def disabled():
+    """``with fusion.disabled(): ...`` runs containers layer by layer."""
+    previous = _enabled
+    set_enabled(False)
+    try:
+        yield
+    finally:
+        set_enabled(previous)
+
+
+class _FusedStep:
+    """A run of layers executed as one fused op; falls back to the layers for odd inputs."""
+
+    __slots__ = ("layers", "_cache", "_backend", "_fallback", "_out_shape", "_out_dtype",
+                 "_main")
+
+    def __init__(self, layers):
+        self.layers = layers
+        self._main = layers[0]
+        self._cache = self._backend = None
+        self._fallback = False
+        self._out_shape = self._out_dtype = None
+
+    def _unfused_forward(self, x):
+        self._fallback = True
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def backward(self, dout):
+        if self._fallback:
+            for layer in reversed(self.layers):
+                dout = layer.backward(dout)
+            return dout
+        last = self.layers[-1]
+        dout = grad_output(type(last).__name__, dout, self._out_shape, self._out_dtype)
+        dx, dw, db = self._backward_op(dout)
+        main = self._main
+        main.weight.accumulate_grad(dw)
+        if main.bias is not None:
+            main.bias.accumulate_grad(db)
+        return dx
+
+    def _done(self, out, cache, name):
+        self._cache = cache
+        self._backend = name
+        self._fallback = False
+        self._out_shape, self._out_dtype = out.shape, out.dtype
+        return out
+
+
+def _conv_ok(conv, x):
+    """True when x suits the fused conv path (batched, non-empty, the conv's dtype)."""
+    return (isinstance(x, np.ndarray) and x.ndim == 4 and x.shape[0] > 0
+            and x.dtype == conv.weight.data.dtype)
+
+
+class _ConvReluPool(_FusedStep):
+    __slots__ = ("_pool",)
+
+    def __init__(self, layers):
+        super().__init__(layers)
+        self._pool = next(m for m in layers if isinstance(m, MaxPool2d))
+
+    def __call__(self, x):
+        conv, pool = self._main, self._pool
+        if not _conv_ok(conv, x):
+            return self._unfused_forward(x)
+        conv._check_input(x)
+        k, s, p, d = pool._pairs()
+        t, b_, l_, r_ = conv._padding_tblr
+        (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+        oh = (x.shape[2] + t + b_ - dh * (kh - 1) - 1) // sh + 1
+        ow = (x.shape[3] + l_ + r_ - dw * (kw - 1) - 1) // sw + 1
+        if (conv.out_channels == 0
+                or pool_output_size(oh, k[0], s[0], p[0], d[0], pool.ceil_mode) < 1
+                or pool_output_size(ow, k[1], s[1], p[1], d[1], pool.ceil_mode) < 1):
+            # the pool layer's own check raises its error message
+            return self._unfused_forward(x)
+        name = backend.get_backend()
+        b = conv.bias.data if conv.bias is not None else None
+        out, cache = backend.ops(name).conv2d_relu_maxpool2d_forward(
+            x, conv.weight.data, b, conv.stride, conv._padding_tblr, conv.dilation, conv.groups,
+            k, s, p, d, pool.ceil_mode)
+        return self._done(out, cache, name)
+
+    def _backward_op(self, dout):
+        return backend.ops(self._backend).conv2d_relu_maxpool2d_backward(dout, self._cache)
+
+
+class _ConvRelu(_FusedStep):
+    __slots__ = ()
+
+    def __call__(self, x):
+        conv = self._main
+        if not _conv_ok(conv, x):
+            return self._unfused_forward(x)
+        conv._check_input(x)
+        name = backend.get_backend()
+        b = conv.bias.data if conv.bias is not None else None
+        out, cache = backend.ops(name).conv2d_relu_forward(
+            x, conv.weight.data, b, conv.stride, conv._padding_tblr, conv.dilation, conv.groups)
+        return self._done(out, cache, name)
+
+    def _backward_op(self, dout):
+        return backend.ops(self._backend).conv2d_relu_backward(dout, self._cache)
+
+
+class _LinearRelu(_FusedStep):
+    __slots__ = ()
+
+    def __call__(self, x):
+        lin = self._main
+        w = lin.weight.data
+        if not (isinstance(x, np.ndarray) and x.ndim == 2 and x.shape[1] == lin.in_features
+                and x.dtype == w.dtype):
+            return self._unfused_forward(x)
+        name = backend.get_backend()
+        b = lin.bias.data if lin.bias is not None else None
+        out, cache = backend.ops(name).linear_relu_forward(x, w, b)
+        return self._done(out, cache, name)
+
+    def _backward_op(self, dout):
+        return backend.ops(self._backend).linear_relu_backward(dout, self._cache)
+
+
+def _match(layers, i):
+    """(fused step class, run length) for the run starting at layers[i], or (None, 1)."""
+    first = layers[i]
+    nxt = layers[i + 1] if i + 1 < len(layers) else None
+    nxt2 = layers[i + 2] if i + 2 < len(layers) else None
+    if type(first) is Conv2d:
+        if type(nxt) is ReLU and type(nxt2) is MaxPool2d:
+            return _ConvReluPool, 3
+        if type(nxt) is MaxPool2d and type(nxt2) is ReLU:
+            return _ConvReluPool, 3
+        if type(nxt) is ReLU:
+            return _ConvRelu, 2
+    elif type(first) is Linear and type(nxt) is ReLU:
+        return _LinearRelu, 2
+    return None, 1
+
+
+def build_plan(layers):
+    """The execution plan for ``layers``: each entry a layer or a fused step over a run."""
+    steps, i = [], 0
+    while i < len(layers):
+        cls, n = _match(layers, i)
+        steps.append(cls(layers[i:i + n]) if cls is not None else layers[i])
+        i += n
+    return steps
+
+
+def plan(owner, layers):
+    """``owner``'s cached execution plan for ``layers`` (rebuilt when they or the switch change)."""
+    if not _enabled:
+        return layers
+    key = tuple(map(id, layers))
+    cached = owner.__dict__.get("_fusion_plan")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    steps = build_plan(layers)
+    # the plan holds the layers themselves, so their ids stay unique while the key is cached
+    owner.__dict__["_fusion_plan"] = (key, steps)
+    return steps

@@ -1,0 +1,81 @@
+"""The fast paths are the same arithmetic: optimizer kernels, serial/parallel splits, threads."""
+import numpy as np
+import pytest
+
+from scratchnet import backend, optim
+from scratchnet.nn import Parameter
+from scratchnet.optim import kernels
+from tests.test_optim import ADAM_CONFIGS, SGD_CONFIGS
+
+CLASSES = {"SGD": optim.SGD, "Adam": optim.Adam, "AdamW": optim.AdamW}
+# Adam's steps run the numpy update in both backends; kept here as a check of that
+CASES = ([("SGD", c) for c in SGD_CONFIGS] + [("Adam", c) for c in ADAM_CONFIGS[:2]])
+SHAPES = ((7, 5), (300,), (2, 3, 4))
+
+
+def _trajectory(name, config, dtype, backend_name, steps=4):
+    rng = np.random.default_rng(5)
+    params = [Parameter(rng.standard_normal(s).astype(dtype)) for s in SHAPES]
+    opt = CLASSES[name](params, **config)
+    with backend.use_backend(backend_name):
+        for _ in range(steps):
+            for p in params:
+                p.grad = rng.standard_normal(p.shape).astype(dtype)
+            # a NaN-free tiny gradient too, where Adam's rounding matters most
+            params[0].grad[0, 0] = dtype(1e-7)
+            if backend_name == "numba":
+                assert all(kernels.available(p) for p in params)
+            opt.step()
+    state = [{k: np.array(v) for k, v in opt.state[p].items()} for p in params]
+    return [p.data for p in params], state
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name,config", CASES)
+def test_optimizer_kernels_equal_numpy_update_bitwise(name, config, dtype, monkeypatch):
+    monkeypatch.setattr(kernels, "MIN_ELEMENTS_PLAIN", 0)  # the kernel for every SGD update
+    fast, fast_state = _trajectory(name, config, dtype, "numba")
+    slow, slow_state = _trajectory(name, config, dtype, "numpy")
+    for a, b in zip(fast, slow):
+        np.testing.assert_array_equal(a, b)
+    for sa, sb in zip(fast_state, slow_state):
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            np.testing.assert_array_equal(sa[k], sb[k])
+
+
+@pytest.mark.parametrize("name,config", [("SGD", SGD_CONFIGS[3]), ("SGD", SGD_CONFIGS[6])])
+def test_optimizer_kernels_parallel_split_equal(name, config, monkeypatch):
+    monkeypatch.setattr(kernels, "MIN_ELEMENTS_PLAIN", 0)
+    serial, _ = _trajectory(name, config, np.float32, "numba")
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_ELEMENTS", 0)
+    parallel, _ = _trajectory(name, config, np.float32, "numba")
+    for a, b in zip(serial, parallel):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_threading_layer_switch():
+    """A fresh process: SCRATCHNET_THREADING_LAYER picks the pool; unset leaves Numba's own."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, numba\n"
+            "from scratchnet import optim\n"
+            "from scratchnet.backends.numba_backend import activation\n"
+            "activation.PARALLEL_MIN_WORK = 0\n"
+            "activation.relu_forward(np.ones(64, np.float32))\n"
+            "print(numba.threading_layer())\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NUMBA_THREADING_LAYER", "SCRATCHNET_THREADING_LAYER")}
+    for choice, expected in (("workqueue", "workqueue"), (None, None)):
+        if choice:
+            env["SCRATCHNET_THREADING_LAYER"] = choice
+        else:
+            env.pop("SCRATCHNET_THREADING_LAYER", None)
+        out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and out.stdout.strip(), out.stderr[-2000:]
+        if expected:
+            assert out.stdout.split()[-1] == expected
