@@ -77,6 +77,19 @@ def _centre_of_mass(a):
     return (rows * a).sum() / total, (cols * a).sum() / total
 
 
+def _ink_and_box(gray, source, what):
+    """Validate a uint8 (H, W) image; return its ink in [0, 1] and the ink's bounding box."""
+    gray = np.asarray(gray)
+    if gray.ndim != 2 or gray.dtype != np.uint8 or min(gray.shape) == 0:
+        raise ImageError(
+            f"{source}: expected a non-empty uint8 grayscale image (H, W), "
+            f"got {gray.dtype} of shape {gray.shape}")
+    ink = _ink(gray)
+    if ink is None or not (ink > INK_THRESHOLD).any():
+        raise ImageError(f"{source}: no {what} found (the image is blank)")
+    return ink, _bounding_box(ink)
+
+
 def to_mnist(gray, source="image"):
     """uint8 grayscale (H, W) of any size -> uint8 (28, 28), white digit on black, as in MNIST.
 
@@ -85,15 +98,7 @@ def to_mnist(gray, source="image"):
     pixels above ``INK_THRESHOLD``, its longer side scaled to 20 px (PIL LANCZOS, aspect
     kept), and pasted into 28x28 with its centre of mass at (14, 14).
     """
-    gray = np.asarray(gray)
-    if gray.ndim != 2 or gray.dtype != np.uint8 or min(gray.shape) == 0:
-        raise ImageError(
-            f"{source}: expected a non-empty uint8 grayscale image (H, W), "
-            f"got {gray.dtype} of shape {gray.shape}")
-    ink = _ink(gray)
-    if ink is None or not (ink > INK_THRESHOLD).any():
-        raise ImageError(f"{source}: no digit found (the image is blank)")
-    top, bottom, left, right = _bounding_box(ink)
+    ink, (top, bottom, left, right) = _ink_and_box(gray, source, "digit")
     digit = Image.fromarray(np.round(ink[top:bottom, left:right] * 255).astype(np.uint8))
     h, w = bottom - top, right - left
     scale = BOX / max(h, w)
@@ -153,15 +158,7 @@ def to_two_digit(gray, source="image"):
     pixels), and pasted with their midpoint at row 20.9 and the ink's column centre of mass at
     column 14, where the generated canvases have theirs.
     """
-    gray = np.asarray(gray)
-    if gray.ndim != 2 or gray.dtype != np.uint8 or min(gray.shape) == 0:
-        raise ImageError(
-            f"{source}: expected a non-empty uint8 grayscale image (H, W), "
-            f"got {gray.dtype} of shape {gray.shape}")
-    ink = _ink(gray)
-    if ink is None or not (ink > INK_THRESHOLD).any():
-        raise ImageError(f"{source}: no digits found (the image is blank)")
-    top, bottom, left, right = _bounding_box(ink)
+    ink, (top, bottom, left, right) = _ink_and_box(gray, source, "digits")
     upper, lower = _halves_centres(ink, top, bottom)
     h, w = bottom - top, right - left
     scale = min(TWO_DIGIT_HALVES_APART / max(lower - upper, 1e-9),
