@@ -37,7 +37,7 @@ DRY_RUN_BATCHES = (4, 2)
 RECIPE = " (default: the model's recipe)"
 # settings a resumed run may change without changing its numbers
 RESUME_MAY_CHANGE = {"resume", "epochs", "data_dir", "limit_test", "out", "no_progress",
-                     "backend", "model", "allow_pickle", "n_test"}
+                     "backend", "model", "allow_pickle", "n_test", "download"}
 # flags only the two-digit models (multimlp, multicnn) take
 TWO_DIGIT_FLAGS = ("n_train", "n_test", "data_seed", "allow_pickle")
 TWO_DIGIT_DATASET = "two-digit"
@@ -134,6 +134,9 @@ def _add_data_flags(p, test_only=False):
                         "checkpoint's, else 1, train's default --seed)")
     p.add_argument("--allow-pickle", action=_Given, nargs=0, const=True, default=False,
                    help=ALLOW_PICKLE_HELP)
+    p.add_argument("--download", action=_Given, nargs=0, const=True, default=False,
+                   help="if MNIST's files are not in --data-dir, fetch them there from the usual "
+                        "mirrors (checksums verified)")
 
 
 def build_parser():
@@ -295,7 +298,8 @@ def _load_data(split, config, limit):
         images, labels = _load_two_digit(split, config)
     else:
         images, labels = load_mnist(split, data_dir=config["data_dir"],
-                                    dataset=config["dataset"])
+                                    dataset=config["dataset"],
+                                    download=config.get("download", False))
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     return images, labels
@@ -377,7 +381,7 @@ def _new_config(args):
               "backend": args.backend or backend.get_backend(), "dtype": args.dtype,
               "dataset": args.dataset or "mnist", "data_dir": args.data_dir,
               "limit_train": args.limit_train, "limit_test": args.limit_test,
-              "dry_run": args.dry_run}
+              "dry_run": args.dry_run, "download": args.download}
     config["normalize"] = list(recipe.normalize) if recipe.normalize else None
     if _two_digit(args.model):
         config.update(dataset=TWO_DIGIT_DATASET, n_train=args.n_train or 40000,
@@ -411,6 +415,7 @@ def _resumed_config(args, meta, path):
     for dest in ("epochs", "data_dir", "limit_test", "backend", "n_test"):
         if dest in args.given:
             config[dest] = getattr(args, dest)
+    config["download"] = args.download  # like --allow-pickle, each command gives it anew
     if config["dataset"] == TWO_DIGIT_DATASET:
         config["allow_pickle"] = args.allow_pickle  # a permission each command gives anew
     return config
@@ -622,7 +627,8 @@ def _evaluation_data_config(args, name, dataset, config):
     """What ``_load_data`` needs to load the test set ``evaluate`` scores."""
     _reject_two_digit_flags(args, name)
     if dataset != TWO_DIGIT_DATASET:
-        return {"data_dir": args.data_dir, "dataset": args.dataset or dataset}
+        return {"data_dir": args.data_dir, "dataset": args.dataset or dataset,
+                "download": args.download}
     # the checkpoint's own test set (its files, or generated as it was), unless flags say else
     config = config or {}
     return {"dataset": TWO_DIGIT_DATASET,

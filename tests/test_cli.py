@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 import scratchnet as sn
+from tests.test_data import serve  # noqa: F401  (pytest fixture: an HTTP server on 127.0.0.1)
 from scratchnet import checkpoint, training
 from scratchnet.cli import main
 from scratchnet.data import load_mnist
@@ -455,3 +456,17 @@ def test_pytorch_missing(mlp_run, tmp_path, capsys, monkeypatch):
     code, _, err = run(capsys, "evaluate", path, *EVAL)
     assert code == 1
     assert_one_line_error(err, "needs PyTorch")
+
+
+def test_download_flag_fetches_missing_mnist_from_a_local_mirror(tmp_path, capsys, monkeypatch,
+                                                                  serve):
+    from scratchnet.data.resources import DATASETS, SHIPPED_MNIST_DIR
+    monkeypatch.setitem(DATASETS["mnist"], "mirrors", (serve(SHIPPED_MNIST_DIR),))
+    data_dir = tmp_path / "data"
+    base = ("train", "--model", "mlp", "--dry-run", "--no-progress", "--data-dir", data_dir)
+    code, _, err = run(capsys, *base, "--out", tmp_path / "without")
+    assert code == 1 and err.count("\n") == 1 and "--download" in err
+    code, stdout, err = run(capsys, *base, "--download", "--out", tmp_path / "with")
+    assert code == 0, err
+    assert (data_dir / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").is_file()
+    assert "test accuracy" in stdout

@@ -41,12 +41,12 @@ def _not_found(dataset, split, folders, bases, data_dir, spec):
     wanted = " and ".join(f"{b}[.gz]" for b in bases)
     looked = ", ".join(folders)
     if data_dir is None:
-        hint = f"{spec['install_hint']}, or pass data_dir=DIR (with download=True to fetch it)"
+        hint = f"{spec['install_hint']}, or pass data_dir=DIR (with download=True, or --download on the command line, to fetch it)"
     elif not os.path.isdir(data_dir):
         looked = f"{data_dir} (which does not exist)"
-        hint = "check the path, or pass download=True to fetch the files into it"
+        hint = "check the path, or pass download=True (--download on the command line) to fetch the files into it"
     else:
-        hint = "put the four files there, or pass download=True to fetch them"
+        hint = "put the four files there, or pass download=True (--download on the command line) to fetch them"
     return DataError(f"{dataset} {split} files not found: looked for {wanted} in {looked}; {hint}")
 
 
