@@ -11,7 +11,6 @@ A checkpoint is a plain ``.npz`` of named arrays, readable with ``np.load(allow_
 Files are written to a temporary name in the same folder and renamed over the target, so a
 crash or Ctrl-C mid-write never leaves a half-written checkpoint under the real name.
 """
-import contextlib
 import json
 import os
 import pickle
@@ -20,6 +19,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .fileio import atomic_write
 
 FORMAT = "scratchnet-checkpoint"
 VERSION = 1
@@ -39,22 +40,6 @@ class Checkpoint:
     meta: dict
     model_state: "OrderedDict[str, np.ndarray]"
     optimizer_state: dict | None = field(default=None)
-
-
-def atomic_write(path, write):
-    """Call ``write(file)`` on a temporary file next to ``path``, then rename it to ``path``."""
-    path = os.fspath(path)
-    tmp = f"{path}.{os.getpid()}.tmp"  # same folder, so os.replace is an atomic rename
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
 
 
 def _to_json_number(value):

@@ -8,10 +8,10 @@ that looks complete.
 import http.client
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 
+from ..fileio import atomic_write
 from .checksums import content_md5, file_digest, read_sha256sums
 from .errors import DataError
 from .resources import FILES, SHIPPED_MNIST_DIR, dataset_spec
@@ -50,18 +50,13 @@ def verify_download(path, dataset, base, label=None):
 
 def _fetch(url, target, timeout, dataset, base):
     """Download ``url``, verify it, then atomically move it to ``target``."""
-    folder = os.path.dirname(target)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(target)}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+    def write(out):
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             for chunk in iter(lambda: response.read(1 << 20), b""):
                 out.write(chunk)
-        verify_download(tmp, dataset, base, label=url)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a data file is meant to be readable
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    atomic_write(target, write, verify=lambda tmp: verify_download(tmp, dataset, base, label=url),
+                 suffix=".part")
 
 
 def _describe(url, error, timeout):

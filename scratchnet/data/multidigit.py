@@ -18,12 +18,12 @@ Labels are ``(2, N)`` as the tutorial stores them: ``labels[0]`` the first (uppe
 import gzip
 import os
 import pickle
-import tempfile
 import zipfile
 import zlib
 
 import numpy as np
 
+from ..fileio import atomic_write
 from .errors import DataError
 from .loader import _as_generator
 from .mnist import load_mnist
@@ -199,18 +199,7 @@ def save_multidigit_npz(path, images, labels):
     _check_canvas(images, where)
     _as_uint8_images(images, where)
     _as_pair_labels(labels, len(images), where)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, images=images, labels=labels)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: np.savez_compressed(f, images=images, labels=labels))
 
 
 def load_multidigit_npz(path):
