@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from scratchnet import backend
+from scratchnet.nn.module import backward_to_params
 
 from . import machine, workload
 
@@ -50,7 +51,8 @@ class ScratchnetSide:
         out = self.model(x)
         loss = self.loss_fn(out, y)
         self.opt.zero_grad()
-        self.model.backward(self.loss_fn.backward())
+        # as the training loop does (and torch for an input that does not require grad)
+        backward_to_params(self.model, self.loss_fn.backward())
         self.opt.step()
         return float(loss)
 

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .data import DataLoader
+from .nn.module import backward_to_params
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -105,7 +106,8 @@ def _train_epoch(model, task, optimizer, loader, state, bar, should_stop):
                 f"the loss became {loss} at epoch {state.epoch + 1}, batch {state.batch + 1}; "
                 f"try a smaller learning rate")
         optimizer.zero_grad()
-        model.backward(task.backward())
+        # parameter gradients only: nothing needs the gradient of the images themselves
+        backward_to_params(model, task.backward())
         optimizer.step()
         state.seconds += time.perf_counter() - start
         state.batch += 1

@@ -20,11 +20,12 @@ class Chain(nn.Module):
             x = layer(x)
         return x
 
-    def backward(self, dout):
+    skips_input_grad = True
+
+    def backward(self, dout, input_grad=True):
+        """Gradient w.r.t. the input (None with ``input_grad=False``, see nn.Sequential)."""
         steps = self.__dict__.get("_last_steps") or self.steps
-        for layer in reversed(steps):
-            dout = layer.backward(dout)
-        return dout
+        return nn.module.backward_steps(steps, dout, input_grad)
 
     @property
     def steps(self):

@@ -22,5 +22,7 @@ class DigitCNN(nn.Module):
     def forward(self, x):
         return self.fc_layers(self.conv_layers(x))
 
-    def backward(self, dout):
-        return self.conv_layers.backward(self.fc_layers.backward(dout))
+    skips_input_grad = True
+
+    def backward(self, dout, input_grad=True):
+        return self.conv_layers.backward(self.fc_layers.backward(dout), input_grad=input_grad)

@@ -4,7 +4,7 @@ The modules run through an execution plan (``fusion.plan``) in which runs such a
 Conv2d-ReLU-MaxPool2d are single fused steps; the children themselves are unchanged.
 """
 from . import fusion
-from .module import Module
+from .module import Module, backward_steps
 
 
 class Sequential(Module):
@@ -34,8 +34,10 @@ class Sequential(Module):
             x = m(x)
         return x
 
-    def backward(self, dout):
+    skips_input_grad = True
+
+    def backward(self, dout, input_grad=True):
+        """Gradient w.r.t. the input of the last forward (None with ``input_grad=False``:
+        then only the parameter gradients are computed, see ``module.backward_to_params``)."""
         steps = self.__dict__.get("_last_steps") or list(self._modules.values())
-        for m in reversed(steps):
-            dout = m.backward(dout)
-        return dout
+        return backward_steps(steps, dout, input_grad)

@@ -143,8 +143,11 @@ class Conv2d(Module):
         self._out_shape = out.shape
         return out[0] if self._unbatched else out
 
-    def backward(self, dout):
-        """dout shaped like the last output -> dx shaped like the last input.
+    skips_input_grad = True
+
+    def backward(self, dout, input_grad=True):
+        """dout shaped like the last output -> dx shaped like the last input (None when
+        ``input_grad`` is False: dx is then not computed).
 
         Adds the weight and bias gradients into ``weight.grad`` / ``bias.grad``.
         """
@@ -157,10 +160,12 @@ class Conv2d(Module):
                              f"got {dout.shape}")
         if self._unbatched:
             dout = dout[None]
-        dx, dw, db = backend.ops(self._backend).conv2d_backward(dout, self._cache)
+        dx, dw, db = backend.ops(self._backend).conv2d_backward(dout, self._cache, input_grad)
         self.weight.accumulate_grad(dw)
         if self.bias is not None:
             self.bias.accumulate_grad(db)
+        if dx is None:
+            return None
         return dx[0] if self._unbatched else dx
 
     def extra_repr(self):

@@ -33,6 +33,7 @@ from ..backends.numpy_backend.pool import pool_output_size
 from .activation import ReLU, grad_output
 from .conv import Conv2d
 from .linear import Linear
+from .module import backward_steps
 from .pooling import MaxPool2d
 
 __all__ = ["plan", "set_enabled", "is_enabled", "disabled"]
@@ -66,11 +67,14 @@ class _FusedStep:
     """A run of layers executed as one fused op; falls back to the layers for odd inputs."""
 
     __slots__ = ("layers", "_cache", "_backend", "_fallback", "_out_shape", "_out_dtype",
-                 "_main")
+                 "_main", "_workspace")
+    skips_input_grad = True
 
     def __init__(self, layers):
         self.layers = layers
         self._main = layers[0]
+        # buffers the numba ops reuse from step to step while training (numba_backend/fused.py)
+        self._workspace = {}
         self._cache = self._backend = None
         self._fallback = False
         self._out_shape = self._out_dtype = None
@@ -81,19 +85,21 @@ class _FusedStep:
             x = layer(x)
         return x
 
-    def backward(self, dout):
+    def backward(self, dout, input_grad=True):
         if self._fallback:
-            for layer in reversed(self.layers):
-                dout = layer.backward(dout)
-            return dout
+            return backward_steps(self.layers, dout, input_grad)
         last = self.layers[-1]
         dout = grad_output(type(last).__name__, dout, self._out_shape, self._out_dtype)
-        dx, dw, db = self._backward_op(dout)
+        dx, dw, db = self._backward_op(dout, input_grad)
         main = self._main
         main.weight.accumulate_grad(dw)
         if main.bias is not None:
             main.bias.accumulate_grad(db)
         return dx
+
+    def _training_workspace(self):
+        """The reusable buffers while training; None in eval mode (no backward will follow)."""
+        return self._workspace if self._main.training else None
 
     def _done(self, out, cache, name):
         self._cache = cache
@@ -135,11 +141,12 @@ class _ConvReluPool(_FusedStep):
         b = conv.bias.data if conv.bias is not None else None
         out, cache = backend.ops(name).conv2d_relu_maxpool2d_forward(
             x, conv.weight.data, b, conv.stride, conv._padding_tblr, conv.dilation, conv.groups,
-            k, s, p, d, pool.ceil_mode)
+            k, s, p, d, pool.ceil_mode, workspace=self._training_workspace())
         return self._done(out, cache, name)
 
-    def _backward_op(self, dout):
-        return backend.ops(self._backend).conv2d_relu_maxpool2d_backward(dout, self._cache)
+    def _backward_op(self, dout, input_grad):
+        return backend.ops(self._backend).conv2d_relu_maxpool2d_backward(dout, self._cache,
+                                                                         input_grad)
 
 
 class _ConvRelu(_FusedStep):
@@ -153,11 +160,12 @@ class _ConvRelu(_FusedStep):
         name = backend.get_backend()
         b = conv.bias.data if conv.bias is not None else None
         out, cache = backend.ops(name).conv2d_relu_forward(
-            x, conv.weight.data, b, conv.stride, conv._padding_tblr, conv.dilation, conv.groups)
+            x, conv.weight.data, b, conv.stride, conv._padding_tblr, conv.dilation, conv.groups,
+            workspace=self._training_workspace())
         return self._done(out, cache, name)
 
-    def _backward_op(self, dout):
-        return backend.ops(self._backend).conv2d_relu_backward(dout, self._cache)
+    def _backward_op(self, dout, input_grad):
+        return backend.ops(self._backend).conv2d_relu_backward(dout, self._cache, input_grad)
 
 
 class _LinearRelu(_FusedStep):
@@ -174,8 +182,8 @@ class _LinearRelu(_FusedStep):
         out, cache = backend.ops(name).linear_relu_forward(x, w, b)
         return self._done(out, cache, name)
 
-    def _backward_op(self, dout):
-        return backend.ops(self._backend).linear_relu_backward(dout, self._cache)
+    def _backward_op(self, dout, input_grad):
+        return backend.ops(self._backend).linear_relu_backward(dout, self._cache, input_grad)
 
 
 def _match(layers, i):

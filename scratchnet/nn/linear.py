@@ -64,15 +64,19 @@ class Linear(Module):
         self._out_shape, self._out_dtype = out.shape, out.dtype
         return out
 
-    def backward(self, dout):
+    skips_input_grad = True
+
+    def backward(self, dout, input_grad=True):
+        """dout (..., out_features) -> dx (..., in_features), or None when ``input_grad`` is
+        False (dx not computed). Adds into ``weight.grad`` / ``bias.grad``."""
         dout = grad_output("Linear", dout, self._out_shape, self._out_dtype)
         rows = int(np.prod(self._in_shape[:-1], dtype=np.int64))
         dx, dw, db = backend.ops(self._backend).linear_backward(
-            dout.reshape(rows, self.out_features), self._cache)
+            dout.reshape(rows, self.out_features), self._cache, input_grad)
         self.weight.accumulate_grad(dw)
         if self.bias is not None:
             self.bias.accumulate_grad(db)
-        return dx.reshape(self._in_shape)
+        return None if dx is None else dx.reshape(self._in_shape)
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -6,6 +6,13 @@ Contract (what every subclass implements):
 - ``backward(dout)`` returns the gradient w.r.t. the input of the last ``forward`` and **adds**
   parameter gradients into ``p.grad`` (torch accumulates the same way; ``zero_grad()`` clears).
 
+A training loop needs only the parameter gradients: torch never computes the gradient of an
+input that does not require grad. :func:`backward_to_params` asks for the same saving. Modules
+that can skip their input gradient (``Conv2d``, ``Linear``, the containers and models) set
+``skips_input_grad = True`` and take ``backward(dout, input_grad=False)``, returning None; a
+container then passes ``input_grad=False`` to its first step with parameters and does not run
+the parameter-free steps before it (a Flatten in front of the first Linear) at all.
+
 Parameters and submodules are registered by attribute assignment, in order, so
 ``named_parameters()`` and ``state_dict()`` produce torch's key names (``conv_layers.0.weight``).
 """
@@ -18,8 +25,47 @@ from .parameter import Parameter
 FLOAT_DTYPES = (np.float32, np.float64)
 
 
+def backward_to_params(module, dout):
+    """Run ``module``'s backward for its parameters' gradients only; returns None.
+
+    The input gradient is skipped where the module can skip it (``skips_input_grad``) and
+    computed and dropped where it cannot, so any Module may be passed.
+    """
+    if getattr(module, "skips_input_grad", False):
+        module.backward(dout, input_grad=False)
+    else:
+        module.backward(dout)
+
+
+def backward_steps(steps, dout, input_grad=True):
+    """Backward through ``steps`` (modules called in this order by forward), last step first.
+
+    Returns the input gradient, or None with ``input_grad=False``: then the steps before the
+    first one holding parameters are not run, and that one is asked to skip its input gradient.
+    """
+    first = 0
+    if not input_grad:
+        first = next((i for i, m in enumerate(steps) if _has_parameters(m)), len(steps))
+    for i in range(len(steps) - 1, first - 1, -1):
+        if i == first and not input_grad:
+            backward_to_params(steps[i], dout)
+            return None
+        dout = steps[i].backward(dout)
+    return dout if input_grad else None
+
+
+def _has_parameters(module):
+    params = getattr(module, "parameters", None)
+    if params is None:  # a fused step: its layers hold the parameters
+        return any(_has_parameters(m) for m in getattr(module, "layers", ()))
+    return next(iter(params()), None) is not None
+
+
 class Module:
     """Base class: parameter registry, state dicts, train/eval mode, dtype moves."""
+
+    # True where backward(dout, input_grad=False) skips the input gradient (see the docstring)
+    skips_input_grad = False
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())

@@ -146,6 +146,16 @@ def gemm_backward_sample(w2, col, dout2, dw2, dcol, groups):
 
 
 @njit(cache=True)
+def gemm_weight_grad_sample(col, dout2, dw2, groups):
+    """dw2 += dout2 @ colᵀ per group: gemm_backward_sample without the input gradient."""
+    F, CgKK = dw2.shape
+    Fg = F // groups
+    for g in range(groups):
+        f0, f1, r0, r1 = g * Fg, (g + 1) * Fg, g * CgKK, (g + 1) * CgKK
+        gemm(dout2[f0:f1], col[r0:r1], dw2[f0:f1], False, True, 1.0, 1.0)
+
+
+@njit(cache=True)
 def add_bias_sample(out2, b):
     """out2[f, :] += b[f]; out2 (F, P) C-contiguous, b (F,)."""
     F, P = out2.shape
@@ -200,9 +210,9 @@ def _conv2d_forward_kernel(x, w2, b, has_bias, out, cols, KH, KW, sh, sw, pt, pb
 
 @njit(cache=True, parallel=True)
 def _conv2d_backward_kernel(x, w2, dout, has_bias, dx, dw_part, db_part, cols, dcols,
-                            KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups):
-    """Fill dx (N, C, H, W), zeroed by the caller, and the per-thread partials
-    dw_part (T, F, Cg·KH·KW) and db_part (T, F)."""
+                            KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups, input_grad):
+    """Fill dx (N, C, H, W), zeroed by the caller (untouched without input_grad), and the
+    per-thread partials dw_part (T, F, Cg·KH·KW) and db_part (T, F)."""
     N, C, H, W = x.shape
     F, OH, OW = dout.shape[1], dout.shape[2], dout.shape[3]
     T = cols.shape[0]
@@ -211,16 +221,18 @@ def _conv2d_backward_kernel(x, w2, dout, has_bias, dx, dw_part, db_part, cols, d
         for n in range((t * N) // T, ((t + 1) * N) // T):
             dout2 = dout[n].reshape(F, OH * OW)
             if pointwise:
-                # col2im is the identity too: let the GEMM write dx[n] directly
                 col = x[n].reshape(C, H * W)
-                dcol = dx[n].reshape(C, H * W)
             else:
                 col = cols[t]
-                dcol = dcols[t]
                 im2col_sample(x[n], col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
-            gemm_backward_sample(w2, col, dout2, dw_part[t], dcol, groups)
-            if not pointwise:
-                col2im_sample(dcol, dx[n], KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
+            if not input_grad:
+                gemm_weight_grad_sample(col, dout2, dw_part[t], groups)
+            elif pointwise:
+                # col2im is the identity too: let the GEMM write dx[n] directly
+                gemm_backward_sample(w2, col, dout2, dw_part[t], dx[n].reshape(C, H * W), groups)
+            else:
+                gemm_backward_sample(w2, col, dout2, dw_part[t], dcols[t], groups)
+                col2im_sample(dcols[t], dx[n], KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
             if has_bias:
                 add_row_sums_sample(dout2, db_part[t])
 
@@ -292,12 +304,14 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     return out, cache
 
 
-def conv2d_backward(dout, cache):
+def conv2d_backward(dout, cache, input_grad=True):
     """Gradients of conv2d_forward.
 
     Inputs:
     - dout: (N, F, OH, OW), upstream gradient
     - cache: from conv2d_forward
+    - input_grad: False skips dx (returned as None), as torch does for an input that does not
+      require grad
 
     Returns (dx, dw, db): dx (N, C, H, W), dw (F, C // groups, KH, KW), db (F,) or None.
     """
@@ -307,7 +321,7 @@ def conv2d_backward(dout, cache):
     F = w.shape[0]
     dout = _kernel_array(dout, dtype)
     OH, OW = dout.shape[2], dout.shape[3]
-    dx = np.zeros_like(x)
+    dx = np.zeros_like(x) if input_grad else np.zeros((0,) + x.shape[1:], dtype=dtype)
     T = _n_threads(N)
     dw_part = np.zeros((T, F, C // groups * geo[0] * geo[1]), dtype=dtype)
     db_part = np.zeros((T, F), dtype=dtype)
@@ -315,7 +329,7 @@ def conv2d_backward(dout, cache):
         cols = np.zeros(_cols_shape(T, C, OH, OW, geo), dtype=dtype)
         dcols = np.zeros_like(cols)
         _conv2d_backward_kernel(x, _as_matrix(w), dout, has_bias, dx, dw_part, db_part,
-                                cols, dcols, *geo, groups)
+                                cols, dcols, *geo, groups, input_grad)
     dw = dw_part.sum(axis=0).reshape(w.shape)
     db = db_part.sum(axis=0) if has_bias else None
-    return dx, dw, db
+    return (dx if input_grad else None), dw, db

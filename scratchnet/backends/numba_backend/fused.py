@@ -14,6 +14,18 @@ and a window whose max is <= 0 passes no gradient either way. In backward, threa
 ``dout`` (masked where the output is <= 0, as relu_backward does) to the saved winners in a
 per-thread (F, OH·OW) buffer and runs conv.py's per-sample backward on it. Sample partition,
 GEMM calls and summation order are those of the unfused ops, so results are identical.
+
+Training extras (both optional, both off for plain calls):
+
+- ``workspace``: a dict the calling layer owns and passes on every call. Buffers kept in it are
+  reused from step to step instead of being allocated again (large fresh arrays come from
+  ``mmap`` and cost a page fault per 4 KiB on first touch).
+- kept columns: with a workspace, the forward pass unfolds each sample into its own slot of an
+  (N, C·KH·KW, OH·OW) buffer (when that stays under ``KEEP_COLUMNS_MAX_BYTES``) and backward
+  reads it back instead of running im2col again: the same numbers, one unfold per step instead
+  of two.
+- ``input_grad=False``: backward returns ``dx = None`` and skips the ``Wᵀ·dout`` GEMM and the
+  col2im, as torch does for an input that does not require grad (a model's first layer).
 """
 import numpy as np
 from numba import njit, prange
@@ -24,8 +36,15 @@ from .activation import (_relu_backward_parallel, _relu_backward_span, _relu_par
                          _relu_span, launch)
 from .conv import (_as_matrix, _geometry, _kernel_array, _n_threads, add_bias_sample,
                    add_row_sums_sample, col2im_sample, gemm_backward_sample, gemm_forward_sample,
+                   gemm_weight_grad_sample,
                    im2col_sample, is_pointwise, out_size)
 from .pool import _forward_span as _pool_span
+
+# kept columns cost N·C·KH·KW·OH·OW values of memory. digitcnn's conv2 (8.9 MB at batch 64):
+# conv2 forward + backward 5 % faster kept. widecnn's conv2 (147 MB at batch 50): 24 % *slower*
+# kept, as backward then streams the columns back from DRAM while a fresh unfold stays in the
+# core's cache. Above this size backward unfolds again
+KEEP_COLUMNS_MAX_BYTES = 32 << 20
 
 __all__ = ["conv2d_relu_forward", "conv2d_relu_backward",
            "conv2d_relu_maxpool2d_forward", "conv2d_relu_maxpool2d_backward",
@@ -48,26 +67,37 @@ def _conv_sample(x, n, w2, b, has_bias, col, conv2, geo_kh, geo_kw, sh, sw, pt, 
 
 @njit(cache=True)
 def _conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dw2, db, col, dcol, KH, KW, sh, sw,
-                          pt, pb, pl, pr, dh, dw, groups, OH, OW):
-    """Add sample n's share of dW and db into this thread's partials and write dx[n]."""
+                          pt, pb, pl, pr, dh, dw, groups, OH, OW, unfold, input_grad):
+    """Add sample n's share of dW and db into this thread's partials and, if ``input_grad``,
+    write dx[n]. ``unfold``: col must be filled by im2col first (False when it was kept)."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    if is_pointwise(KH, KW, sh, sw, pt, pb, pl, pr):
+    pointwise = is_pointwise(KH, KW, sh, sw, pt, pb, pl, pr)
+    if pointwise:
         col = x[n].reshape(C, H * W)
-        dcol = dx[n].reshape(C, H * W)
-        gemm_backward_sample(w2, col, dconv2, dw2, dcol, groups)
-    else:
+    elif unfold:
         im2col_sample(x[n], col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
+    if input_grad:
+        if pointwise:
+            # col2im is the identity: the GEMM writes dx[n] directly
+            dcol = dx[n].reshape(C, H * W)
         gemm_backward_sample(w2, col, dconv2, dw2, dcol, groups)
-        col2im_sample(dcol, dx[n], KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
+        if not pointwise:
+            col2im_sample(dcol, dx[n], KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
+    else:
+        gemm_weight_grad_sample(col, dconv2, dw2, groups)
     if has_bias:
         add_row_sums_sample(dconv2, db)
 
 
 @njit(cache=True, parallel=True)
-def _conv_relu_pool_forward_kernel(x, w2, b, has_bias, out, index, cols, convs,
+def _conv_relu_pool_forward_kernel(x, w2, b, has_bias, out, index, cols, keep, convs,
                                    KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups,
                                    pkh, pkw, psh, psw, pph, ppw, pdh, pdw):
-    """out (N, F, PH, PW) = relu(maxpool(conv(x) + b)); index: each winner's oh·OW + ow."""
+    """out (N, F, PH, PW) = relu(maxpool(conv(x) + b)); index: each winner's oh·OW + ow.
+
+    cols: (T, C·KH·KW, OH·OW), one scratch slot per thread, or with ``keep`` (N, ...), one
+    slot per sample, left filled for backward. convs: (T, F, OH, OW) per-thread conv output.
+    """
     N = x.shape[0]
     F, OH, OW = convs.shape[1], convs.shape[2], convs.shape[3]
     PH, PW = out.shape[2], out.shape[3]
@@ -76,7 +106,8 @@ def _conv_relu_pool_forward_kernel(x, w2, b, has_bias, out, index, cols, convs,
         conv3 = convs[t]
         conv2 = conv3.reshape(F, OH * OW)
         for n in range((t * N) // T, ((t + 1) * N) // T):
-            _conv_sample(x, n, w2, b, has_bias, cols[t], conv2, KH, KW, sh, sw, pt, pb, pl, pr,
+            col = cols[n] if keep else cols[t]
+            _conv_sample(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr,
                          dh, dw, groups, OH, OW)
             _pool_span(conv3, pkh, pkw, psh, psw, pph, ppw, pdh, pdw, out[n], index[n], 0, F)
             o = out[n].reshape(F * PH * PW)
@@ -86,7 +117,8 @@ def _conv_relu_pool_forward_kernel(x, w2, b, has_bias, out, index, cols, convs,
 @njit(cache=True, parallel=True)
 def _conv_relu_pool_backward_kernel(x, w2, dout, out, index, has_bias, dx, dw_part, db_part,
                                     cols, dcols, dconvs, KH, KW, sh, sw, pt, pb, pl, pr,
-                                    dh, dw, groups, OH, OW):
+                                    dh, dw, groups, OH, OW, kept, input_grad):
+    """kept: cols holds every sample's columns from forward (N slots), else T scratch slots."""
     N = x.shape[0]
     F = dconvs.shape[1]
     PH, PW = dout.shape[2], dout.shape[3]
@@ -102,21 +134,23 @@ def _conv_relu_pool_backward_kernel(x, w2, dout, out, index, has_bias, dx, dw_pa
                         # scatter; += as overlapping windows can share a winner
                         if not out[n, f, i, j] <= 0:
                             dconv2[f, index[n, f, i, j]] += dout[n, f, i, j]
+            col = cols[n] if kept else cols[t]
             _conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dw_part[t], db_part[t],
-                                  cols[t], dcols[t], KH, KW, sh, sw, pt, pb, pl, pr,
-                                  dh, dw, groups, OH, OW)
+                                  col, dcols[t], KH, KW, sh, sw, pt, pb, pl, pr,
+                                  dh, dw, groups, OH, OW, not kept, input_grad)
 
 
 @njit(cache=True, parallel=True)
-def _conv_relu_forward_kernel(x, w2, b, has_bias, out, cols, KH, KW, sh, sw, pt, pb, pl, pr,
-                              dh, dw, groups):
+def _conv_relu_forward_kernel(x, w2, b, has_bias, out, cols, keep, T, KH, KW, sh, sw,
+                              pt, pb, pl, pr, dh, dw, groups):
+    """out (N, F, OH, OW) = relu(conv(x) + b) on T threads; cols as in the pooled kernel."""
     N = x.shape[0]
     F, OH, OW = out.shape[1], out.shape[2], out.shape[3]
-    T = cols.shape[0]
     for t in prange(T):
         for n in range((t * N) // T, ((t + 1) * N) // T):
             conv2 = out[n].reshape(F, OH * OW)
-            _conv_sample(x, n, w2, b, has_bias, cols[t], conv2, KH, KW, sh, sw, pt, pb, pl, pr,
+            col = cols[n] if keep else cols[t]
+            _conv_sample(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr,
                          dh, dw, groups, OH, OW)
             o = out[n].reshape(F * OH * OW)
             _relu_span(o, o, 0, o.size)
@@ -124,7 +158,8 @@ def _conv_relu_forward_kernel(x, w2, b, has_bias, out, cols, KH, KW, sh, sw, pt,
 
 @njit(cache=True, parallel=True)
 def _conv_relu_backward_kernel(x, w2, dout, out, has_bias, dx, dw_part, db_part, cols, dcols,
-                               dconvs, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups):
+                               dconvs, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups, kept,
+                               input_grad):
     N = x.shape[0]
     F, P = dconvs.shape[1], dconvs.shape[2]
     OH, OW = out.shape[2], out.shape[3]
@@ -134,9 +169,10 @@ def _conv_relu_backward_kernel(x, w2, dout, out, has_bias, dx, dw_part, db_part,
         for n in range((t * N) // T, ((t + 1) * N) // T):
             d = dconv2.reshape(F * P)
             _relu_backward_span(dout[n].reshape(F * P), out[n].reshape(F * P), d, 0, F * P)
+            col = cols[n] if kept else cols[t]
             _conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dw_part[t], db_part[t],
-                                  cols[t], dcols[t], KH, KW, sh, sw, pt, pb, pl, pr,
-                                  dh, dw, groups, OH, OW)
+                                  col, dcols[t], KH, KW, sh, sw, pt, pb, pl, pr,
+                                  dh, dw, groups, OH, OW, not kept, input_grad)
 
 
 def _conv_setup(x, w, b, stride, padding, dilation):
@@ -152,69 +188,112 @@ def _conv_setup(x, w, b, stride, padding, dilation):
     return x, w, bias, has_bias, geo, OH, OW
 
 
-def _col_buffers(T, C, OH, OW, geo, dtype):
-    """Per-thread column buffers (T, C·KH·KW, OH·OW), empty when im2col is the identity."""
+def _buffer(workspace, name, shape, dtype):
+    """A zeroed array, or the workspace's buffer of that shape and dtype when there is one.
+
+    Reused buffers are not zeroed again: every caller here overwrites them fully (im2col,
+    GEMMs with beta 0), or zeroes them itself (the scatter buffers).
+    """
+    if workspace is None:
+        # zeros, not empty: see conv.py (beta·c with beta 0 under NUMBA_DISABLE_JIT)
+        return np.zeros(shape, dtype=dtype)
+    buf = workspace.get(name)
+    if buf is None or buf.shape != shape or buf.dtype != dtype:
+        buf = workspace[name] = np.zeros(shape, dtype=dtype)
+    return buf
+
+
+def _columns(x, w, geo, OH, OW, workspace):
+    """(cols, keep): column slots for the forward pass.
+
+    With a workspace (the layer is training) and a small enough result: one slot per sample,
+    kept for backward. Otherwise one scratch slot per thread. Empty when im2col is the identity.
+    """
+    N, C, dtype = x.shape[0], x.shape[1], x.dtype
     if is_pointwise(*geo[:8]):
-        return np.zeros((T, 0, 0), dtype=dtype)
-    # zeros, not empty: see conv.py (beta·c with beta 0 under NUMBA_DISABLE_JIT)
-    return np.zeros((T, C * geo[0] * geo[1], OH * OW), dtype=dtype)
+        return np.zeros((1, 0, 0), dtype=dtype), False
+    rows = C * geo[0] * geo[1]
+    keep = (workspace is not None
+            and N * rows * OH * OW * dtype.itemsize <= KEEP_COLUMNS_MAX_BYTES)
+    slots = N if keep else _n_threads(N)
+    return _buffer(workspace, "cols", (slots, rows, OH * OW), dtype), keep
 
 
-def _backward_buffers(x, w, geo, OH, OW, T):
+def _backward_buffers(x, w, geo, OH, OW, T, kept_cols, workspace):
+    """Per-thread scratch for backward (T slots) plus the weight/bias partials."""
     C, F, dtype = x.shape[1], w.shape[0], x.dtype
-    cols = _col_buffers(T, C, OH, OW, geo, dtype)
-    dcols = np.zeros_like(cols)
-    dconvs = np.zeros((T, F, OH * OW), dtype=dtype)
+    if kept_cols is not None:
+        cols = kept_cols
+    elif is_pointwise(*geo[:8]):
+        cols = np.zeros((1, 0, 0), dtype=dtype)
+    else:
+        cols = _buffer(workspace, "cols", (T, C * geo[0] * geo[1], OH * OW), dtype)
+    dcols = _buffer(workspace, "dcols", (T,) + cols.shape[1:], dtype)
+    dconvs = _buffer(workspace, "dconvs", (T, F, OH * OW), dtype)
     dw_part = np.zeros((T, F, w.shape[1] * geo[0] * geo[1]), dtype=dtype)
     db_part = np.zeros((T, F), dtype=dtype)
     return cols, dcols, dconvs, dw_part, db_part
 
 
-def _finish(dw_part, db_part, w, has_bias):
-    """Sum the per-thread partials as conv2d_backward does."""
+def _input_grad_buffer(x, input_grad):
+    """dx (zeroed: col2im accumulates), or an empty stand-in the kernels never touch."""
+    return np.zeros_like(x) if input_grad else np.zeros((0,) + x.shape[1:], dtype=x.dtype)
+
+
+def _finish(dx, dw_part, db_part, w, has_bias, input_grad):
+    """(dx or None, dw, db): the per-thread partials summed as conv2d_backward does."""
     dw = dw_part.sum(axis=0).reshape(w.shape)
     db = db_part.sum(axis=0) if has_bias else None
-    return dw, db
+    return (dx if input_grad else None), dw, db
 
 
-def conv2d_relu_forward(x, w, b, stride, padding, dilation, groups):
-    """relu(conv2d(x)). Arguments and result as conv2d_forward. Returns (out, cache)."""
+def conv2d_relu_forward(x, w, b, stride, padding, dilation, groups, workspace=None):
+    """relu(conv2d(x)). Arguments and result as conv2d_forward. Returns (out, cache).
+
+    workspace: optional dict owned by the caller, passed again on every call (module
+    docstring); with it the columns are kept for backward.
+    """
     x, w, bias, has_bias, geo, OH, OW = _conv_setup(x, w, b, stride, padding, dilation)
-    N, C = x.shape[0], x.shape[1]
+    N = x.shape[0]
     out = np.zeros((N, w.shape[0], OH, OW), dtype=x.dtype)
     groups = int(groups)
-    cache = (x, w, has_bias, geo, groups, out)
+    kept = None
     if N > 0:
         T = _n_threads(N)
-        _conv_relu_forward_kernel(x, _as_matrix(w), bias, has_bias, out,
-                                  _col_buffers(T, C, OH, OW, geo, x.dtype), *geo, groups)
-    return out, cache
+        cols, keep = _columns(x, w, geo, OH, OW, workspace)
+        _conv_relu_forward_kernel(x, _as_matrix(w), bias, has_bias, out, cols, keep, T,
+                                  *geo, groups)
+        kept = cols if keep else None
+    return out, (x, w, has_bias, geo, groups, out, kept, workspace)
 
 
-def conv2d_relu_backward(dout, cache):
-    """dout (N, F, OH, OW). Returns (dx, dw, db) as conv2d_backward."""
-    x, w, has_bias, geo, groups, out = cache
+def conv2d_relu_backward(dout, cache, input_grad=True):
+    """dout (N, F, OH, OW). Returns (dx, dw, db) as conv2d_backward; dx None without input_grad."""
+    x, w, has_bias, geo, groups, out, kept, workspace = cache
     N, OH, OW = x.shape[0], out.shape[2], out.shape[3]
     dout = _kernel_array(dout, x.dtype)
     T = _n_threads(N)
-    cols, dcols, dconvs, dw_part, db_part = _backward_buffers(x, w, geo, OH, OW, T)
-    dx = np.zeros_like(x)
+    cols, dcols, dconvs, dw_part, db_part = _backward_buffers(x, w, geo, OH, OW, T, kept,
+                                                              workspace)
+    dx = _input_grad_buffer(x, input_grad)
     if N > 0:
         _conv_relu_backward_kernel(x, _as_matrix(w), dout, out, has_bias, dx, dw_part, db_part,
-                                   cols, dcols, dconvs, *geo, groups)
-    return (dx,) + _finish(dw_part, db_part, w, has_bias)
+                                   cols, dcols, dconvs, *geo, groups, kept is not None,
+                                   input_grad)
+    return _finish(dx, dw_part, db_part, w, has_bias, input_grad)
 
 
 def conv2d_relu_maxpool2d_forward(x, w, b, stride, padding, dilation, groups,
                                   kernel_size, pool_stride, pool_padding, pool_dilation,
-                                  ceil_mode):
+                                  ceil_mode, workspace=None):
     """maxpool2d(relu(conv2d(x))) (== relu(maxpool2d(conv2d(x)))) in one parallel pass.
 
-    Convolution arguments as conv2d_forward, then the pool's as maxpool2d_forward.
+    Convolution arguments as conv2d_forward, then the pool's as maxpool2d_forward, then an
+    optional workspace dict (as conv2d_relu_forward).
     Returns (out, cache); out (N, F, PH, PW).
     """
     x, w, bias, has_bias, geo, OH, OW = _conv_setup(x, w, b, stride, padding, dilation)
-    N, C, F = x.shape[0], x.shape[1], w.shape[0]
+    N, F = x.shape[0], w.shape[0]
     (pkh, pkw), (psh, psw), (pph, ppw), (pdh, pdw) = (
         kernel_size, pool_stride, pool_padding, pool_dilation)
     PH = pool_output_size(OH, pkh, psh, pph, pdh, ceil_mode)
@@ -222,29 +301,32 @@ def conv2d_relu_maxpool2d_forward(x, w, b, stride, padding, dilation, groups,
     groups = int(groups)
     out = np.empty((N, F, PH, PW), dtype=x.dtype)
     index = np.empty((N, F, PH, PW), dtype=np.int64)
-    cache = (x, w, has_bias, geo, groups, out, index, OH, OW)
+    kept = None
     if N > 0:
         T = _n_threads(N)
-        convs = np.zeros((T, F, OH, OW), dtype=x.dtype)
-        _conv_relu_pool_forward_kernel(x, _as_matrix(w), bias, has_bias, out, index,
-                                       _col_buffers(T, C, OH, OW, geo, x.dtype), convs,
-                                       *geo, groups, pkh, pkw, psh, psw, pph, ppw, pdh, pdw)
-    return out, cache
+        convs = _buffer(workspace, "convs", (T, F, OH, OW), x.dtype)
+        cols, keep = _columns(x, w, geo, OH, OW, workspace)
+        _conv_relu_pool_forward_kernel(x, _as_matrix(w), bias, has_bias, out, index, cols, keep,
+                                       convs, *geo, groups, pkh, pkw, psh, psw, pph, ppw,
+                                       pdh, pdw)
+        kept = cols if keep else None
+    return out, (x, w, has_bias, geo, groups, out, index, OH, OW, kept, workspace)
 
 
-def conv2d_relu_maxpool2d_backward(dout, cache):
-    """dout (N, F, PH, PW). Returns (dx, dw, db) as conv2d_backward."""
-    x, w, has_bias, geo, groups, out, index, OH, OW = cache
+def conv2d_relu_maxpool2d_backward(dout, cache, input_grad=True):
+    """dout (N, F, PH, PW). Returns (dx, dw, db) as conv2d_backward; dx None without input_grad."""
+    x, w, has_bias, geo, groups, out, index, OH, OW, kept, workspace = cache
     N = x.shape[0]
     dout = _kernel_array(dout, x.dtype)
     T = _n_threads(N)
-    cols, dcols, dconvs, dw_part, db_part = _backward_buffers(x, w, geo, OH, OW, T)
-    dx = np.zeros_like(x)
+    cols, dcols, dconvs, dw_part, db_part = _backward_buffers(x, w, geo, OH, OW, T, kept,
+                                                              workspace)
+    dx = _input_grad_buffer(x, input_grad)
     if N > 0:
         _conv_relu_pool_backward_kernel(x, _as_matrix(w), dout, out, index, has_bias, dx,
                                         dw_part, db_part, cols, dcols, dconvs, *geo, groups,
-                                        OH, OW)
-    return (dx,) + _finish(dw_part, db_part, w, has_bias)
+                                        OH, OW, kept is not None, input_grad)
+    return _finish(dx, dw_part, db_part, w, has_bias, input_grad)
 
 
 def linear_relu_forward(x, w, b):
@@ -255,11 +337,11 @@ def linear_relu_forward(x, w, b):
     return out, (cache, out)
 
 
-def linear_relu_backward(dout, cache):
-    """dout (N, out). Returns (dx, dw, db) as linear_backward."""
+def linear_relu_backward(dout, cache, input_grad=True):
+    """dout (N, out). Returns (dx, dw, db) as linear_backward (dx None without input_grad)."""
     linear_cache, out = cache
     dy = np.empty(out.shape, dtype=out.dtype)
     launch(_relu_backward_span, _relu_backward_parallel, out.size, out.size,
            np.ascontiguousarray(dout, dtype=out.dtype).reshape(-1), out.reshape(-1),
            dy.reshape(-1))
-    return _linear.linear_backward(dy, linear_cache)
+    return _linear.linear_backward(dy, linear_cache, input_grad)

@@ -58,12 +58,14 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     return out, cache
 
 
-def conv2d_backward(dout, cache):
+def conv2d_backward(dout, cache, input_grad=True):
     """Gradients of conv2d_forward.
 
     Inputs:
     - dout: (N, F, OH, OW), upstream gradient
     - cache: from conv2d_forward
+    - input_grad: False skips dx (returned as None), as torch does for an input that does not
+      require grad (a model's first layer)
 
     Returns (dx, dw, db): dx (N, C, H, W), dw (F, C // groups, KH, KW), db (F,) or None.
     """
@@ -84,6 +86,8 @@ def conv2d_backward(dout, cache):
     db = dout.sum(axis=(0, 2, 3)).astype(x.dtype, copy=False) if has_bias else None
     dw = np.einsum("ngfhv,ngcklhv->gfckl", dout_g, cols_g, optimize=True)
     dw = dw.reshape(w.shape).astype(w.dtype, copy=False)
+    if not input_grad:
+        return None, dw, db
 
     # col2im: each kernel offset (kh, kw) touched a strided grid of the padded input; add the
     # column gradients back onto that grid (grids of different offsets overlap, hence +=).

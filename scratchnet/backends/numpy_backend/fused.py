@@ -18,25 +18,29 @@ __all__ = ["conv2d_relu_forward", "conv2d_relu_backward",
            "linear_relu_forward", "linear_relu_backward"]
 
 
-def conv2d_relu_forward(x, w, b, stride, padding, dilation, groups):
-    """relu(conv2d(x)). Arguments as conv2d_forward. Returns (out, cache)."""
+def conv2d_relu_forward(x, w, b, stride, padding, dilation, groups, workspace=None):
+    """relu(conv2d(x)). Arguments as conv2d_forward. Returns (out, cache).
+
+    workspace: accepted for the numba backend's signature (its reusable buffers); unused here.
+    """
     y, conv_cache = conv2d_forward(x, w, b, stride, padding, dilation, groups)
     out, relu_cache = relu_forward(y)
     return out, (conv_cache, relu_cache)
 
 
-def conv2d_relu_backward(dout, cache):
-    """Returns (dx, dw, db) as conv2d_backward."""
+def conv2d_relu_backward(dout, cache, input_grad=True):
+    """Returns (dx, dw, db) as conv2d_backward (dx None without input_grad)."""
     conv_cache, relu_cache = cache
-    return conv2d_backward(relu_backward(dout, relu_cache), conv_cache)
+    return conv2d_backward(relu_backward(dout, relu_cache), conv_cache, input_grad)
 
 
 def conv2d_relu_maxpool2d_forward(x, w, b, stride, padding, dilation, groups,
                                   kernel_size, pool_stride, pool_padding, pool_dilation,
-                                  ceil_mode):
+                                  ceil_mode, workspace=None):
     """maxpool2d(relu(conv2d(x))) (== relu(maxpool2d(conv2d(x)))).
 
-    Convolution arguments as conv2d_forward, then the pool's as maxpool2d_forward.
+    Convolution arguments as conv2d_forward, then the pool's as maxpool2d_forward; workspace
+    as conv2d_relu_forward.
     Returns (out, cache); out (N, F, PH, PW).
     """
     y, conv_cache = conv2d_forward(x, w, b, stride, padding, dilation, groups)
@@ -46,11 +50,12 @@ def conv2d_relu_maxpool2d_forward(x, w, b, stride, padding, dilation, groups,
     return out, (conv_cache, relu_cache, pool_cache)
 
 
-def conv2d_relu_maxpool2d_backward(dout, cache):
-    """dout (N, F, PH, PW). Returns (dx, dw, db) as conv2d_backward."""
+def conv2d_relu_maxpool2d_backward(dout, cache, input_grad=True):
+    """dout (N, F, PH, PW). Returns (dx, dw, db) as conv2d_backward (dx None without
+    input_grad)."""
     conv_cache, relu_cache, pool_cache = cache
     dr = maxpool2d_backward(dout, pool_cache)
-    return conv2d_backward(relu_backward(dr, relu_cache), conv_cache)
+    return conv2d_backward(relu_backward(dr, relu_cache), conv_cache, input_grad)
 
 
 def linear_relu_forward(x, w, b):
@@ -60,7 +65,7 @@ def linear_relu_forward(x, w, b):
     return out, (linear_cache, relu_cache)
 
 
-def linear_relu_backward(dout, cache):
-    """Returns (dx, dw, db) as linear_backward."""
+def linear_relu_backward(dout, cache, input_grad=True):
+    """Returns (dx, dw, db) as linear_backward (dx None without input_grad)."""
     linear_cache, relu_cache = cache
-    return linear_backward(relu_backward(dout, relu_cache), linear_cache)
+    return linear_backward(relu_backward(dout, relu_cache), linear_cache, input_grad)

@@ -10,10 +10,13 @@ def linear_forward(x, w, b):
     return out, (x, w, b)
 
 
-def linear_backward(dout, cache):
-    """dout: (N, out). Returns dx (N, in), dw (out, in), db (out,) or None when b is None."""
+def linear_backward(dout, cache, input_grad=True):
+    """dout: (N, out). Returns dx (N, in), dw (out, in), db (out,) or None when b is None.
+
+    input_grad False: dx is not computed and returned as None.
+    """
     x, w, b = cache
-    dx = dout @ w
+    dx = dout @ w if input_grad else None
     dw = dout.T @ x
     db = dout.sum(axis=0) if b is not None else None
     return dx, dw, db
