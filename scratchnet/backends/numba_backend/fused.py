@@ -36,7 +36,7 @@ from .activation import (_relu_backward_parallel, _relu_backward_span, _relu_par
                          _relu_span, launch)
 from .conv import (_as_matrix, _geometry, _kernel_array, _n_threads, add_bias_sample,
                    add_row_sums_sample, col2im_sample, gemm_backward_sample, gemm_forward_sample,
-                   gemm_weight_grad_sample,
+                   gemm_weight_grad_sample, weight_grad, weight_grad_partials,
                    im2col_sample, is_pointwise, out_size)
 from .pool import _forward_span as _pool_span
 
@@ -66,7 +66,7 @@ def _conv_sample(x, n, w2, b, has_bias, col, conv2, geo_kh, geo_kw, sh, sw, pt, 
 
 
 @njit(cache=True)
-def _conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dw2, db, col, dcol, KH, KW, sh, sw,
+def _conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dwT, db, col, dcol, KH, KW, sh, sw,
                           pt, pb, pl, pr, dh, dw, groups, OH, OW, unfold, input_grad):
     """Add sample n's share of dW and db into this thread's partials and, if ``input_grad``,
     write dx[n]. ``unfold``: col must be filled by im2col first (False when it was kept)."""
@@ -80,11 +80,11 @@ def _conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dw2, db, col, dcol, KH
         if pointwise:
             # col2im is the identity: the GEMM writes dx[n] directly
             dcol = dx[n].reshape(C, H * W)
-        gemm_backward_sample(w2, col, dconv2, dw2, dcol, groups)
+        gemm_backward_sample(w2, col, dconv2, dwT, dcol, groups)
         if not pointwise:
             col2im_sample(dcol, dx[n], KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
     else:
-        gemm_weight_grad_sample(col, dconv2, dw2, groups)
+        gemm_weight_grad_sample(col, dconv2, dwT, groups)
     if has_bias:
         add_row_sums_sample(dconv2, db)
 
@@ -126,7 +126,10 @@ def _conv_relu_pool_backward_kernel(x, w2, dout, out, index, has_bias, dx, dw_pa
     for t in prange(T):
         dconv2 = dconvs[t]
         for n in range((t * N) // T, ((t + 1) * N) // T):
-            dconv2[:, :] = 0
+            # a flat element loop: numba's slice assignment costs seconds of compile time
+            dflat = dconv2.reshape(dconv2.size)
+            for i in range(dflat.size):
+                dflat[i] = 0
             for f in range(F):
                 for i in range(PH):
                     for j in range(PW):
@@ -219,7 +222,7 @@ def _columns(x, w, geo, OH, OW, workspace):
     return _buffer(workspace, "cols", (slots, rows, OH * OW), dtype), keep
 
 
-def _backward_buffers(x, w, geo, OH, OW, T, kept_cols, workspace):
+def _backward_buffers(x, w, geo, groups, OH, OW, T, kept_cols, workspace):
     """Per-thread scratch for backward (T slots) plus the weight/bias partials."""
     C, F, dtype = x.shape[1], w.shape[0], x.dtype
     if kept_cols is not None:
@@ -230,7 +233,7 @@ def _backward_buffers(x, w, geo, OH, OW, T, kept_cols, workspace):
         cols = _buffer(workspace, "cols", (T, C * geo[0] * geo[1], OH * OW), dtype)
     dcols = _buffer(workspace, "dcols", (T,) + cols.shape[1:], dtype)
     dconvs = _buffer(workspace, "dconvs", (T, F, OH * OW), dtype)
-    dw_part = np.zeros((T, F, w.shape[1] * geo[0] * geo[1]), dtype=dtype)
+    dw_part = weight_grad_partials(T, w, groups, dtype)
     db_part = np.zeros((T, F), dtype=dtype)
     return cols, dcols, dconvs, dw_part, db_part
 
@@ -242,7 +245,7 @@ def _input_grad_buffer(x, input_grad):
 
 def _finish(dx, dw_part, db_part, w, has_bias, input_grad):
     """(dx or None, dw, db): the per-thread partials summed as conv2d_backward does."""
-    dw = dw_part.sum(axis=0).reshape(w.shape)
+    dw = weight_grad(dw_part, w.shape)
     db = db_part.sum(axis=0) if has_bias else None
     return (dx if input_grad else None), dw, db
 
@@ -273,8 +276,8 @@ def conv2d_relu_backward(dout, cache, input_grad=True):
     N, OH, OW = x.shape[0], out.shape[2], out.shape[3]
     dout = _kernel_array(dout, x.dtype)
     T = _n_threads(N)
-    cols, dcols, dconvs, dw_part, db_part = _backward_buffers(x, w, geo, OH, OW, T, kept,
-                                                              workspace)
+    cols, dcols, dconvs, dw_part, db_part = _backward_buffers(x, w, geo, groups, OH, OW, T,
+                                                              kept, workspace)
     dx = _input_grad_buffer(x, input_grad)
     if N > 0:
         _conv_relu_backward_kernel(x, _as_matrix(w), dout, out, has_bias, dx, dw_part, db_part,
@@ -319,8 +322,8 @@ def conv2d_relu_maxpool2d_backward(dout, cache, input_grad=True):
     N = x.shape[0]
     dout = _kernel_array(dout, x.dtype)
     T = _n_threads(N)
-    cols, dcols, dconvs, dw_part, db_part = _backward_buffers(x, w, geo, OH, OW, T, kept,
-                                                              workspace)
+    cols, dcols, dconvs, dw_part, db_part = _backward_buffers(x, w, geo, groups, OH, OW, T,
+                                                              kept, workspace)
     dx = _input_grad_buffer(x, input_grad)
     if N > 0:
         _conv_relu_pool_backward_kernel(x, _as_matrix(w), dout, out, index, has_bias, dx,

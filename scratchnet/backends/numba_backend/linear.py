@@ -38,8 +38,9 @@ NARROW_ROWS = 64
 @njit(cache=True)
 def _forward_block(x, w, b, has_bias, out, r0, r1):
     if has_bias:
-        for i in range(r0, r1):
-            out[i, :] = b
+        for i in range(r0, r1):  # element loops: a slice assignment compiles seconds slower
+            for j in range(b.size):
+                out[i, j] = b[j]
     # out[r0:r1] = x[r0:r1]·wᵀ + out[r0:r1] (beta 1 adds the bias, as torch's addmm does)
     beta = 1.0 if has_bias else 0.0
     step = NARROW_ROWS if w.shape[0] <= NARROW_OUTPUTS else max(r1 - r0, 1)

@@ -107,8 +107,11 @@ def _forward_span(x, KH, KW, SH, SW, PH, PW, DH, DW, out, index, lo, hi):
                             k = j
                     best_val[ow] = m
                     best_idx[ow] = k
-            out[p, oh, :] = best_val
-            index[p, oh, :] = best_idx
+            # element loops, not slice assignments: numba's slice setitem alone made this
+            # function take ~3 s longer to compile
+            for ow in range(OW):
+                out[p, oh, ow] = best_val[ow]
+                index[p, oh, ow] = best_idx[ow]
 
 
 @njit(cache=True, parallel=True)
