@@ -6,7 +6,9 @@ loss). So we bind the CBLAS ``?gemm`` symbols of the OpenBLAS that numpy ships (
 ``scipy_cblas_sgemm64_``), pin that library to one thread, and let ``prange`` own parallelism.
 
 ``gemm(a, b, c, trans_a, trans_b, alpha, beta)`` computes ``c = alpha·op(a)·op(b) + beta·c``
-for C-contiguous 2-D arrays of one dtype (float32 or float64). Under ``NUMBA_DISABLE_JIT=1``
+for 2-D arrays of one dtype (float32 or float64) whose rows are contiguous: C-contiguous
+arrays or row-major slices of them such as ``dout[:, o0:o1]`` (the row stride is passed to BLAS
+as the leading dimension). Under ``NUMBA_DISABLE_JIT=1``
 the same function runs as plain Python with ``np.dot``.
 """
 import ctypes
@@ -14,7 +16,7 @@ import glob
 import os
 
 import numpy as np
-from numba import types
+from numba import njit, types
 from numba.extending import overload
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
@@ -75,6 +77,10 @@ if HAVE_CBLAS:
     _sgemm = types.ExternalFunction("scipy_cblas_sgemm64_", _sig(types.float32))
     _dgemm = types.ExternalFunction("scipy_cblas_dgemm64_", _sig(types.float64))
 
+    def _leading_dim(x):
+        """Elements between rows (a slice's row stride), at least one row's length."""
+        return max(x.strides[0] // x.itemsize, x.shape[1], 1)
+
     def _make_impl(cblas_gemm, scalar):
         def impl(a, b, c, trans_a, trans_b, alpha, beta):
             m, n = c.shape
@@ -84,10 +90,11 @@ if HAVE_CBLAS:
             ta = np.int32(_TRANS if trans_a else _NO_TRANS)
             tb = np.int32(_TRANS if trans_b else _NO_TRANS)
             cblas_gemm(np.int32(_ROW_MAJOR), ta, tb, m, n, k, scalar(alpha), a.ctypes,
-                       max(a.shape[1], 1), b.ctypes, max(b.shape[1], 1), scalar(beta),
-                       c.ctypes, max(n, 1))
+                       _leading_dim(a), b.ctypes, _leading_dim(b), scalar(beta),
+                       c.ctypes, _leading_dim(c))
         return impl
 
+    _leading_dim = njit(cache=True)(_leading_dim)
     _impl32 = _make_impl(_sgemm, np.float32)
     _impl64 = _make_impl(_dgemm, np.float64)
 
