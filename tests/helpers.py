@@ -33,6 +33,25 @@ def assert_close(ours, theirs, dtype, name="value", factor=1.0):
     assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.1e}"
 
 
+def break_ties(x, dtype, seed=0, amplitude=0.05):
+    """x with small fixed noise added in float32, unchanged in float64; cast to ``dtype``.
+
+    Why: a real MNIST image is mostly background pixels of one value, so the first conv's
+    outputs tie exactly inside many max-pool windows. In float64 both sides compute those ties
+    bitwise equal and pick the first maximum alike, but in float32 the two sides' convolutions
+    (OpenBLAS here, oneDNN in torch) round differently in the last bit, so each side breaks a
+    tie its own way and routes that window's input gradient to another pixel: a valid but
+    different subgradient (torch float32 then differs from torch float64 by as much). Noise of
+    ``amplitude`` (in normalised pixel units, against a range of about 3) makes every window's
+    maximum win by far more than float32 round-off, so the float32 check compares gradients,
+    not tie-breaking.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if np.dtype(dtype) == np.float32:
+        x = x + np.random.default_rng(seed).uniform(-amplitude, amplitude, x.shape)
+    return x.astype(dtype)
+
+
 def to_torch(a, requires_grad=False):
     """A torch tensor sharing no memory with ``a``, optionally tracking gradients."""
     t = torch.tensor(np.array(a))
