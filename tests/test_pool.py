@@ -93,6 +93,27 @@ def test_maxpool2d_all_equal_windows(backend, value):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_maxpool2d_2x2_nan_and_signed_zero_follow_torch(rng, backend, dtype):
+    # the numba backend's MaxPool2d(2) fast path splits windows with a NaN from the rest:
+    # NaNs anywhere in a window (one, several, all), next to ties and -0.0 == +0.0 ties
+    x = rng.integers(-1, 2, size=(2, 3, 8, 9)).astype(dtype)
+    x[0, 0, 0, 0] = np.nan                       # first tap
+    x[0, 0, 1, 3] = np.nan                       # last tap
+    x[0, 0, 2:4, 4:6] = np.nan                   # every tap
+    x[0, 1, 0, 1] = x[0, 1, 1, 0] = np.nan       # two taps
+    x[1, 0, :2, :2] = [[-0.0, 0.0], [0.0, -0.0]]
+    x[1, 1, :2, :2] = [[-1.0, -0.0], [0.0, -2.0]]
+    x[1, 2] = rng.standard_normal((8, 9))        # no ties at all
+    out, dout, dx = _run_module(backend, x, lambda sh, dt: rng.standard_normal(sh).astype(dt),
+                                kernel_size=2)
+    t_out, t_dx = _torch_pool(x, dout, 2, 2, 0, 1, False)
+    np.testing.assert_array_equal(out, t_out)
+    np.testing.assert_array_equal(np.signbit(out), np.signbit(t_out))
+    np.testing.assert_array_equal(dx, t_dx)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_maxpool2d_nan_follows_torch(rng, backend):
     # torch's scan takes every NaN it meets: a NaN window outputs NaN and the last NaN gets
     # the gradient

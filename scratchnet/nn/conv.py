@@ -161,9 +161,9 @@ class Conv2d(Module):
         if self._unbatched:
             dout = dout[None]
         dx, dw, db = backend.ops(self._backend).conv2d_backward(dout, self._cache, input_grad)
-        self.weight.accumulate_grad(dw)
+        self.weight.accumulate_grad(dw, fresh=True)
         if self.bias is not None:
-            self.bias.accumulate_grad(db)
+            self.bias.accumulate_grad(db, fresh=True)
         if dx is None:
             return None
         return dx[0] if self._unbatched else dx

@@ -1,4 +1,6 @@
 """``Flatten``: merge a range of axes into one (backward restores the input's shape)."""
+import math
+
 import numpy as np
 
 from .activation import grad_output
@@ -34,7 +36,7 @@ class Flatten(Module):
             raise ValueError(f"Flatten: start_dim={self.start_dim} comes after "
                              f"end_dim={self.end_dim} for a {x.ndim}-d input")
         shape = x.shape if x.ndim else (1,)
-        merged = int(np.prod(shape[start:end + 1], dtype=np.int64))
+        merged = math.prod(shape[start:end + 1])
         out = x.reshape(shape[:start] + (merged,) + shape[end + 1:])
         self._in_shape = x.shape
         self._out_shape, self._out_dtype = out.shape, out.dtype

@@ -92,9 +92,9 @@ class _FusedStep:
         dout = grad_output(type(last).__name__, dout, self._out_shape, self._out_dtype)
         dx, dw, db = self._backward_op(dout, input_grad)
         main = self._main
-        main.weight.accumulate_grad(dw)
+        main.weight.accumulate_grad(dw, fresh=True)
         if main.bias is not None:
-            main.bias.accumulate_grad(db)
+            main.bias.accumulate_grad(db, fresh=True)
         return dx
 
     def _training_workspace(self):

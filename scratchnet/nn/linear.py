@@ -53,7 +53,7 @@ class Linear(Module):
             raise TypeError(f"Linear: input dtype {x.dtype} does not match weight dtype "
                             f"{w.dtype}; cast the input or call .to({x.dtype}) on the model")
         lead = x.shape[:-1]
-        rows = int(np.prod(lead, dtype=np.int64))
+        rows = math.prod(lead)
         b = self.bias.data if self.bias is not None else None
         # the cache belongs to the backend that made it: backward uses the same one
         self._backend = backend.get_backend()
@@ -70,12 +70,12 @@ class Linear(Module):
         """dout (..., out_features) -> dx (..., in_features), or None when ``input_grad`` is
         False (dx not computed). Adds into ``weight.grad`` / ``bias.grad``."""
         dout = grad_output("Linear", dout, self._out_shape, self._out_dtype)
-        rows = int(np.prod(self._in_shape[:-1], dtype=np.int64))
+        rows = math.prod(self._in_shape[:-1])
         dx, dw, db = backend.ops(self._backend).linear_backward(
             dout.reshape(rows, self.out_features), self._cache, input_grad)
-        self.weight.accumulate_grad(dw)
+        self.weight.accumulate_grad(dw, fresh=True)
         if self.bias is not None:
-            self.bias.accumulate_grad(db)
+            self.bias.accumulate_grad(db, fresh=True)
         return None if dx is None else dx.reshape(self._in_shape)
 
     def extra_repr(self):
