@@ -1,35 +1,30 @@
 """Fully connected layer: blocks split across threads, each calling single-threaded GEMM.
 
 BLAS is pinned to one thread (see blas.py), so the only thread pool is Numba's. Forward and
-the input gradient split the batch rows; the weight and bias gradients split the output
-features (``dW[o0:o1] = dout[:, o0:o1]ᵀ·x`` over the whole batch), so every thread writes its
-own slice and nothing is summed afterwards. (Splitting dW by rows instead gave each thread a
+the weight and bias gradients split the output features (thread t computes
+``out[:, o0:o1] = x·W[o0:o1]ᵀ + b[o0:o1]`` and ``dW[o0:o1] = dout[:, o0:o1]ᵀ·x``), so every
+thread writes its own columns and nothing is summed afterwards; the input gradient splits the
+batch rows. Measured on the 2-core target (one thread per half, OpenBLAS sgemm), forward at
+mlp128's first layer: one call 125 µs, split by rows 62 µs, split by output features 51 µs;
+at batch 1000, 2.5 ms / 1.7 ms / 1.4 ms. (Splitting dW by rows instead gave each thread a
 full-size partial from a GEMM with K = N / threads, then a sum: widecnn's fc1 backward took
-9 ms for that.)
+9 ms for that.) Classifier heads (few outputs) split rows instead, see NARROW_OUTPUTS.
 """
 import numba
 import numpy as np
 from numba import njit, prange
 
-from . import activation
 from .blas import gemm
 
 __all__ = ["linear_forward", "linear_backward"]
 
-# a block must be tall enough to be worth its own dW partial (out × in)
-_MIN_ROWS_PER_BLOCK = 16
-# multiply-adds per element-operation of PARALLEL_MIN_WORK: a GEMM does ~64 multiply-adds in
-# the time an elementwise kernel handles one element, so below 64·PARALLEL_MIN_WORK (8M) the
-# product takes less time on one thread than waking the pool does (tens of µs when idle, ms
-# when the cores are busy): the MLPs at batch 32 never launch it
-GEMM_WORK_FACTOR = 32
-
-
-def _num_blocks(n, work):
-    if work < activation.PARALLEL_MIN_WORK * GEMM_WORK_FACTOR:
-        return 1
-    return max(1, min(numba.get_num_threads(), n // _MIN_ROWS_PER_BLOCK))
-
+# multiply-adds below which a product stays on the calling thread. A launch of Numba's pool
+# costs ~3 µs here while its workers are awake (tens of µs when they sleep, more on a busy
+# machine); 256k multiply-adds take ~5 µs on one core, and mlp128's 3.2M-multiply-add layers
+# ran 2.4x faster on two threads
+PARALLEL_MIN_MACS = 1 << 18
+# a thread's share must be at least this many output features (or rows for the narrow heads)
+_MIN_PER_BLOCK = 16
 
 # OpenBLAS handles a product with few output columns (the classifier heads: 10) badly when it
 # is tall: x (1000, 784)·wᵀ (784, 10) ran at 32 GFLOP/s in one call and 1.7x faster as
@@ -39,25 +34,41 @@ NARROW_OUTPUTS = 16
 NARROW_ROWS = 64
 
 
+def _blocks(macs, n):
+    """Threads for a product of ``macs`` multiply-adds whose split axis has length n."""
+    if macs < PARALLEL_MIN_MACS:
+        return 1
+    return max(1, min(numba.get_num_threads(), n // _MIN_PER_BLOCK))
+
+
 @njit(cache=True)
-def _forward_block(x, w, b, has_bias, out, r0, r1):
+def _forward_block(x, w, b, has_bias, out, t, blocks):
+    """Block t of blocks: output features [o0, o1) for every row, or for a narrow head
+    (NARROW_OUTPUTS or fewer features) rows [r0, r1) in NARROW_ROWS-row pieces."""
+    N, O = out.shape
+    narrow = O <= NARROW_OUTPUTS
+    if narrow:
+        r0, r1, o0, o1 = t * N // blocks, (t + 1) * N // blocks, 0, O
+    else:
+        r0, r1, o0, o1 = 0, N, t * O // blocks, (t + 1) * O // blocks
     if has_bias:
         for i in range(r0, r1):  # element loops: a slice assignment compiles seconds slower
-            for j in range(b.size):
+            for j in range(o0, o1):
                 out[i, j] = b[j]
-    # out[r0:r1] = x[r0:r1]·wᵀ + out[r0:r1] (beta 1 adds the bias, as torch's addmm does)
+    # out = x·wᵀ + out (beta 1 adds the bias, as torch's addmm does)
     beta = 1.0 if has_bias else 0.0
-    step = NARROW_ROWS if w.shape[0] <= NARROW_OUTPUTS else max(r1 - r0, 1)
-    for c0 in range(r0, r1, step):
-        c1 = min(c0 + step, r1)
+    if not narrow:
+        gemm(x, w[o0:o1], out[:, o0:o1], False, True, 1.0, beta)
+        return
+    for c0 in range(r0, r1, NARROW_ROWS):
+        c1 = min(c0 + NARROW_ROWS, r1)
         gemm(x[c0:c1], w, out[c0:c1], False, True, 1.0, beta)
 
 
 @njit(cache=True, parallel=True)
 def _forward_parallel(x, w, b, has_bias, out, blocks):
-    N = x.shape[0]
     for t in prange(blocks):
-        _forward_block(x, w, b, has_bias, out, t * N // blocks, (t + 1) * N // blocks)
+        _forward_block(x, w, b, has_bias, out, t, blocks)
 
 
 @njit(cache=True)
@@ -93,9 +104,10 @@ def linear_forward(x, w, b):
     # zeros, not empty: blas.gemm's pure-Python fallback (NUMBA_DISABLE_JIT=1) reads c even
     # when beta is 0, and 0·NaN garbage would be NaN
     out = np.zeros((N, w.shape[0]), dtype=x.dtype)
-    blocks = _num_blocks(N, x.size * w.shape[0])
+    O = w.shape[0]
+    blocks = _blocks(x.size * O, N if O <= NARROW_OUTPUTS else O)
     if blocks == 1:
-        _forward_block(x, w, bias, has_bias, out, 0, N)
+        _forward_block(x, w, bias, has_bias, out, 0, 1)
     else:
         _forward_parallel(x, w, bias, has_bias, out, blocks)
     return out, (x, w, b)
@@ -109,9 +121,7 @@ def linear_backward(dout, cache, input_grad=True):
     x, w, b = cache
     dout = np.ascontiguousarray(dout)
     N = x.shape[0]
-    work = (2 if input_grad else 1) * x.size * w.shape[0]
-    blocks = 1 if work < activation.PARALLEL_MIN_WORK * GEMM_WORK_FACTOR else \
-        numba.get_num_threads()
+    blocks = _blocks((2 if input_grad else 1) * x.size * w.shape[0], max(N, w.shape[0]))
     # zeros: see linear_forward; a (N, 0) stand-in the kernels never touch without input_grad
     dx = np.zeros(x.shape if input_grad else (N, 0), dtype=dout.dtype)
     dw = np.zeros(w.shape, dtype=dout.dtype)

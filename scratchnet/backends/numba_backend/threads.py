@@ -15,8 +15,8 @@ process), while a niced training run of another job shared the cores on and off:
   between.
 
 The robust part of the fix is elsewhere: small work never launches the pool at all
-(``activation.PARALLEL_MIN_WORK``, ``linear.GEMM_WORK_FACTOR``: the MLPs' training steps run
-entirely on the calling thread, so they cannot collapse after torch's pool has run), and a
+(``activation.PARALLEL_MIN_WORK``, ``linear.PARALLEL_MIN_MACS``: the MLPs' losses, activations
+and optimizer updates run on the calling thread, only their larger GEMMs use the pool), and a
 conv model's step launches it only a handful of times (fused kernels). So the default keeps
 Numba's choice, and ``SCRATCHNET_THREADING_LAYER`` picks another: ``workqueue`` for a machine
 shared with other busy jobs, ``omp-passive`` (OpenMP whose idle workers sleep; the variable is
