@@ -46,7 +46,9 @@ def _machine(res):
                      f"(~{s['round_seconds']} s each) after warm-up; JIT compile time "
                      f"excluded (see its own table). "
                      f"Ratio: median over rounds of scratchnet/torch-cpu throughput in the same "
-                     f"round (range in brackets); above 1 means scratchnet is faster.")
+                     f"round (range in brackets); above 1 means scratchnet is faster. Each "
+                     f"backend runs its rounds paired with torch alone; torch's column is its "
+                     f"pairing with numba.")
     return "\n".join("- " + line for line in lines)
 
 

@@ -60,6 +60,24 @@ def interleave(contenders, rounds):
     return contenders
 
 
+def paired(contenders, baseline, rounds):
+    """Interleave each contender with ``baseline`` alone; returns {name: baseline's times}.
+
+    Why pairs rather than one interleave of everyone: a third contender between two leaves its
+    own thread pool behind. After a numpy-backend round, OpenBLAS's two workers kept spinning
+    into the next contender's round (lenet inference here: numba/torch 1.33x with the numpy
+    backend in the rotation, 2.02x without it, minutes apart). Each contender's ``times`` holds
+    its own rounds; the baseline's rounds of each pair are returned, so every ratio compares
+    rounds that ran back to back.
+    """
+    base_times = {}
+    for c in contenders:
+        baseline.times = []
+        interleave([c, baseline], rounds)
+        base_times[c.name] = baseline.times
+    return base_times
+
+
 def summary(times, items_per_round):
     """min/median/max throughput (items per second) and median seconds per item of a contender."""
     rates = sorted(items_per_round / t for t in times)

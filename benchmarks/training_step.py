@@ -2,9 +2,9 @@
 
 For one model: build every side from the same weights, refuse any scratchnet backend whose
 first-batch loss or gradients disagree with torch, calibrate each side's steps per round,
-then time the sides in interleaved rounds. Ratios are taken round by round (scratchnet's
-round r over torch's round r, both run back to back) and their median reported, which cancels
-most of the machine's drift.
+then time each side in interleaved rounds paired with torch alone (timing.paired). Ratios are
+taken round by round (scratchnet's round r over torch's round r, both run back to back) and
+their median reported, which cancels most of the machine's drift.
 """
 import statistics
 
@@ -19,13 +19,33 @@ def _contenders(sides, inputs, work):
             for s, b in zip(sides, inputs)]
 
 
-def _time(sides, inputs, work, items_per_step, rounds, round_seconds):
+def _time(sides, inputs, work, items_per_step, rounds, round_seconds, baseline="torch-cpu"):
+    """(results, ratios): each side's throughput summary and its ratio to ``baseline``.
+
+    Every other side is timed in its own interleave with the baseline (timing.paired). The
+    baseline's figures reported are those of its pairing with the first side (the default
+    backend); each ratio comes from its own pairing.
+    """
     contenders = _contenders(sides, inputs, work)
     for c in contenders:
         timing.calibrate(c, round_seconds)
-    timing.interleave(contenders, rounds)
-    return {c.name: dict(timing.summary(c.times, c.steps * items_per_step), steps=c.steps)
-            for c in contenders}
+    base = next((c for c in contenders if c.name == baseline), None)
+    others = [c for c in contenders if c is not base]
+    if base is None or not others:
+        timing.interleave(contenders, rounds)
+        results = {c.name: dict(timing.summary(c.times, c.steps * items_per_step), steps=c.steps)
+                   for c in contenders}
+        return results, ratios(results, baseline)
+    base_times = timing.paired(others, base, rounds)
+    results, found = {}, {}
+    for c in others:
+        pair = {name: dict(timing.summary(times, cont.steps * items_per_step), steps=cont.steps)
+                for name, times, cont in ((c.name, c.times, c),
+                                          (baseline, base_times[c.name], base))}
+        results.setdefault(baseline, pair[baseline])
+        results[c.name] = pair[c.name]
+        found[c.name] = ratios(pair, baseline)[c.name]
+    return results, found
 
 
 def ratios(results, baseline="torch-cpu"):
@@ -68,17 +88,17 @@ def run(model_name, side_names, threads, rounds, round_seconds, seed=0):
 
     sides = [frameworks.build(name, model_name, state, threads) for name in kept]
     inputs = [frameworks.stack_inputs(s, xs, ys) for s in sides]
-    result["train"] = _time(sides, inputs, lambda s, x, y: s.train_step(x, y), batch,
-                            rounds, round_seconds)
+    result["train"], train_ratios = _time(sides, inputs, lambda s, x, y: s.train_step(x, y),
+                                          batch, rounds, round_seconds)
 
     xi, yi = workload.mnist_batches(model_name, workload.INFERENCE_BATCH, 2, "test", seed)
     for s in sides:
         s.train(False)
     inputs = [frameworks.stack_inputs(s, xi, yi) for s in sides]
-    result["infer"] = _time(sides, inputs, lambda s, x, y: s.infer(x), workload.INFERENCE_BATCH,
-                            rounds, round_seconds)
+    result["infer"], infer_ratios = _time(sides, inputs, lambda s, x, y: s.infer(x),
+                                          workload.INFERENCE_BATCH, rounds, round_seconds)
 
-    result["ratios"] = {"train": ratios(result["train"]), "infer": ratios(result["infer"])}
+    result["ratios"] = {"train": train_ratios, "infer": infer_ratios}
     f = result["flops_per_sample"]
     result["gflops"] = {
         part: {name: res["median"] * f[kind] / 1e9 for name, res in result[part].items()}

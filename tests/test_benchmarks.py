@@ -55,6 +55,22 @@ def test_interleaved_rounds_run_every_contender_each_round():
     assert set(ratios) == {"a"} and ratios["a"]["min"] <= ratios["a"]["max"]
 
 
+def test_paired_rounds_time_each_contender_alone_with_the_baseline():
+    order = []
+    contenders = [timing.Contender(k, lambda i, k=k: order.append(k)) for k in ("a", "c")]
+    base = timing.Contender("b", lambda i: order.append("b"))
+    for c in contenders + [base]:
+        timing.calibrate(c, target_s=0.0, warmup=0, min_steps=2)
+    order.clear()
+    base_times = timing.paired(contenders, base, rounds=3)
+    assert [len(c.times) for c in contenders] == [3, 3]
+    assert {k: len(v) for k, v in base_times.items()} == {"a": 3, "c": 3}
+    # a's pair runs to the end before c's starts: no third contender inside a pair
+    first_c = order.index("c")
+    assert "c" not in order[:first_c] and "a" not in order[first_c:]
+    assert set(order[:first_c]) == {"a", "b"}
+
+
 def test_guard_passes_matching_backends_and_refuses_a_wrong_one(monkeypatch):
     xs, ys = workload.mnist_batches("mlp", 32, 1)
     state = workload.initial_state("mlp", 0)

@@ -90,13 +90,15 @@ def _conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dwT, db, col, dcol, KH
 
 
 @njit(cache=True, parallel=True)
-def _conv_relu_pool_forward_kernel(x, w2, b, has_bias, out, index, cols, keep, convs,
-                                   KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups,
+def _conv_relu_pool_forward_kernel(x, w2, b, has_bias, out, index, full_index, cols, keep,
+                                   convs, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups,
                                    pkh, pkw, psh, psw, pph, ppw, pdh, pdw):
     """out (N, F, PH, PW) = relu(maxpool(conv(x) + b)); index: each winner's oh·OW + ow.
 
-    cols: (T, C·KH·KW, OH·OW), one scratch slot per thread, or with ``keep`` (N, ...), one
-    slot per sample, left filled for backward. convs: (T, F, OH, OW) per-thread conv output.
+    index: (N, F, PH, PW) with ``full_index``, else (T, F, PH, PW) scratch a thread reuses for
+    each of its samples (nothing kept). cols: (T, C·KH·KW, OH·OW), one scratch slot per
+    thread, or with ``keep`` (N, ...), one slot per sample, left filled for backward.
+    convs: (T, F, OH, OW) per-thread conv output.
     """
     N = x.shape[0]
     F, OH, OW = convs.shape[1], convs.shape[2], convs.shape[3]
@@ -109,7 +111,8 @@ def _conv_relu_pool_forward_kernel(x, w2, b, has_bias, out, index, cols, keep, c
             col = cols[n] if keep else cols[t]
             _conv_sample(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr,
                          dh, dw, groups, OH, OW)
-            _pool_span(conv3, pkh, pkw, psh, psw, pph, ppw, pdh, pdw, out[n], index[n], 0, F)
+            idx = index[n] if full_index else index[t]
+            _pool_span(conv3, pkh, pkw, psh, psw, pph, ppw, pdh, pdw, out[n], idx, 0, F)
             o = out[n].reshape(F * PH * PW)
             _relu_span(o, o, 0, o.size)
 
@@ -294,32 +297,46 @@ def conv2d_relu_maxpool2d_forward(x, w, b, stride, padding, dilation, groups,
     Convolution arguments as conv2d_forward, then the pool's as maxpool2d_forward, then an
     optional workspace dict (as conv2d_relu_forward).
     Returns (out, cache); out (N, F, PH, PW).
+
+    Without a workspace (evaluation, plain calls) the winners' indices are not stored: each
+    thread keeps only its current sample's, in cache, instead of writing N·F·PH·PW int64
+    (11.5 MB for lenet's conv1 at batch 1000). A backward pass after such a call runs the
+    forward kernel once more to find them: the same numbers, paid only by that rare use.
     """
     x, w, bias, has_bias, geo, OH, OW = _conv_setup(x, w, b, stride, padding, dilation)
-    N, F = x.shape[0], w.shape[0]
-    (pkh, pkw), (psh, psw), (pph, ppw), (pdh, pdw) = (
-        kernel_size, pool_stride, pool_padding, pool_dilation)
+    pool = (tuple(kernel_size), tuple(pool_stride), tuple(pool_padding), tuple(pool_dilation))
+    (pkh, pkw), (psh, psw), (pph, ppw), (pdh, pdw) = pool
     PH = pool_output_size(OH, pkh, psh, pph, pdh, ceil_mode)
     PW = pool_output_size(OW, pkw, psw, ppw, pdw, ceil_mode)
-    groups = int(groups)
+    conv = (x, w, bias, has_bias, geo, int(groups), OH, OW, pool, PH, PW)
+    full_index = workspace is not None
+    out, index, kept = _pooled_forward(conv, workspace, full_index)
+    return out, (conv, out, index if full_index else None, kept, workspace)
+
+
+def _pooled_forward(conv, workspace, full_index):
+    """(out, index, kept columns or None): the forward kernel on conv_relu_maxpool's setup."""
+    x, w, bias, has_bias, geo, groups, OH, OW, pool, PH, PW = conv
+    N, F = x.shape[0], w.shape[0]
+    T = _n_threads(N)
     out = np.empty((N, F, PH, PW), dtype=x.dtype)
-    index = np.empty((N, F, PH, PW), dtype=np.int64)
-    kept = None
-    if N > 0:
-        T = _n_threads(N)
-        convs = _buffer(workspace, "convs", (T, F, OH, OW), x.dtype)
-        cols, keep = _columns(x, w, geo, OH, OW, workspace)
-        _conv_relu_pool_forward_kernel(x, _as_matrix(w), bias, has_bias, out, index, cols, keep,
-                                       convs, *geo, groups, pkh, pkw, psh, psw, pph, ppw,
-                                       pdh, pdw)
-        kept = cols if keep else None
-    return out, (x, w, has_bias, geo, groups, out, index, OH, OW, kept, workspace)
+    index = np.empty((N if full_index else T, F, PH, PW), dtype=np.int64)
+    if N == 0:
+        return out, index, None
+    convs = _buffer(workspace, "convs", (T, F, OH, OW), x.dtype)
+    cols, keep = _columns(x, w, geo, OH, OW, workspace)
+    _conv_relu_pool_forward_kernel(x, _as_matrix(w), bias, has_bias, out, index, full_index,
+                                   cols, keep, convs, *geo, groups, *(v for p in pool for v in p))
+    return out, index, (cols if keep else None)
 
 
 def conv2d_relu_maxpool2d_backward(dout, cache, input_grad=True):
     """dout (N, F, PH, PW). Returns (dx, dw, db) as conv2d_backward; dx None without input_grad."""
-    x, w, has_bias, geo, groups, out, index, OH, OW, kept, workspace = cache
+    conv, out, index, kept, workspace = cache
+    x, w, bias, has_bias, geo, groups, OH, OW = conv[:8]
     N = x.shape[0]
+    if index is None:  # forward ran without a workspace: find the winners again
+        _, index, _ = _pooled_forward(conv, None, True)
     dout = _kernel_array(dout, x.dtype)
     T = _n_threads(N)
     cols, dcols, dconvs, dw_part, db_part = _backward_buffers(x, w, geo, groups, OH, OW, T,
