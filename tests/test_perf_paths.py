@@ -1,8 +1,10 @@
 """The fast paths are the same arithmetic: optimizer kernels, serial/parallel splits, threads."""
 import numpy as np
 import pytest
+from numba import njit
 
 from scratchnet import backend, optim
+from scratchnet.backends.numba_backend import per_thread
 from scratchnet.nn import Parameter
 from scratchnet.optim import kernels
 from tests.test_optim import ADAM_CONFIGS, SGD_CONFIGS
@@ -79,3 +81,19 @@ def test_threading_layer_switch():
         assert out.returncode == 0 and out.stdout.strip(), out.stderr[-2000:]
         if expected:
             assert out.stdout.split()[-1] == expected
+
+
+@njit
+def _record(t, args):
+    calls, scale = args
+    calls[t] += scale
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_per_thread_run_calls_each_worker_index_once(dtype):
+    """per_thread.run: worker(t, args) exactly once for each t < T, serial (T = 1) or launched
+    through the worker's address (T > 1), for each argument type (its own compiled worker)."""
+    for T in (1, 2, 3):
+        calls = np.zeros(4, dtype=dtype)
+        per_thread.run(_record, T, (calls, dtype(2)))
+        np.testing.assert_array_equal(calls, [2] * T + [0] * (4 - T))

@@ -1,4 +1,4 @@
-"""2-D convolution: one ``prange`` over batch slices, im2col + single-threaded GEMM per sample.
+"""2-D convolution: one thread per batch slice, im2col + single-threaded GEMM per sample.
 
 Design (PERF_NOTES): a single thread pool. Thread ``t`` owns samples ``[t·N//T, (t+1)·N//T)``
 and a private column buffer; for each sample it unfolds the input into ``col``
@@ -11,15 +11,16 @@ the same memory.
 
 The per-sample pieces (``im2col_sample``, ``col2im_sample``, ``gemm_forward_sample``,
 ``gemm_backward_sample``, ``add_bias_sample``) are plain ``@njit`` helpers so fused kernels
-(conv + bias + ReLU + pool) can reuse them inside their own ``prange``.
+(conv + bias + ReLU + pool) can reuse them in their own per-thread workers (per_thread.py).
 
 Column layout: row ``(c·KH + kh)·KW + kw``, column ``oh·OW + ow``; the rows of group ``g`` are
 the contiguous block ``[g·Cg·KH·KW, (g+1)·Cg·KH·KW)``, so each group is a plain sub-matrix.
 """
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
+from . import per_thread
 from .blas import gemm
 
 __all__ = ["conv2d_forward", "conv2d_backward"]
@@ -205,54 +206,54 @@ def add_row_sums_sample(dout2, db):
         db[f] += (s0 + s1) + (s2 + s3)
 
 
-@njit(cache=True, parallel=True)
-def _conv2d_forward_kernel(x, w2, b, has_bias, out, cols, KH, KW, sh, sw, pt, pb, pl, pr,
-                           dh, dw, groups):
-    """out (N, F, OH, OW) = conv(x (N, C, H, W)); cols (T, C·KH·KW, OH·OW) one buffer per thread."""
+@njit(cache=True)
+def _conv2d_forward_thread(t, args):
+    """Thread t's samples of out (N, F, OH, OW) = conv(x (N, C, H, W)); cols (T, C·KH·KW,
+    OH·OW) one buffer per thread."""
+    x, w2, b, has_bias, out, cols, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups = args
     N, C, H, W = x.shape
     F, OH, OW = out.shape[1], out.shape[2], out.shape[3]
     T = cols.shape[0]
     pointwise = is_pointwise(KH, KW, sh, sw, pt, pb, pl, pr)
-    for t in prange(T):
-        for n in range((t * N) // T, ((t + 1) * N) // T):
-            if pointwise:
-                col = x[n].reshape(C, H * W)
-            else:
-                col = cols[t]
-                im2col_sample(x[n], col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
-            out2 = out[n].reshape(F, OH * OW)
-            gemm_forward_sample(w2, col, out2, groups)
-            if has_bias:
-                add_bias_sample(out2, b)
+    for n in range((t * N) // T, ((t + 1) * N) // T):
+        if pointwise:
+            col = x[n].reshape(C, H * W)
+        else:
+            col = cols[t]
+            im2col_sample(x[n], col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
+        out2 = out[n].reshape(F, OH * OW)
+        gemm_forward_sample(w2, col, out2, groups)
+        if has_bias:
+            add_bias_sample(out2, b)
 
 
-@njit(cache=True, parallel=True)
-def _conv2d_backward_kernel(x, w2, dout, has_bias, dx, dw_part, db_part, cols, dcols,
-                            KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups, input_grad):
-    """Fill dx (N, C, H, W), zeroed by the caller (untouched without input_grad), and the
-    per-thread partials dw_part (T, groups, Cg·KH·KW, F // groups) and db_part (T, F)."""
+@njit(cache=True)
+def _conv2d_backward_thread(t, args):
+    """Thread t's samples of dx (N, C, H, W), zeroed by the caller (untouched without
+    input_grad), and its partials dw_part[t] (groups, Cg·KH·KW, F // groups), db_part[t] (F,)."""
+    (x, w2, dout, has_bias, dx, dw_part, db_part, cols, dcols, KH, KW, sh, sw, pt, pb, pl, pr,
+     dh, dw, groups, input_grad) = args
     N, C, H, W = x.shape
     F, OH, OW = dout.shape[1], dout.shape[2], dout.shape[3]
     T = cols.shape[0]
     pointwise = is_pointwise(KH, KW, sh, sw, pt, pb, pl, pr)
-    for t in prange(T):
-        for n in range((t * N) // T, ((t + 1) * N) // T):
-            dout2 = dout[n].reshape(F, OH * OW)
-            if pointwise:
-                col = x[n].reshape(C, H * W)
-            else:
-                col = cols[t]
-                im2col_sample(x[n], col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
-            if not input_grad:
-                gemm_weight_grad_sample(col, dout2, dw_part[t], groups)
-            elif pointwise:
-                # col2im is the identity too: let the GEMM write dx[n] directly
-                gemm_backward_sample(w2, col, dout2, dw_part[t], dx[n].reshape(C, H * W), groups)
-            else:
-                gemm_backward_sample(w2, col, dout2, dw_part[t], dcols[t], groups)
-                col2im_sample(dcols[t], dx[n], KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
-            if has_bias:
-                add_row_sums_sample(dout2, db_part[t])
+    for n in range((t * N) // T, ((t + 1) * N) // T):
+        dout2 = dout[n].reshape(F, OH * OW)
+        if pointwise:
+            col = x[n].reshape(C, H * W)
+        else:
+            col = cols[t]
+            im2col_sample(x[n], col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
+        if not input_grad:
+            gemm_weight_grad_sample(col, dout2, dw_part[t], groups)
+        elif pointwise:
+            # col2im is the identity too: let the GEMM write dx[n] directly
+            gemm_backward_sample(w2, col, dout2, dw_part[t], dx[n].reshape(C, H * W), groups)
+        else:
+            gemm_backward_sample(w2, col, dout2, dw_part[t], dcols[t], groups)
+            col2im_sample(dcols[t], dx[n], KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
+        if has_bias:
+            add_row_sums_sample(dout2, db_part[t])
 
 
 def _kernel_array(a, dtype):
@@ -318,7 +319,8 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
         return out, cache
     T = _n_threads(N)
     cols = np.zeros(_cols_shape(T, C, OH, OW, geo), dtype=dtype)
-    _conv2d_forward_kernel(x, _as_matrix(w), bias, has_bias, out, cols, *geo, groups)
+    per_thread.run(_conv2d_forward_thread, T,
+                   (x, _as_matrix(w), bias, has_bias, out, cols, *geo, groups))
     return out, cache
 
 
@@ -346,8 +348,9 @@ def conv2d_backward(dout, cache, input_grad=True):
     if N > 0:
         cols = np.zeros(_cols_shape(T, C, OH, OW, geo), dtype=dtype)
         dcols = np.zeros_like(cols)
-        _conv2d_backward_kernel(x, _as_matrix(w), dout, has_bias, dx, dw_part, db_part,
-                                cols, dcols, *geo, groups, input_grad)
+        per_thread.run(_conv2d_backward_thread, T,
+                       (x, _as_matrix(w), dout, has_bias, dx, dw_part, db_part, cols, dcols,
+                        *geo, groups, input_grad))
     dw = weight_grad(dw_part, w.shape)
     db = db_part.sum(axis=0) if has_bias else None
     return (dx if input_grad else None), dw, db

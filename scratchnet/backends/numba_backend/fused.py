@@ -28,10 +28,11 @@ Training extras (both optional, both off for plain calls):
   col2im, as torch does for an input that does not require grad (a model's first layer).
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..numpy_backend.pool import pool_output_size
 from . import linear as _linear
+from . import per_thread
 from .activation import (_relu_backward_parallel, _relu_backward_span, _relu_parallel,
                          _relu_span, launch)
 from .conv import (_as_matrix, _geometry, _kernel_array, _n_threads, add_bias_sample,
@@ -89,96 +90,95 @@ def _conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dwT, db, col, dcol, KH
         add_row_sums_sample(dconv2, db)
 
 
-@njit(cache=True, parallel=True)
-def _conv_relu_pool_forward_kernel(x, w2, b, has_bias, out, index, full_index, cols, keep,
-                                   convs, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups,
-                                   pkh, pkw, psh, psw, pph, ppw, pdh, pdw):
-    """out (N, F, PH, PW) = relu(maxpool(conv(x) + b)); index: each winner's oh·OW + ow.
+@njit(cache=True)
+def _conv_relu_pool_forward_thread(t, args):
+    """Thread t's samples of out (N, F, PH, PW) = relu(maxpool(conv(x) + b)); index: each
+    winner's oh·OW + ow.
 
     index: (N, F, PH, PW) with ``full_index``, else (T, F, PH, PW) scratch a thread reuses for
     each of its samples (nothing kept). cols: (T, C·KH·KW, OH·OW), one scratch slot per
     thread, or with ``keep`` (N, ...), one slot per sample, left filled for backward.
     convs: (T, F, OH, OW) per-thread conv output.
     """
+    (x, w2, b, has_bias, out, index, full_index, cols, keep, convs, KH, KW, sh, sw, pt, pb,
+     pl, pr, dh, dw, groups, pkh, pkw, psh, psw, pph, ppw, pdh, pdw) = args
     N = x.shape[0]
     F, OH, OW = convs.shape[1], convs.shape[2], convs.shape[3]
     PH, PW = out.shape[2], out.shape[3]
     T = convs.shape[0]
-    for t in prange(T):
-        conv3 = convs[t]
-        conv2 = conv3.reshape(F, OH * OW)
-        for n in range((t * N) // T, ((t + 1) * N) // T):
-            col = cols[n] if keep else cols[t]
-            _conv_sample(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr,
-                         dh, dw, groups, OH, OW)
-            idx = index[n] if full_index else index[t]
-            _pool_span(conv3, pkh, pkw, psh, psw, pph, ppw, pdh, pdw, out[n], idx, 0, F)
-            o = out[n].reshape(F * PH * PW)
-            _relu_span(o, o, 0, o.size)
+    conv3 = convs[t]
+    conv2 = conv3.reshape(F, OH * OW)
+    for n in range((t * N) // T, ((t + 1) * N) // T):
+        col = cols[n] if keep else cols[t]
+        _conv_sample(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr,
+                     dh, dw, groups, OH, OW)
+        idx = index[n] if full_index else index[t]
+        _pool_span(conv3, pkh, pkw, psh, psw, pph, ppw, pdh, pdw, out[n], idx, 0, F)
+        o = out[n].reshape(F * PH * PW)
+        _relu_span(o, o, 0, o.size)
 
 
-@njit(cache=True, parallel=True)
-def _conv_relu_pool_backward_kernel(x, w2, dout, out, index, has_bias, dx, dw_part, db_part,
-                                    cols, dcols, dconvs, KH, KW, sh, sw, pt, pb, pl, pr,
-                                    dh, dw, groups, OH, OW, kept, input_grad):
-    """kept: cols holds every sample's columns from forward (N slots), else T scratch slots."""
+@njit(cache=True)
+def _conv_relu_pool_backward_thread(t, args):
+    """Thread t's samples of the pooled backward. kept: cols holds every sample's columns from
+    forward (N slots), else T scratch slots."""
+    (x, w2, dout, out, index, has_bias, dx, dw_part, db_part, cols, dcols, dconvs, KH, KW, sh,
+     sw, pt, pb, pl, pr, dh, dw, groups, OH, OW, kept, input_grad) = args
     N = x.shape[0]
     F = dconvs.shape[1]
     PH, PW = dout.shape[2], dout.shape[3]
     T = dconvs.shape[0]
-    for t in prange(T):
-        dconv2 = dconvs[t]
-        for n in range((t * N) // T, ((t + 1) * N) // T):
-            # a flat element loop: numba's slice assignment costs seconds of compile time
-            dflat = dconv2.reshape(dconv2.size)
-            for i in range(dflat.size):
-                dflat[i] = 0
-            for f in range(F):
-                for i in range(PH):
-                    for j in range(PW):
-                        # relu_backward's mask (out <= 0 passes nothing), then the pool's
-                        # scatter; += as overlapping windows can share a winner
-                        if not out[n, f, i, j] <= 0:
-                            dconv2[f, index[n, f, i, j]] += dout[n, f, i, j]
-            col = cols[n] if kept else cols[t]
-            _conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dw_part[t], db_part[t],
-                                  col, dcols[t], KH, KW, sh, sw, pt, pb, pl, pr,
-                                  dh, dw, groups, OH, OW, not kept, input_grad)
+    dconv2 = dconvs[t]
+    for n in range((t * N) // T, ((t + 1) * N) // T):
+        # a flat element loop: numba's slice assignment costs seconds of compile time
+        dflat = dconv2.reshape(dconv2.size)
+        for i in range(dflat.size):
+            dflat[i] = 0
+        for f in range(F):
+            for i in range(PH):
+                for j in range(PW):
+                    # relu_backward's mask (out <= 0 passes nothing), then the pool's
+                    # scatter; += as overlapping windows can share a winner
+                    if not out[n, f, i, j] <= 0:
+                        dconv2[f, index[n, f, i, j]] += dout[n, f, i, j]
+        col = cols[n] if kept else cols[t]
+        _conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dw_part[t], db_part[t],
+                              col, dcols[t], KH, KW, sh, sw, pt, pb, pl, pr,
+                              dh, dw, groups, OH, OW, not kept, input_grad)
 
 
-@njit(cache=True, parallel=True)
-def _conv_relu_forward_kernel(x, w2, b, has_bias, out, cols, keep, T, KH, KW, sh, sw,
-                              pt, pb, pl, pr, dh, dw, groups):
-    """out (N, F, OH, OW) = relu(conv(x) + b) on T threads; cols as in the pooled kernel."""
+@njit(cache=True)
+def _conv_relu_forward_thread(t, args):
+    """Thread t's samples of out (N, F, OH, OW) = relu(conv(x) + b); cols as in the pooled
+    worker."""
+    x, w2, b, has_bias, out, cols, keep, T, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups = args
     N = x.shape[0]
     F, OH, OW = out.shape[1], out.shape[2], out.shape[3]
-    for t in prange(T):
-        for n in range((t * N) // T, ((t + 1) * N) // T):
-            conv2 = out[n].reshape(F, OH * OW)
-            col = cols[n] if keep else cols[t]
-            _conv_sample(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr,
-                         dh, dw, groups, OH, OW)
-            o = out[n].reshape(F * OH * OW)
-            _relu_span(o, o, 0, o.size)
+    for n in range((t * N) // T, ((t + 1) * N) // T):
+        conv2 = out[n].reshape(F, OH * OW)
+        col = cols[n] if keep else cols[t]
+        _conv_sample(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr,
+                     dh, dw, groups, OH, OW)
+        o = out[n].reshape(F * OH * OW)
+        _relu_span(o, o, 0, o.size)
 
 
-@njit(cache=True, parallel=True)
-def _conv_relu_backward_kernel(x, w2, dout, out, has_bias, dx, dw_part, db_part, cols, dcols,
-                               dconvs, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups, kept,
-                               input_grad):
+@njit(cache=True)
+def _conv_relu_backward_thread(t, args):
+    (x, w2, dout, out, has_bias, dx, dw_part, db_part, cols, dcols, dconvs, KH, KW, sh, sw,
+     pt, pb, pl, pr, dh, dw, groups, kept, input_grad) = args
     N = x.shape[0]
     F, P = dconvs.shape[1], dconvs.shape[2]
     OH, OW = out.shape[2], out.shape[3]
     T = dconvs.shape[0]
-    for t in prange(T):
-        dconv2 = dconvs[t]
-        for n in range((t * N) // T, ((t + 1) * N) // T):
-            d = dconv2.reshape(F * P)
-            _relu_backward_span(dout[n].reshape(F * P), out[n].reshape(F * P), d, 0, F * P)
-            col = cols[n] if kept else cols[t]
-            _conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dw_part[t], db_part[t],
-                                  col, dcols[t], KH, KW, sh, sw, pt, pb, pl, pr,
-                                  dh, dw, groups, OH, OW, not kept, input_grad)
+    dconv2 = dconvs[t]
+    for n in range((t * N) // T, ((t + 1) * N) // T):
+        d = dconv2.reshape(F * P)
+        _relu_backward_span(dout[n].reshape(F * P), out[n].reshape(F * P), d, 0, F * P)
+        col = cols[n] if kept else cols[t]
+        _conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dw_part[t], db_part[t],
+                              col, dcols[t], KH, KW, sh, sw, pt, pb, pl, pr,
+                              dh, dw, groups, OH, OW, not kept, input_grad)
 
 
 def _conv_setup(x, w, b, stride, padding, dilation):
@@ -267,8 +267,8 @@ def conv2d_relu_forward(x, w, b, stride, padding, dilation, groups, workspace=No
     if N > 0:
         T = _n_threads(N)
         cols, keep = _columns(x, w, geo, OH, OW, workspace)
-        _conv_relu_forward_kernel(x, _as_matrix(w), bias, has_bias, out, cols, keep, T,
-                                  *geo, groups)
+        per_thread.run(_conv_relu_forward_thread, T,
+                       (x, _as_matrix(w), bias, has_bias, out, cols, keep, T, *geo, groups))
         kept = cols if keep else None
     return out, (x, w, has_bias, geo, groups, out, kept, workspace)
 
@@ -283,9 +283,9 @@ def conv2d_relu_backward(dout, cache, input_grad=True):
                                                               kept, workspace)
     dx = _input_grad_buffer(x, input_grad)
     if N > 0:
-        _conv_relu_backward_kernel(x, _as_matrix(w), dout, out, has_bias, dx, dw_part, db_part,
-                                   cols, dcols, dconvs, *geo, groups, kept is not None,
-                                   input_grad)
+        per_thread.run(_conv_relu_backward_thread, T,
+                       (x, _as_matrix(w), dout, out, has_bias, dx, dw_part, db_part, cols,
+                        dcols, dconvs, *geo, groups, kept is not None, input_grad))
     return _finish(dx, dw_part, db_part, w, has_bias, input_grad)
 
 
@@ -325,8 +325,9 @@ def _pooled_forward(conv, workspace, full_index):
         return out, index, None
     convs = _buffer(workspace, "convs", (T, F, OH, OW), x.dtype)
     cols, keep = _columns(x, w, geo, OH, OW, workspace)
-    _conv_relu_pool_forward_kernel(x, _as_matrix(w), bias, has_bias, out, index, full_index,
-                                   cols, keep, convs, *geo, groups, *(v for p in pool for v in p))
+    per_thread.run(_conv_relu_pool_forward_thread, T,
+                   (x, _as_matrix(w), bias, has_bias, out, index, full_index, cols, keep, convs,
+                    *geo, groups, *(v for p in pool for v in p)))
     return out, index, (cols if keep else None)
 
 
@@ -343,9 +344,10 @@ def conv2d_relu_maxpool2d_backward(dout, cache, input_grad=True):
                                                               kept, workspace)
     dx = _input_grad_buffer(x, input_grad)
     if N > 0:
-        _conv_relu_pool_backward_kernel(x, _as_matrix(w), dout, out, index, has_bias, dx,
-                                        dw_part, db_part, cols, dcols, dconvs, *geo, groups,
-                                        OH, OW, kept is not None, input_grad)
+        per_thread.run(_conv_relu_pool_backward_thread, T,
+                       (x, _as_matrix(w), dout, out, index, has_bias, dx, dw_part, db_part,
+                        cols, dcols, dconvs, *geo, groups, OH, OW, kept is not None,
+                        input_grad))
     return _finish(dx, dw_part, db_part, w, has_bias, input_grad)
 
 
