@@ -11,7 +11,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import scratchnet as sn
-from benchmarks import flops, isolated, parity, time_to_accuracy, timing, training_step, workload
+from benchmarks import (flops, isolated, parity, readme_tables, time_to_accuracy, timing,
+                        training_step, workload)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -135,3 +136,40 @@ def test_cli_quick_run_writes_every_output(tmp_path):
     assert (tmp_path / "results.md").read_text() == proc.stdout
     assert (tmp_path / "ratios.png").stat().st_size > 0
     assert np.isfinite(res["gemm_peak"]["gflops"])
+
+
+REPORT = """# report
+
+## Training step throughput (tutorial batch size)
+
+| model | ratio |
+|---|---|
+| lenet | 2.00× |
+
+## Time to accuracy (one epoch)
+
+prose first, so no table is copied from here
+
+| side | s |
+"""
+
+
+def test_readme_tables_replace_only_the_marked_table():
+    readme = ("# title\n\n<!-- results: Training step throughput (tutorial batch size) -->\n\n"
+              "| model | ratio |\n|---|---|\n| lenet | 1.00× |\n| mlp | 9× |\n\ntext after\n")
+    new = readme_tables.sync(readme, REPORT)
+    assert new == readme.replace("| lenet | 1.00× |\n| mlp | 9× |", "| lenet | 2.00× |")
+    assert readme_tables.sync(new, REPORT) == new
+    with pytest.raises(KeyError):
+        readme_tables.sync(readme.replace("Training step", "Training"), REPORT)
+
+
+def test_readme_shows_the_latest_results_tables():
+    """The README's throughput and compile-time tables are those of benchmarks/results/results.md
+    (run ``python -m benchmarks.readme_tables`` after a benchmark run)."""
+    with open(readme_tables.README, encoding="utf-8") as f:
+        readme = f.read()
+    with open(readme_tables.RESULTS, encoding="utf-8") as f:
+        results_md = f.read()
+    assert readme.count("<!-- results: ") == 3
+    assert readme_tables.sync(readme, results_md) == readme
