@@ -99,13 +99,25 @@ def _dout_shape(op, shapes):
     return x
 
 
+def _summary_ms(times, steps):
+    s = timing.summary(times, steps)
+    return {"median_ms": s["median_seconds_per_item"] * 1e3, "min_ms": 1e3 / s["max"],
+            "max_ms": 1e3 / s["min"], "calls_per_round": steps}
+
+
 def run_case(op, shapes, impls, threads, rounds, round_seconds, seed=0):
-    """``{impl: {"forward": summary, "backward": summary} or {"error": ...}}`` for one case."""
+    """(timings, speed-ups) for one case.
+
+    timings: ``{impl: {"forward": summary, "backward": summary} or {"error": ...}}``;
+    speed-ups: ``{impl: {"forward": x, "backward": x}}``, torch's median time over the impl's.
+    Each scratchnet backend is timed in its own interleave with torch (see timing.paired);
+    torch's reported timings are those of its first pairing.
+    """
     rng = np.random.default_rng(seed)
     a = _arrays(op, shapes, rng)
     dout = rng.standard_normal(_dout_shape(op, shapes), dtype=np.float32)
     pad = shapes.get("pad", 0)
-    contenders, result = [], {}
+    groups, result = {}, {}
     for impl in impls:
         # the numba backend owns the cores through prange; plain numpy only through OpenBLAS
         blas = 1 if impl == "numba" else threads
@@ -120,20 +132,33 @@ def run_case(op, shapes, impls, threads, rounds, round_seconds, seed=0):
         except Exception as exc:  # a missing op is reported, not fatal
             result[impl] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
-        result[impl] = {}
-        for direction, fn in (("forward", fwd), ("backward", bwd)):
-            contenders.append(timing.Contender(f"{impl}/{direction}", lambda i, fn=fn: fn(), enter))
-    for c in contenders:
-        timing.calibrate(c, round_seconds)
-    timing.interleave(contenders, rounds)
+        groups[impl] = [timing.Contender(f"{impl}/{d}", lambda i, fn=fn: fn(), enter)
+                        for d, fn in (("forward", fwd), ("backward", bwd))]
+    for group in groups.values():
+        for c in group:
+            timing.calibrate(c, round_seconds)
+    torch_group = groups.pop("torch", None)
+    if torch_group is None:
+        for group in groups.values():
+            timing.interleave(group, rounds)
+    speedups = {}
+    for impl, group in groups.items():
+        if torch_group is not None:
+            for c in torch_group:
+                c.times = []
+            timing.interleave(group + torch_group, rounds)
+            theirs = {c.name.split("/")[1]: _summary_ms(c.times, c.steps) for c in torch_group}
+            result.setdefault("torch", theirs)
+        result[impl] = {c.name.split("/")[1]: _summary_ms(c.times, c.steps) for c in group}
+        if torch_group is not None:
+            speedups[impl] = {d: theirs[d]["median_ms"] / result[impl][d]["median_ms"]
+                              for d in ("forward", "backward")}
+    if torch_group is not None and "torch" not in result:  # torch alone
+        timing.interleave(torch_group, rounds)
+        result["torch"] = {c.name.split("/")[1]: _summary_ms(c.times, c.steps)
+                           for c in torch_group}
     machine.set_blas_threads(1)
-    for c in contenders:
-        impl, direction = c.name.split("/")
-        s = timing.summary(c.times, c.steps)
-        result[impl][direction] = {"median_ms": s["median_seconds_per_item"] * 1e3,
-                                   "min_ms": 1e3 / s["max"], "max_ms": 1e3 / s["min"],
-                                   "calls_per_round": c.steps}
-    return result
+    return result, speedups
 
 
 def run(impls, threads, rounds, round_seconds, quick=False):
@@ -141,13 +166,7 @@ def run(impls, threads, rounds, round_seconds, quick=False):
     cases = [CASES[i] for i in QUICK_CASES] if quick else CASES
     out = []
     for op, where, shapes in cases:
-        timings = run_case(op, shapes, impls, threads, rounds, round_seconds)
-        ratios = {}
-        torch_ok = "forward" in timings.get("torch", {})
-        for impl in impls:
-            if impl != "torch" and torch_ok and "forward" in timings[impl]:
-                ratios[impl] = {d: timings["torch"][d]["median_ms"] / timings[impl][d]["median_ms"]
-                                for d in ("forward", "backward")}
+        timings, ratios = run_case(op, shapes, impls, threads, rounds, round_seconds)
         out.append({"op": op, "where": where, "shapes": shapes, "timings": timings,
                     "speedup_vs_torch": ratios})
     return out

@@ -47,8 +47,8 @@ def _machine(res):
                      f"excluded (see its own table). "
                      f"Ratio: median over rounds of scratchnet/torch-cpu throughput in the same "
                      f"round (range in brackets); above 1 means scratchnet is faster. Each "
-                     f"backend runs its rounds paired with torch alone; torch's column is its "
-                     f"pairing with numba.")
+                     f"backend runs its rounds paired with torch alone (the per-op timings "
+                     f"too); torch's column is its pairing with numba.")
     return "\n".join("- " + line for line in lines)
 
 
@@ -160,8 +160,8 @@ def markdown(res):
                   "## Inference throughput (batch 1000)", _throughput(res, "infer", sides),
                   "## Correctness guard (first batch, float32, vs torch)", _parity(res)]
     if res.get("ops"):
-        parts += ["## Per-op time (median ms per call; speed-up = torch time / scratchnet time)",
-                  _ops(res)]
+        parts += ["## Per-op time (median ms per call; speed-up = torch time / scratchnet "
+                  "time, each backend paired with torch)", _ops(res)]
     if any(m.get("jit") for m in res["models"].values()):
         parts += ["## JIT compile time (numba backend, fresh process)", _jit(res)]
     if any(m.get("memory") for m in res["models"].values()):

@@ -11,7 +11,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import scratchnet as sn
-from benchmarks import (flops, isolated, parity, readme_tables, time_to_accuracy, timing,
+from benchmarks import (flops, isolated, ops, parity, readme_tables, time_to_accuracy, timing,
                         training_step, workload)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,6 +70,16 @@ def test_paired_rounds_time_each_contender_alone_with_the_baseline():
     first_c = order.index("c")
     assert "c" not in order[:first_c] and "a" not in order[first_c:]
     assert set(order[:first_c]) == {"a", "b"}
+
+
+def test_per_op_case_times_each_backend_against_torch():
+    timings, speedups = ops.run_case("relu", {"x": (4, 3, 5, 5)}, ["numba", "numpy", "torch"],
+                                     threads=1, rounds=2, round_seconds=0.001)
+    assert set(timings) == {"numba", "numpy", "torch"} and set(speedups) == {"numba", "numpy"}
+    for impl in timings:
+        assert timings[impl]["forward"]["median_ms"] > 0 < timings[impl]["backward"]["median_ms"]
+    for impl, r in speedups.items():  # torch's time of that backend's own pairing
+        assert r["forward"] > 0 and r["backward"] > 0
 
 
 def test_guard_passes_matching_backends_and_refuses_a_wrong_one(monkeypatch):
