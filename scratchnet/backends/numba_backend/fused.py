@@ -6,7 +6,9 @@ a full-size output and stream it through memory again (PERF_NOTES: the fused des
 ``[t·N//T, (t+1)·N//T)`` as in conv.py and, per sample, unfolds the input (im2col), runs the
 GEMM into a per-thread (F, OH·OW) buffer that stays in cache, adds the bias, and then either
 applies ReLU into the output or max-pools that buffer into the output and applies ReLU to the
-pooled values. Only the pooled output and the winners' indices leave the thread.
+pooled values. Only the pooled output and the winners' indices leave the thread. Each
+``*_thread`` function is one thread's share, launched by ``per_thread.run`` (why not a
+``prange`` kernel: compile time, see per_thread.py).
 
 ReLU and max pooling commute exactly, gradient included, so one kernel serves
 ``conv -> relu -> pool`` and ``conv -> pool -> relu``: the pooled value is relu(max) = max(relu),
