@@ -122,6 +122,8 @@ def test_dry_run_writes_loadable_outputs(tmp_path, capsys, name):
                             "--out", out, *FAST)
     assert code == 0, err
     assert "epoch 1/1" in stdout and "test accuracy" in stdout
+    if sn.get_backend() == "numba":
+        assert "numba: the first step compiles" in stdout
     assert sorted(os.listdir(out)) == ["checkpoint.npz", "confusion_matrix.png", "curves.png",
                                        "metrics.json", "predictions.png"]
     for png in ("confusion_matrix.png", "curves.png", "predictions.png"):
@@ -145,6 +147,7 @@ def test_float64_on_the_numpy_backend(tmp_path, capsys):
                             "--backend", "numpy", "--out", out, *FAST)
     assert code == 0, err
     assert "numpy backend, float64" in stdout
+    assert "compiles" not in stdout  # the first-compile notice is the numba backend's only
     model, ckpt = load_model(out)
     assert all(v.dtype == np.float64 for v in ckpt.model_state.values())
     assert all(v.dtype == np.float64 for s in ckpt.optimizer_state["state"].values()
