@@ -137,26 +137,25 @@ def run_case(op, shapes, impls, threads, rounds, round_seconds, seed=0):
     for group in groups.values():
         for c in group:
             timing.calibrate(c, round_seconds)
-    torch_group = groups.pop("torch", None)
-    if torch_group is None:
-        for group in groups.values():
-            timing.interleave(group, rounds)
+
+    def by_direction(group, times):
+        return {c.name.split("/")[1]: _summary_ms(t, c.steps) for c, t in zip(group, times)}
+
+    torch_group = groups.get("torch")
+    others = {impl: g for impl, g in groups.items() if impl != "torch"}
     speedups = {}
-    for impl, group in groups.items():
-        if torch_group is not None:
-            for c in torch_group:
-                c.times = []
-            timing.interleave(group + torch_group, rounds)
-            theirs = {c.name.split("/")[1]: _summary_ms(c.times, c.steps) for c in torch_group}
+    if torch_group is None or not others:  # nothing to pair
+        for impl, group in groups.items():
+            timing.interleave(group, rounds)
+            result[impl] = by_direction(group, [c.times for c in group])
+    else:
+        base_times = timing.paired(others, torch_group, rounds)
+        for impl, group in others.items():
+            result[impl] = by_direction(group, [c.times for c in group])
+            theirs = by_direction(torch_group, base_times[impl])
             result.setdefault("torch", theirs)
-        result[impl] = {c.name.split("/")[1]: _summary_ms(c.times, c.steps) for c in group}
-        if torch_group is not None:
             speedups[impl] = {d: theirs[d]["median_ms"] / result[impl][d]["median_ms"]
                               for d in ("forward", "backward")}
-    if torch_group is not None and "torch" not in result:  # torch alone
-        timing.interleave(torch_group, rounds)
-        result["torch"] = {c.name.split("/")[1]: _summary_ms(c.times, c.steps)
-                           for c in torch_group}
     machine.set_blas_threads(1)
     return result, speedups
 

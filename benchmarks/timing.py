@@ -60,21 +60,24 @@ def interleave(contenders, rounds):
     return contenders
 
 
-def paired(contenders, baseline, rounds):
-    """Interleave each contender with ``baseline`` alone; returns {name: baseline's times}.
+def paired(groups, baseline, rounds):
+    """Interleave each group of contenders with the ``baseline`` group alone.
+
+    groups: {name: [contender, ...]}; baseline: [contender, ...]. Returns {name: [each baseline
+    contender's times in that pairing]}; each group's contenders keep their own in ``times``.
 
     Why pairs rather than one interleave of everyone: a third contender between two leaves its
     own thread pool behind. After a numpy-backend round, OpenBLAS's two workers kept spinning
     into the next contender's round (lenet inference here: numba/torch 1.33x with the numpy
-    backend in the rotation, 2.02x without it, minutes apart). Each contender's ``times`` holds
-    its own rounds; the baseline's rounds of each pair are returned, so every ratio compares
-    rounds that ran back to back.
+    backend in the rotation, 2.02x without it, minutes apart). So every ratio compares rounds
+    that ran back to back with nothing else between them.
     """
     base_times = {}
-    for c in contenders:
-        baseline.times = []
-        interleave([c, baseline], rounds)
-        base_times[c.name] = baseline.times
+    for name, group in groups.items():
+        for b in baseline:
+            b.times = []
+        interleave(group + baseline, rounds)
+        base_times[name] = [b.times for b in baseline]
     return base_times
 
 

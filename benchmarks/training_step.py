@@ -29,19 +29,20 @@ def _time(sides, inputs, work, items_per_step, rounds, round_seconds, baseline="
     contenders = _contenders(sides, inputs, work)
     for c in contenders:
         timing.calibrate(c, round_seconds)
+
+    def summary(c, times):
+        return dict(timing.summary(times, c.steps * items_per_step), steps=c.steps)
+
     base = next((c for c in contenders if c.name == baseline), None)
     others = [c for c in contenders if c is not base]
     if base is None or not others:
         timing.interleave(contenders, rounds)
-        results = {c.name: dict(timing.summary(c.times, c.steps * items_per_step), steps=c.steps)
-                   for c in contenders}
+        results = {c.name: summary(c, c.times) for c in contenders}
         return results, ratios(results, baseline)
-    base_times = timing.paired(others, base, rounds)
+    base_times = timing.paired({c.name: [c] for c in others}, [base], rounds)
     results, found = {}, {}
     for c in others:
-        pair = {name: dict(timing.summary(times, cont.steps * items_per_step), steps=cont.steps)
-                for name, times, cont in ((c.name, c.times, c),
-                                          (baseline, base_times[c.name], base))}
+        pair = {c.name: summary(c, c.times), baseline: summary(base, base_times[c.name][0])}
         results.setdefault(baseline, pair[baseline])
         results[c.name] = pair[c.name]
         found[c.name] = ratios(pair, baseline)[c.name]

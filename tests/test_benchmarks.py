@@ -63,9 +63,9 @@ def test_paired_rounds_time_each_contender_alone_with_the_baseline():
     for c in contenders + [base]:
         timing.calibrate(c, target_s=0.0, warmup=0, min_steps=2)
     order.clear()
-    base_times = timing.paired(contenders, base, rounds=3)
+    base_times = timing.paired({c.name: [c] for c in contenders}, [base], rounds=3)
     assert [len(c.times) for c in contenders] == [3, 3]
-    assert {k: len(v) for k, v in base_times.items()} == {"a": 3, "c": 3}
+    assert {k: [len(t) for t in v] for k, v in base_times.items()} == {"a": [3], "c": [3]}
     # a's pair runs to the end before c's starts: no third contender inside a pair
     first_c = order.index("c")
     assert "c" not in order[:first_c] and "a" not in order[first_c:]
