@@ -9,9 +9,10 @@ N column matrices alive between passes: the per-thread buffer stays in cache), a
 ``dx[n]`` (col2im). Partials are summed after the parallel loop, so no two threads ever write
 the same memory.
 
-The per-sample pieces (``im2col_sample``, ``col2im_sample``, ``gemm_forward_sample``,
-``gemm_backward_sample``, ``add_bias_sample``) are plain ``@njit`` helpers so fused kernels
-(conv + bias + ReLU + pool) can reuse them in their own per-thread workers (per_thread.py).
+One sample's forward and backward (``conv_sample``, ``conv_backward_sample``, built from
+``im2col_sample``, the GEMM helpers, ``col2im_sample`` ...) are plain ``@njit`` helpers that
+the fused kernels (conv + bias + ReLU + pool) call from their own per-thread workers
+(per_thread.py) too, so fused and plain convolutions do the same arithmetic.
 
 Column layout: row ``(c·KH + kh)·KW + kw``, column ``oh·OW + ow``; the rows of group ``g`` are
 the contiguous block ``[g·Cg·KH·KW, (g+1)·Cg·KH·KW)``, so each group is a plain sub-matrix.
@@ -207,24 +208,54 @@ def add_row_sums_sample(dout2, db):
 
 
 @njit(cache=True)
+def conv_sample(x, n, w2, b, has_bias, col, conv2, geo_kh, geo_kw, sh, sw, pt, pb, pl, pr,
+                dh, dw, groups, OH, OW):
+    """conv2 (F, OH·OW) = conv(x[n]) + bias; col is this thread's column buffer."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    if is_pointwise(geo_kh, geo_kw, sh, sw, pt, pb, pl, pr):
+        col = x[n].reshape(C, H * W)
+    else:
+        im2col_sample(x[n], col, geo_kh, geo_kw, sh, sw, pt, pl, dh, dw, OH, OW)
+    gemm_forward_sample(w2, col, conv2, groups)
+    if has_bias:
+        add_bias_sample(conv2, b)
+
+
+@njit(cache=True)
+def conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dwT, db, col, dcol, KH, KW, sh, sw,
+                         pt, pb, pl, pr, dh, dw, groups, OH, OW, unfold, input_grad):
+    """Add sample n's share of dW and db into this thread's partials and, if ``input_grad``,
+    write dx[n]. ``unfold``: col must be filled by im2col first (False when it was kept)."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    pointwise = is_pointwise(KH, KW, sh, sw, pt, pb, pl, pr)
+    if pointwise:
+        col = x[n].reshape(C, H * W)
+    elif unfold:
+        im2col_sample(x[n], col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
+    if input_grad:
+        if pointwise:
+            # col2im is the identity: the GEMM writes dx[n] directly
+            dcol = dx[n].reshape(C, H * W)
+        gemm_backward_sample(w2, col, dconv2, dwT, dcol, groups)
+        if not pointwise:
+            col2im_sample(dcol, dx[n], KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
+    else:
+        gemm_weight_grad_sample(col, dconv2, dwT, groups)
+    if has_bias:
+        add_row_sums_sample(dconv2, db)
+
+
+@njit(cache=True)
 def _conv2d_forward_thread(t, args):
     """Thread t's samples of out (N, F, OH, OW) = conv(x (N, C, H, W)); cols (T, C·KH·KW,
     OH·OW) one buffer per thread."""
     x, w2, b, has_bias, out, cols, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups = args
-    N, C, H, W = x.shape
+    N = x.shape[0]
     F, OH, OW = out.shape[1], out.shape[2], out.shape[3]
     T = cols.shape[0]
-    pointwise = is_pointwise(KH, KW, sh, sw, pt, pb, pl, pr)
     for n in range((t * N) // T, ((t + 1) * N) // T):
-        if pointwise:
-            col = x[n].reshape(C, H * W)
-        else:
-            col = cols[t]
-            im2col_sample(x[n], col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
-        out2 = out[n].reshape(F, OH * OW)
-        gemm_forward_sample(w2, col, out2, groups)
-        if has_bias:
-            add_bias_sample(out2, b)
+        conv_sample(x, n, w2, b, has_bias, cols[t], out[n].reshape(F, OH * OW), KH, KW, sh, sw,
+                    pt, pb, pl, pr, dh, dw, groups, OH, OW)
 
 
 @njit(cache=True)
@@ -233,27 +264,13 @@ def _conv2d_backward_thread(t, args):
     input_grad), and its partials dw_part[t] (groups, Cg·KH·KW, F // groups), db_part[t] (F,)."""
     (x, w2, dout, has_bias, dx, dw_part, db_part, cols, dcols, KH, KW, sh, sw, pt, pb, pl, pr,
      dh, dw, groups, input_grad) = args
-    N, C, H, W = x.shape
+    N = x.shape[0]
     F, OH, OW = dout.shape[1], dout.shape[2], dout.shape[3]
     T = cols.shape[0]
-    pointwise = is_pointwise(KH, KW, sh, sw, pt, pb, pl, pr)
     for n in range((t * N) // T, ((t + 1) * N) // T):
-        dout2 = dout[n].reshape(F, OH * OW)
-        if pointwise:
-            col = x[n].reshape(C, H * W)
-        else:
-            col = cols[t]
-            im2col_sample(x[n], col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
-        if not input_grad:
-            gemm_weight_grad_sample(col, dout2, dw_part[t], groups)
-        elif pointwise:
-            # col2im is the identity too: let the GEMM write dx[n] directly
-            gemm_backward_sample(w2, col, dout2, dw_part[t], dx[n].reshape(C, H * W), groups)
-        else:
-            gemm_backward_sample(w2, col, dout2, dw_part[t], dcols[t], groups)
-            col2im_sample(dcols[t], dx[n], KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
-        if has_bias:
-            add_row_sums_sample(dout2, db_part[t])
+        conv_backward_sample(x, n, w2, dout[n].reshape(F, OH * OW), has_bias, dx, dw_part[t],
+                             db_part[t], cols[t], dcols[t], KH, KW, sh, sw, pt, pb, pl, pr,
+                             dh, dw, groups, OH, OW, True, input_grad)
 
 
 def _kernel_array(a, dtype):

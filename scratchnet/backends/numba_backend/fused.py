@@ -37,10 +37,8 @@ from . import linear as _linear
 from . import per_thread
 from .activation import (_relu_backward_parallel, _relu_backward_span, _relu_parallel,
                          _relu_span, launch)
-from .conv import (_as_matrix, _geometry, _kernel_array, _n_threads, add_bias_sample,
-                   add_row_sums_sample, col2im_sample, gemm_backward_sample, gemm_forward_sample,
-                   gemm_weight_grad_sample, weight_grad, weight_grad_partials,
-                   im2col_sample, is_pointwise, out_size)
+from .conv import (_as_matrix, _geometry, _kernel_array, _n_threads, conv_backward_sample,
+                   conv_sample, is_pointwise, out_size, weight_grad, weight_grad_partials)
 from .pool import _forward_span as _pool_span
 
 # kept columns cost N·C·KH·KW·OH·OW values of memory. digitcnn's conv2 (8.9 MB at batch 64):
@@ -52,44 +50,6 @@ KEEP_COLUMNS_MAX_BYTES = 32 << 20
 __all__ = ["conv2d_relu_forward", "conv2d_relu_backward",
            "conv2d_relu_maxpool2d_forward", "conv2d_relu_maxpool2d_backward",
            "linear_relu_forward", "linear_relu_backward"]
-
-
-@njit(cache=True)
-def _conv_sample(x, n, w2, b, has_bias, col, conv2, geo_kh, geo_kw, sh, sw, pt, pb, pl, pr,
-                 dh, dw, groups, OH, OW):
-    """conv2 (F, OH·OW) = conv(x[n]) + bias; col is this thread's column buffer."""
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    if is_pointwise(geo_kh, geo_kw, sh, sw, pt, pb, pl, pr):
-        col = x[n].reshape(C, H * W)
-    else:
-        im2col_sample(x[n], col, geo_kh, geo_kw, sh, sw, pt, pl, dh, dw, OH, OW)
-    gemm_forward_sample(w2, col, conv2, groups)
-    if has_bias:
-        add_bias_sample(conv2, b)
-
-
-@njit(cache=True)
-def _conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dwT, db, col, dcol, KH, KW, sh, sw,
-                          pt, pb, pl, pr, dh, dw, groups, OH, OW, unfold, input_grad):
-    """Add sample n's share of dW and db into this thread's partials and, if ``input_grad``,
-    write dx[n]. ``unfold``: col must be filled by im2col first (False when it was kept)."""
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    pointwise = is_pointwise(KH, KW, sh, sw, pt, pb, pl, pr)
-    if pointwise:
-        col = x[n].reshape(C, H * W)
-    elif unfold:
-        im2col_sample(x[n], col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
-    if input_grad:
-        if pointwise:
-            # col2im is the identity: the GEMM writes dx[n] directly
-            dcol = dx[n].reshape(C, H * W)
-        gemm_backward_sample(w2, col, dconv2, dwT, dcol, groups)
-        if not pointwise:
-            col2im_sample(dcol, dx[n], KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
-    else:
-        gemm_weight_grad_sample(col, dconv2, dwT, groups)
-    if has_bias:
-        add_row_sums_sample(dconv2, db)
 
 
 @njit(cache=True)
@@ -112,7 +72,7 @@ def _conv_relu_pool_forward_thread(t, args):
     conv2 = conv3.reshape(F, OH * OW)
     for n in range((t * N) // T, ((t + 1) * N) // T):
         col = cols[n] if keep else cols[t]
-        _conv_sample(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr,
+        conv_sample(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr,
                      dh, dw, groups, OH, OW)
         idx = index[n] if full_index else index[t]
         _pool_span(conv3, pkh, pkw, psh, psw, pph, ppw, pdh, pdw, out[n], idx, 0, F)
@@ -144,7 +104,7 @@ def _conv_relu_pool_backward_thread(t, args):
                     if not out[n, f, i, j] <= 0:
                         dconv2[f, index[n, f, i, j]] += dout[n, f, i, j]
         col = cols[n] if kept else cols[t]
-        _conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dw_part[t], db_part[t],
+        conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dw_part[t], db_part[t],
                               col, dcols[t], KH, KW, sh, sw, pt, pb, pl, pr,
                               dh, dw, groups, OH, OW, not kept, input_grad)
 
@@ -159,7 +119,7 @@ def _conv_relu_forward_thread(t, args):
     for n in range((t * N) // T, ((t + 1) * N) // T):
         conv2 = out[n].reshape(F, OH * OW)
         col = cols[n] if keep else cols[t]
-        _conv_sample(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr,
+        conv_sample(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr,
                      dh, dw, groups, OH, OW)
         o = out[n].reshape(F * OH * OW)
         _relu_span(o, o, 0, o.size)
@@ -178,7 +138,7 @@ def _conv_relu_backward_thread(t, args):
         d = dconv2.reshape(F * P)
         _relu_backward_span(dout[n].reshape(F * P), out[n].reshape(F * P), d, 0, F * P)
         col = cols[n] if kept else cols[t]
-        _conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dw_part[t], db_part[t],
+        conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dw_part[t], db_part[t],
                               col, dcols[t], KH, KW, sh, sw, pt, pb, pl, pr,
                               dh, dw, groups, OH, OW, not kept, input_grad)
 
@@ -336,7 +296,7 @@ def _pooled_forward(conv, workspace, full_index):
 def conv2d_relu_maxpool2d_backward(dout, cache, input_grad=True):
     """dout (N, F, PH, PW). Returns (dx, dw, db) as conv2d_backward; dx None without input_grad."""
     conv, out, index, kept, workspace = cache
-    x, w, bias, has_bias, geo, groups, OH, OW = conv[:8]
+    x, w, _, has_bias, geo, groups, OH, OW = conv[:8]
     N = x.shape[0]
     if index is None:  # forward ran without a workspace: find the winners again
         _, index, _ = _pooled_forward(conv, None, True)
