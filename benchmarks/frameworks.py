@@ -36,6 +36,7 @@ class ScratchnetSide:
         # numba: prange owns the cores, sgemm runs single-threaded inside it;
         # numpy: no other pool, so OpenBLAS gets them all
         self.blas_threads = 1 if self.backend == "numba" else threads
+        self.stepped = False
 
     def enter(self):
         backend.set_backend(self.backend)
@@ -48,6 +49,11 @@ class ScratchnetSide:
         return x, y
 
     def train_step(self, x, y):
+        if not self.stepped:
+            # as scratchnet.training does before its first step (numba: compile the backward
+            # kernels in a helper process meanwhile)
+            backend.ops().compile_ahead(self.model, x, self.opt)
+            self.stepped = True
         out = self.model(x)
         loss = self.loss_fn(out, y)
         self.opt.zero_grad()

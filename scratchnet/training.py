@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
+from . import backend
 from .data import DataLoader
 from .nn.module import backward_to_params
 
@@ -97,8 +98,15 @@ def _train_epoch(model, task, optimizer, loader, state, bar, should_stop):
     batches = iter(loader)
     for _ in range(state.batch):  # replays the epoch's order; these batches are done
         next(batches)
+    first = True
     for xb, yb in batches:
         start = time.perf_counter()
+        if first:
+            # numba, first run: the backward and optimizer kernels compile in a helper process
+            # while this one compiles the forward's (once per model and batch shape; nothing on
+            # the numpy backend)
+            backend.ops().compile_ahead(model, xb, optimizer)
+            first = False
         out = model(xb)
         loss = task.loss(out, yb)
         if not math.isfinite(loss):

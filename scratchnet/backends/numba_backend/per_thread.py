@@ -20,6 +20,8 @@ from numba import _dispatcher, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import precompile
+
 # Numba's own helper for a compiled function's address (the one its first-class function
 # support uses); the address is that of the function in Numba's calling convention
 from numba.experimental.function_type import _get_jit_address
@@ -62,6 +64,7 @@ def _address(worker, args):
     address = _ADDRESSES.get(key)
     if address is None:
         signature = types.void(types.int64, numba.typeof(args))
+        precompile.before_compile(worker, signature.args)  # the helper process may have it
         worker.compile(signature.args)  # or load it from the on-disk cache
         address = _ADDRESSES[key] = _get_jit_address(worker, signature)
     return address
@@ -69,6 +72,9 @@ def _address(worker, args):
 
 def run(worker, T, args):
     """Call ``worker(t, args)`` for every ``t`` in ``range(T)``, in parallel when T > 1."""
+    if precompile.walking:  # precompile.py's helper process: note the kernels, run nothing
+        precompile.note_run(worker, T, args)
+        return
     if T <= 1 or numba.config.DISABLE_JIT:
         for t in range(T):
             worker(t, args)

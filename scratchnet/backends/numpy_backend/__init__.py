@@ -6,4 +6,5 @@ from .fused import *  # noqa: F401,F403
 from .linear import *  # noqa: F401,F403
 from .loss import *  # noqa: F401,F403
 from .pool import *  # noqa: F401,F403
+from .precompile import *  # noqa: F401,F403
 from .softmax import *  # noqa: F401,F403

@@ -1,0 +1,7 @@
+"""``compile_ahead``: the numba backend's head start on compiling; NumPy has nothing to compile."""
+
+__all__ = ["compile_ahead"]
+
+
+def compile_ahead(model, x, optimizer=None):
+    """Nothing to do: the NumPy backend runs no compiled kernels (see numba_backend/precompile.py)."""
