@@ -80,14 +80,18 @@ def compile_ahead(model, x, optimizer=None):
         _session.close()
     _started.add(key)
     dispatchers = _our_dispatchers()
-    # results travel as files, the pipe carries only short messages: a result can exceed the
-    # pipe's 64 KiB buffer, and the child must never wait for the busy parent to read
-    folder = tempfile.mkdtemp(prefix="scratchnet-precompile-")
-    read_fd, write_fd = os.pipe()
-    with warnings.catch_warnings():
-        # Python 3.12+ warns about fork in a threaded process: the child only compiles
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
+    try:
+        # results travel as files, the pipe carries only short messages: a result can exceed
+        # the pipe's 64 KiB buffer, and the child must never wait for the busy parent to read
+        folder = tempfile.mkdtemp(prefix="scratchnet-precompile-")
+        read_fd, write_fd = os.pipe()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about fork in a threaded process: the child only compiles
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    except OSError as error:  # no temporary folder, no pipe or no fork: compile here
+        _debug(f"no helper process: {error!r}")
+        return
     if pid == 0:  # the child: never returns
         os.close(read_fd)
         _child(model, x, optimizer, dispatchers, write_fd, folder)
