@@ -10,8 +10,8 @@ from scratchnet.optim import kernels
 from tests.test_optim import ADAM_CONFIGS, SGD_CONFIGS
 
 CLASSES = {"SGD": optim.SGD, "Adam": optim.Adam, "AdamW": optim.AdamW}
-# Adam's steps run the numpy update in both backends; kept here as a check of that
-CASES = ([("SGD", c) for c in SGD_CONFIGS] + [("Adam", c) for c in ADAM_CONFIGS[:2]])
+CASES = ([("SGD", c) for c in SGD_CONFIGS] + [("Adam", c) for c in ADAM_CONFIGS]
+         + [("AdamW", c) for c in ADAM_CONFIGS])
 SHAPES = ((7, 5), (300,), (2, 3, 4))
 
 
@@ -46,7 +46,8 @@ def test_optimizer_kernels_equal_numpy_update_bitwise(name, config, dtype, monke
             np.testing.assert_array_equal(sa[k], sb[k])
 
 
-@pytest.mark.parametrize("name,config", [("SGD", SGD_CONFIGS[3]), ("SGD", SGD_CONFIGS[6])])
+@pytest.mark.parametrize("name,config", [("SGD", SGD_CONFIGS[3]), ("SGD", SGD_CONFIGS[6]),
+                                         ("Adam", ADAM_CONFIGS[3]), ("AdamW", ADAM_CONFIGS[5])])
 def test_optimizer_kernels_parallel_split_equal(name, config, monkeypatch):
     monkeypatch.setattr(kernels, "MIN_ELEMENTS_PLAIN", 0)
     serial, _ = _trajectory(name, config, np.float32, "numba")
@@ -97,3 +98,15 @@ def test_per_thread_run_calls_each_worker_index_once(dtype):
         calls = np.zeros(4, dtype=dtype)
         per_thread.run(_record, T, (calls, dtype(2)))
         np.testing.assert_array_equal(calls, [2] * T + [0] * (4 - T))
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_numba_backend_takes_the_optimizer_kernel(name, monkeypatch):
+    """The bitwise checks above would also pass if the numpy update ran: count kernel calls."""
+    kernel = "sgd_update" if name == "SGD" else "adam_update"
+    calls = []
+    real = getattr(kernels, kernel)
+    monkeypatch.setattr(kernels, kernel, lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(kernels, "MIN_ELEMENTS_PLAIN", 0)
+    _trajectory(name, {"momentum": 0.9} if name == "SGD" else {}, np.float32, "numba", steps=2)
+    assert len(calls) == 2 * len(SHAPES)

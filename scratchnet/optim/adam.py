@@ -1,6 +1,7 @@
 """Adam and AdamW, as torch.optim.Adam / AdamW (foreach=False, capturable=False)."""
 import numpy as np
 
+from . import kernels
 from .optimizer import Optimizer
 
 __all__ = ["Adam", "AdamW"]
@@ -66,7 +67,6 @@ class Adam(Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                grad = p.grad if not group["maximize"] else -p.grad
                 state = self.state[p]
                 if len(state) == 0:
                     state["step"] = np.zeros((), np.float32)
@@ -76,7 +76,16 @@ class Adam(Optimizer):
                         state["max_exp_avg_sq"] = np.zeros_like(p.data)
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
                 state["step"] += 1
+                if kernels.available(p):
+                    # the same arithmetic in one compiled pass (kernels.py)
+                    kernels.adam_update(p.data, p.grad, exp_avg, exp_avg_sq,
+                                        state["max_exp_avg_sq"] if group["amsgrad"] else None,
+                                        lr, beta1, beta2, eps,
+                                        weight_decay, group["decoupled_weight_decay"],
+                                        group["maximize"], float(state["step"]))
+                    continue
 
+                grad = p.grad if not group["maximize"] else -p.grad
                 if weight_decay != 0:
                     if group["decoupled_weight_decay"]:
                         p.data *= 1 - lr * weight_decay
