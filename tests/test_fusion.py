@@ -22,6 +22,12 @@ CONV_POOL = [
      (3, 2), (2, 1), (1, 0), (1, 1), False),
     ((5, 2, 11, 10), (3, 2, 3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1,
      (2, 2), (2, 2), (0, 0), (2, 1), True),
+    # MaxPool2d(2) on an odd size: the last row/column dropped (the 2×2 kernel) ...
+    ((2, 3, 11, 11), (4, 3, 3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1,
+     (2, 2), (2, 2), (0, 0), (1, 1), False),
+    # ... or, with ceil_mode, a last window half outside (the general scan)
+    ((2, 2, 10, 10), (3, 2, 2, 2), (1, 1), (0, 0, 0, 0), (1, 1), 1,
+     (2, 2), (2, 2), (0, 0), (1, 1), True),
 ]
 
 

@@ -210,3 +210,28 @@ def test_validation_errors():
         pool.backward(np.zeros((1, 1, 3, 3), np.float32))
     # a float64 gradient is cast to the output's float32, as torch's autograd does
     assert pool.backward(np.ones(out.shape, np.float64)).dtype == np.float32
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pool_planes_2x2_kernel_equals_general_scan(dtype):
+    """pool_planes's plain 2×2 kernel (pool=()) and its general scan give the same maxima and
+    winners, NaN and ties included; the fused conv layer picks one by the pool's type."""
+    from scratchnet.backends.numba_backend import fused, pool
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 9, 8)).astype(dtype)
+    x[0, 2, 3] = np.nan
+    x[1, :2, :2] = 1.5  # a tie in one window
+    x[2, 4:6, 0:2] = np.nan
+    shape = (6, 4, 4)
+    outs = []
+    for arg in ((), (2, 2, 2, 2, 0, 0, 1, 1)):
+        out, index = np.empty(shape, dtype), np.empty(shape, np.int64)
+        pool.pool_planes(x, arg, out, index)
+        outs.append((out, index))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
+    plain = ((2, 2), (2, 2), (0, 0), (1, 1))
+    assert fused._pool_argument(plain, 9, 8, 4, 4) == ()
+    assert fused._pool_argument(plain, 9, 9, 5, 5) == (2, 2, 2, 2, 0, 0, 1, 1)  # ceil_mode
+    assert fused._pool_argument(((3, 3), (2, 2), (1, 1), (1, 1)), 9, 9, 5, 5) != ()

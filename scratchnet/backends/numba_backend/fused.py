@@ -39,7 +39,7 @@ from .activation import (_relu_backward_parallel, _relu_backward_span, _relu_par
                          _relu_span, launch)
 from .conv import (_as_matrix, _geometry, _kernel_array, _n_threads, conv_backward_sample,
                    conv_sample, is_pointwise, out_size, weight_grad, weight_grad_partials)
-from .pool import _forward_span as _pool_span
+from .pool import is_plain_2x2, pool_planes
 
 # kept columns cost N·C·KH·KW·OH·OW values of memory. digitcnn's conv2 (8.9 MB at batch 64):
 # conv2 forward + backward 5 % faster kept. widecnn's conv2 (147 MB at batch 50): 24 % *slower*
@@ -63,7 +63,7 @@ def _conv_relu_pool_forward_thread(t, args):
     convs: (T, F, OH, OW) per-thread conv output.
     """
     (x, w2, b, has_bias, out, index, full_index, cols, keep, convs, KH, KW, sh, sw, pt, pb,
-     pl, pr, dh, dw, groups, pkh, pkw, psh, psw, pph, ppw, pdh, pdw) = args
+     pl, pr, dh, dw, groups, pool) = args
     N = x.shape[0]
     F, OH, OW = convs.shape[1], convs.shape[2], convs.shape[3]
     PH, PW = out.shape[2], out.shape[3]
@@ -75,7 +75,7 @@ def _conv_relu_pool_forward_thread(t, args):
         conv_sample(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr,
                      dh, dw, groups, OH, OW)
         idx = index[n] if full_index else index[t]
-        _pool_span(conv3, pkh, pkw, psh, psw, pph, ppw, pdh, pdw, out[n], idx, 0, F)
+        pool_planes(conv3, pool, out[n], idx)
         o = out[n].reshape(F * PH * PW)
         _relu_span(o, o, 0, o.size)
 
@@ -289,8 +289,14 @@ def _pooled_forward(conv, workspace, full_index):
     cols, keep = _columns(x, w, geo, OH, OW, workspace)
     per_thread.run(_conv_relu_pool_forward_thread, T,
                    (x, _as_matrix(w), bias, has_bias, out, index, full_index, cols, keep, convs,
-                    *geo, groups, *(v for p in pool for v in p)))
+                    *geo, groups, _pool_argument(pool, OH, OW, PH, PW)))
     return out, index, (cols if keep else None)
+
+
+def _pool_argument(pool, OH, OW, PH, PW):
+    """pool.pool_planes's ``pool``: () for a plain 2×2 window, else its eight numbers."""
+    flat = tuple(int(v) for p in pool for v in p)
+    return () if is_plain_2x2(*flat, OH, OW, PH, PW) else flat
 
 
 def conv2d_relu_maxpool2d_backward(dout, cache, input_grad=True):

@@ -9,11 +9,14 @@ mlp128's first layer: one call 125 µs, split by rows 62 µs, split by output fe
 at batch 1000, 2.5 ms / 1.7 ms / 1.4 ms. (Splitting dW by rows instead gave each thread a
 full-size partial from a GEMM with K = N / threads, then a sum: widecnn's fc1 backward took
 9 ms for that.) Classifier heads (few outputs) split rows instead, see NARROW_OUTPUTS.
+The blocks run as per_thread.py workers: no parallel kernel of its own to compile per layer
+type (~1.5-2.3 s each here).
 """
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
+from . import per_thread
 from .blas import gemm
 
 __all__ = ["linear_forward", "linear_backward"]
@@ -65,10 +68,11 @@ def _forward_block(x, w, b, has_bias, out, t, blocks):
         gemm(x[c0:c1], w, out[c0:c1], False, True, 1.0, beta)
 
 
-@njit(cache=True, parallel=True)
-def _forward_parallel(x, w, b, has_bias, out, blocks):
-    for t in prange(blocks):
-        _forward_block(x, w, b, has_bias, out, t, blocks)
+@njit(cache=True)
+def _forward_thread(t, args):
+    """Thread t's block of the forward pass (per_thread.run's worker)."""
+    x, w, b, has_bias, out, blocks = args
+    _forward_block(x, w, b, has_bias, out, t, blocks)
 
 
 @njit(cache=True)
@@ -88,10 +92,11 @@ def _backward_block(dout, x, w, dx, dw, db, t, blocks, has_bias, input_grad):
         gemm(dout[r0:r1], w, dx[r0:r1], False, False, 1.0, 0.0)
 
 
-@njit(cache=True, parallel=True)
-def _backward_parallel(dout, x, w, dx, dw, db, has_bias, input_grad, blocks):
-    for t in prange(blocks):
-        _backward_block(dout, x, w, dx, dw, db, t, blocks, has_bias, input_grad)
+@njit(cache=True)
+def _backward_thread(t, args):
+    """Thread t's block of the backward pass (per_thread.run's worker)."""
+    dout, x, w, dx, dw, db, has_bias, input_grad, blocks = args
+    _backward_block(dout, x, w, dx, dw, db, t, blocks, has_bias, input_grad)
 
 
 def linear_forward(x, w, b):
@@ -109,7 +114,7 @@ def linear_forward(x, w, b):
     if blocks == 1:
         _forward_block(x, w, bias, has_bias, out, 0, 1)
     else:
-        _forward_parallel(x, w, bias, has_bias, out, blocks)
+        per_thread.run(_forward_thread, blocks, (x, w, bias, has_bias, out, blocks))
     return out, (x, w, b)
 
 
@@ -130,5 +135,6 @@ def linear_backward(dout, cache, input_grad=True):
     if blocks == 1:
         _backward_block(dout, x, w, dx, dw, db, 0, 1, has_bias, input_grad)
     else:
-        _backward_parallel(dout, x, w, dx, dw, db, has_bias, input_grad, blocks)
+        per_thread.run(_backward_thread, blocks,
+                       (dout, x, w, dx, dw, db, has_bias, input_grad, blocks))
     return (dx if input_grad else None), dw, (db if has_bias else None)

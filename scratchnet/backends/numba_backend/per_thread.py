@@ -5,17 +5,25 @@ every helper such a kernel calls (im2col, the GEMM binding, the pool, ...) into 
 own LLVM module and optimises and compiles that module again, once for the outlined loop body
 and once for the kernel. Measured here: the fused conv + ReLU + pool forward kernel took 7.8 s
 of compile time beyond its helpers'. Written as a plain ``@njit`` worker ``worker(t, args)``
-(one thread's share of the work) and launched by the tiny ``prange`` loop below, which calls
-the worker through a function pointer, the same work compiles in 2.0 s (worker) + 1.1 s
-(launcher): the launcher's module holds no helper code. Run time is unchanged (the call
-through a pointer happens once per thread per launch).
+(one thread's share of the work), the same work compiles in 2.0 s: the worker is called
+through its address, so no parallel kernel's module holds its code.
+
+And only one parallel kernel is ever compiled: ``_launch(entry, T, env)``, whose three
+arguments are integers whatever the worker. A parallel kernel costs 1.2-1.9 s to compile here
+(Numba outlines the ``prange`` body into a gufunc and compiles both), so one per argument-tuple
+type, as before, cost that for every kind of layer. Per argument type there is now only
+``_launch_worker``, a plain function: it copies (worker address, args) into a stack slot
+(``env``) and hands ``_launch`` the address of a small C function, defined in its own module
+by ``_entry_and_env``, that unpacks env and calls the worker in Numba's calling convention.
+Run time is unchanged: one indirect call per thread per launch.
 
 ``run(worker, T, args)``: ``worker(t, args)`` for ``t`` in ``range(T)``, one call per thread,
-where ``args`` is a tuple (its types pick the compiled worker and launcher, both cached on
-disk). With one thread the worker is called directly, with no launch at all.
+where ``args`` is a tuple (its types pick the compiled worker and ``_launch_worker``, both
+cached on disk). With one thread the worker is called directly, with no launch at all.
 """
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import _dispatcher, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -30,27 +38,71 @@ __all__ = ["run"]
 
 
 @intrinsic
-def _function_at(typingctx, address, args):
-    """A callable ``fn(t, args)`` for the compiled worker at ``address`` (int64)."""
-    fn_type = types.FunctionType(types.void(types.int64, args))
-
+def _call_entry(typingctx, entry, t, env):
+    """Call the plain C function at address ``entry`` as ``entry(t, env)`` (both int64)."""
     def codegen(context, builder, signature, llargs):
-        fn = cgutils.create_struct_proxy(fn_type)(context, builder)
-        voidptr = context.get_value_type(types.voidptr)
-        # only jit_addr is needed: Numba calls through it when it is not null
-        fn.jit_addr = builder.inttoptr(llargs[0], voidptr)
-        fn.c_addr = cgutils.get_null_value(voidptr)
-        fn.py_addr = cgutils.get_null_value(voidptr)
-        return fn._getvalue()
+        i64 = ir.IntType(64)
+        fn = builder.inttoptr(llargs[0], ir.FunctionType(ir.VoidType(), [i64, i64]).as_pointer())
+        builder.call(fn, [llargs[1], llargs[2]])
+        return context.get_dummy_value()
 
-    return fn_type(types.int64, args), codegen
+    return types.void(types.int64, types.int64, types.int64), codegen
 
 
 @njit(cache=True, parallel=True)
-def _launch(address, T, args):
-    fn = _function_at(address, args)
+def _launch(entry, T, env):
+    """The one parallel kernel: ``entry(t, env)`` for t in range(T), one call per thread."""
     for t in prange(T):
-        fn(np.int64(t), args)
+        _call_entry(entry, np.int64(t), env)
+
+
+@intrinsic
+def _entry_and_env(typingctx, address, args):
+    """(entry, env) for ``_launch``: env points to a copy of (address, args) on the caller's
+    stack; entry is a C function ``entry(t, env)``, defined here in the caller's module, that
+    calls the compiled worker at ``address`` as ``worker(t, args)``."""
+    def codegen(context, builder, signature, llargs):
+        args_type = signature.args[1]
+        i64 = ir.IntType(64)
+        env_type = ir.LiteralStructType([i64, context.get_value_type(args_type)])
+        env = cgutils.alloca_once(builder, env_type)
+        builder.store(llargs[0], cgutils.gep_inbounds(builder, env, 0, 0))
+        builder.store(llargs[1], cgutils.gep_inbounds(builder, env, 0, 1))
+        # one entry per module: each signature of _launch_worker is a module of its own
+        entry = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i64, i64]),
+            "scratchnet_per_thread_entry")
+        if entry.is_declaration:
+            entry.linkage = "internal"
+            body = ir.IRBuilder(entry.append_basic_block())
+            t, env_address = entry.args
+            env_in = body.inttoptr(env_address, env_type.as_pointer())
+            worker_address = body.load(cgutils.gep_inbounds(body, env_in, 0, 0))
+            args_value = body.load(cgutils.gep_inbounds(body, env_in, 0, 1))
+            argtypes = [types.int64, args_type]
+            worker = body.inttoptr(
+                worker_address,
+                context.call_conv.get_function_type(types.void, argtypes).as_pointer())
+            # the workers never raise (they index within bounds by construction), so the
+            # status is not looked at
+            context.call_conv.call_function(body, worker, types.void, argtypes,
+                                            [t, args_value])
+            body.ret_void()
+        return context.make_tuple(builder, signature.return_type,
+                                  [builder.ptrtoint(entry, i64), builder.ptrtoint(env, i64)])
+
+    return types.UniTuple(types.int64, 2)(types.int64, args), codegen
+
+
+@njit(cache=True)
+def _launch_worker(address, T, args):
+    """worker(t, args) for t in range(T) in parallel, the worker's compiled code at ``address``.
+
+    Compiled per argument-tuple type, but a plain function: the parallel kernel it calls,
+    ``_launch``, has one signature for every worker (and is compiled once, then cached).
+    """
+    entry, env = _entry_and_env(address, args)
+    _launch(entry, T, env)
 
 
 # (worker, argument-type fingerprint) -> address of the worker compiled for those types
@@ -79,4 +131,4 @@ def run(worker, T, args):
         for t in range(T):
             worker(t, args)
         return
-    _launch(_address(worker, args), T, args)
+    _launch_worker(_address(worker, args), T, args)

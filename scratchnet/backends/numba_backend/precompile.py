@@ -235,7 +235,7 @@ def note_run(worker, T, args):
     argtypes = numba.typeof(args)
     _note(worker, (types.int64, argtypes))
     if T > 1:  # (never walking with the JIT off: see enabled())
-        _note(per_thread._launch, (types.int64, types.int64, argtypes))
+        _note(per_thread._launch_worker, (types.int64, types.int64, argtypes))
 
 
 def _send(fd, message):
