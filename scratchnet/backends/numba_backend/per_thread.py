@@ -83,8 +83,9 @@ def _entry_and_env(typingctx, address, args):
             worker = body.inttoptr(
                 worker_address,
                 context.call_conv.get_function_type(types.void, argtypes).as_pointer())
-            # the workers never raise (they index within bounds by construction), so the
-            # status is not looked at
+            # the status is not looked at: the workers index within bounds by construction,
+            # and the only thing in them that could raise is a failed small allocation (the
+            # general pool scan's two np.empty); a parallel region could not re-raise it anyway
             context.call_conv.call_function(body, worker, types.void, argtypes,
                                             [t, args_value])
             body.ret_void()
