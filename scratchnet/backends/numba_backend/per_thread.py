@@ -85,7 +85,7 @@ def _entry_and_env(typingctx, address, args):
                 context.call_conv.get_function_type(types.void, argtypes).as_pointer())
             # the status is not looked at: the workers index within bounds by construction,
             # and the only thing in them that could raise is a failed small allocation (the
-            # general pool scan's two np.empty); a parallel region could not re-raise it anyway
+            # general pool scan's two np.empty)
             context.call_conv.call_function(body, worker, types.void, argtypes,
                                             [t, args_value])
             body.ret_void()
