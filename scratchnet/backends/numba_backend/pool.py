@@ -95,11 +95,17 @@ def _forward_span_2x2(x, out, index, lo, hi):
 
 
 @njit(cache=True)
+def is_plain_2x2(KH, KW, SH, SW, PH, PW, DH, DW, H, W, OH, OW):
+    """True for MaxPool2d(2) windows that all lie inside the input (``_forward_span_2x2``)."""
+    return (KH == 2 and KW == 2 and SH == 2 and SW == 2 and PH == 0 and PW == 0 and DH == 1
+            and DW == 1 and 2 * OH <= H and 2 * OW <= W)
+
+
+@njit(cache=True)
 def _forward_span(x, KH, KW, SH, SW, PH, PW, DH, DW, out, index, lo, hi):
     P, H, W = x.shape
     OH, OW = out.shape[1], out.shape[2]
-    if (KH == 2 and KW == 2 and SH == 2 and SW == 2 and PH == 0 and PW == 0 and DH == 1
-            and DW == 1 and 2 * OH <= H and 2 * OW <= W):
+    if is_plain_2x2(KH, KW, SH, SW, PH, PW, DH, DW, H, W, OH, OW):
         _forward_span_2x2(x, out, index, lo, hi)
         return
     h_first, h_count = _taps(H, OH, KH, SH, PH, DH)
@@ -135,12 +141,6 @@ def _forward_span(x, KH, KW, SH, SW, PH, PW, DH, DW, out, index, lo, hi):
             for ow in range(OW):
                 out[p, oh, ow] = best_val[ow]
                 index[p, oh, ow] = best_idx[ow]
-
-
-def is_plain_2x2(KH, KW, SH, SW, PH, PW, DH, DW, H, W, OH, OW):
-    """True for MaxPool2d(2) windows that all lie inside the input (``_forward_span_2x2``)."""
-    return ((KH, KW, SH, SW, PH, PW, DH, DW) == (2, 2, 2, 2, 0, 0, 1, 1)
-            and 2 * OH <= H and 2 * OW <= W)
 
 
 def pool_planes(x, pool, out, index):
