@@ -14,6 +14,11 @@ One sample's forward and backward (``conv_sample``, ``conv_backward_sample``, bu
 the fused kernels (conv + bias + ReLU + pool) call from their own per-thread workers
 (per_thread.py) too, so fused and plain convolutions do the same arithmetic.
 
+The forward pass of a layer that ``direct_conv.applies`` to (stride 1, no padding, one group,
+rows that fill vectors: lenet's convolutions, the first of digitcnn and mitxcnn) runs
+direct_conv's register-blocked kernel instead of im2col + GEMM (``conv_sample(..., direct)``)
+and needs no columns; its backward pass is the one here.
+
 Column layout: row ``(c·KH + kh)·KW + kw``, column ``oh·OW + ow``; the rows of group ``g`` are
 the contiguous block ``[g·Cg·KH·KW, (g+1)·Cg·KH·KW)``, so each group is a plain sub-matrix.
 """
@@ -21,8 +26,9 @@ import numba
 import numpy as np
 from numba import njit
 
-from . import per_thread
+from . import direct_conv, per_thread
 from .blas import gemm
+from .direct_conv import conv_direct_sample
 
 __all__ = ["conv2d_forward", "conv2d_backward"]
 
@@ -209,8 +215,12 @@ def add_row_sums_sample(dout2, db):
 
 @njit(cache=True)
 def conv_sample(x, n, w2, b, has_bias, col, conv2, geo_kh, geo_kw, sh, sw, pt, pb, pl, pr,
-                dh, dw, groups, OH, OW):
-    """conv2 (F, OH·OW) = conv(x[n]) + bias; col is this thread's column buffer."""
+                dh, dw, groups, OH, OW, direct):
+    """conv2 (F, OH·OW) = conv(x[n]) + bias; col is this thread's column buffer (unused when
+    ``direct``: the layer is one direct_conv.applies to, b zeros without a bias)."""
+    if direct:
+        conv_direct_sample(x, n, w2, b, conv2, geo_kh, geo_kw, OH, OW)
+        return
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     if is_pointwise(geo_kh, geo_kw, sh, sw, pt, pb, pl, pr):
         col = x[n].reshape(C, H * W)
@@ -249,13 +259,13 @@ def conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dwT, db, col, dcol, KH,
 def _conv2d_forward_thread(t, args):
     """Thread t's samples of out (N, F, OH, OW) = conv(x (N, C, H, W)); cols (T, C·KH·KW,
     OH·OW) one buffer per thread."""
-    x, w2, b, has_bias, out, cols, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups = args
+    x, w2, b, has_bias, out, cols, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups, direct = args
     N = x.shape[0]
     F, OH, OW = out.shape[1], out.shape[2], out.shape[3]
     T = cols.shape[0]
     for n in range((t * N) // T, ((t + 1) * N) // T):
         conv_sample(x, n, w2, b, has_bias, cols[t], out[n].reshape(F, OH * OW), KH, KW, sh, sw,
-                    pt, pb, pl, pr, dh, dw, groups, OH, OW)
+                    pt, pb, pl, pr, dh, dw, groups, OH, OW, direct)
 
 
 @njit(cache=True)
@@ -297,9 +307,15 @@ def _as_matrix(w):
     return w.reshape(F, Cg * KH * KW)
 
 
-def _cols_shape(T, C, OH, OW, geo):
-    """Per-thread column buffers; none are needed when im2col is the identity."""
-    if is_pointwise(*geo[:8]):
+def uses_direct(x, w, geo, groups, OW):
+    """True when the forward pass runs direct_conv's kernel instead of im2col + GEMM."""
+    return direct_conv.applies(w.shape, geo, groups, OW, x.dtype)
+
+
+def _cols_shape(T, C, OH, OW, geo, direct=False):
+    """Per-thread column buffers; none are needed when im2col is the identity or the forward
+    pass is direct."""
+    if direct or is_pointwise(*geo[:8]):
         return (T, 0, 0)
     return (T, C * geo[0] * geo[1], OH * OW)
 
@@ -335,9 +351,10 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     if N == 0:
         return out, cache
     T = _n_threads(N)
-    cols = np.zeros(_cols_shape(T, C, OH, OW, geo), dtype=dtype)
+    direct = uses_direct(x, w, geo, groups, OW)
+    cols = np.zeros(_cols_shape(T, C, OH, OW, geo, direct), dtype=dtype)
     per_thread.run(_conv2d_forward_thread, T,
-                   (x, _as_matrix(w), bias, has_bias, out, cols, *geo, groups))
+                   (x, _as_matrix(w), bias, has_bias, out, cols, *geo, groups, direct))
     return out, cache
 
 

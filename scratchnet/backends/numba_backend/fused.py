@@ -38,7 +38,8 @@ from . import per_thread
 from .activation import (_relu_backward_parallel, _relu_backward_span, _relu_parallel,
                          _relu_span, launch)
 from .conv import (_as_matrix, _geometry, _kernel_array, _n_threads, conv_backward_sample,
-                   conv_sample, is_pointwise, out_size, weight_grad, weight_grad_partials)
+                   conv_sample, is_pointwise, out_size, uses_direct, weight_grad,
+                   weight_grad_partials)
 from .pool import is_plain_2x2, pool_planes
 
 # kept columns cost N·C·KH·KW·OH·OW values of memory. digitcnn's conv2 (8.9 MB at batch 64):
@@ -63,7 +64,7 @@ def _conv_relu_pool_forward_thread(t, args):
     convs: (T, F, OH, OW) per-thread conv output.
     """
     (x, w2, b, has_bias, out, index, full_index, cols, keep, convs, KH, KW, sh, sw, pt, pb,
-     pl, pr, dh, dw, groups, pool) = args
+     pl, pr, dh, dw, groups, direct, pool) = args
     N = x.shape[0]
     F, OH, OW = convs.shape[1], convs.shape[2], convs.shape[3]
     PH, PW = out.shape[2], out.shape[3]
@@ -73,7 +74,7 @@ def _conv_relu_pool_forward_thread(t, args):
     for n in range((t * N) // T, ((t + 1) * N) // T):
         col = cols[n] if keep else cols[t]
         conv_sample(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr,
-                     dh, dw, groups, OH, OW)
+                     dh, dw, groups, OH, OW, direct)
         idx = index[n] if full_index else index[t]
         pool_planes(conv3, pool, out[n], idx)
         o = out[n].reshape(F * PH * PW)
@@ -113,14 +114,15 @@ def _conv_relu_pool_backward_thread(t, args):
 def _conv_relu_forward_thread(t, args):
     """Thread t's samples of out (N, F, OH, OW) = relu(conv(x) + b); cols as in the pooled
     worker."""
-    x, w2, b, has_bias, out, cols, keep, T, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups = args
+    (x, w2, b, has_bias, out, cols, keep, T, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups,
+     direct) = args
     N = x.shape[0]
     F, OH, OW = out.shape[1], out.shape[2], out.shape[3]
     for n in range((t * N) // T, ((t + 1) * N) // T):
         conv2 = out[n].reshape(F, OH * OW)
         col = cols[n] if keep else cols[t]
         conv_sample(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr,
-                     dh, dw, groups, OH, OW)
+                     dh, dw, groups, OH, OW, direct)
         o = out[n].reshape(F * OH * OW)
         _relu_span(o, o, 0, o.size)
 
@@ -171,14 +173,15 @@ def _buffer(workspace, name, shape, dtype):
     return buf
 
 
-def _columns(x, w, geo, OH, OW, workspace):
+def _columns(x, w, geo, OH, OW, workspace, direct):
     """(cols, keep): column slots for the forward pass.
 
     With a workspace (the layer is training) and a small enough result: one slot per sample,
-    kept for backward. Otherwise one scratch slot per thread. Empty when im2col is the identity.
+    kept for backward. Otherwise one scratch slot per thread. Empty when im2col is the identity
+    or the forward pass is direct (it needs no columns; backward unfolds then).
     """
     N, C, dtype = x.shape[0], x.shape[1], x.dtype
-    if is_pointwise(*geo[:8]):
+    if direct or is_pointwise(*geo[:8]):
         return np.zeros((1, 0, 0), dtype=dtype), False
     rows = C * geo[0] * geo[1]
     keep = (workspace is not None
@@ -228,9 +231,11 @@ def conv2d_relu_forward(x, w, b, stride, padding, dilation, groups, workspace=No
     kept = None
     if N > 0:
         T = _n_threads(N)
-        cols, keep = _columns(x, w, geo, OH, OW, workspace)
+        direct = uses_direct(x, w, geo, groups, OW)
+        cols, keep = _columns(x, w, geo, OH, OW, workspace, direct)
         per_thread.run(_conv_relu_forward_thread, T,
-                       (x, _as_matrix(w), bias, has_bias, out, cols, keep, T, *geo, groups))
+                       (x, _as_matrix(w), bias, has_bias, out, cols, keep, T, *geo, groups,
+                        direct))
         kept = cols if keep else None
     return out, (x, w, has_bias, geo, groups, out, kept, workspace)
 
@@ -286,10 +291,11 @@ def _pooled_forward(conv, workspace, full_index):
     if N == 0:
         return out, index, None
     convs = _buffer(workspace, "convs", (T, F, OH, OW), x.dtype)
-    cols, keep = _columns(x, w, geo, OH, OW, workspace)
+    direct = uses_direct(x, w, geo, groups, OW)
+    cols, keep = _columns(x, w, geo, OH, OW, workspace, direct)
     per_thread.run(_conv_relu_pool_forward_thread, T,
                    (x, _as_matrix(w), bias, has_bias, out, index, full_index, cols, keep, convs,
-                    *geo, groups, _pool_argument(pool, OH, OW, PH, PW)))
+                    *geo, groups, direct, _pool_argument(pool, OH, OW, PH, PW)))
     return out, index, (cols if keep else None)
 
 
