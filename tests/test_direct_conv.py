@@ -17,7 +17,7 @@ NO_PAD = (1, 1, 0, 0, 0, 0, 1, 1)  # sh, sw, pt, pb, pl, pr, dh, dw
 CASES = [
     (2, 1, 28, 28, 10, (5, 5), True),    # lenet conv1: F = 10, the last filter block overlaps
     (3, 10, 12, 12, 20, (5, 5), True),   # lenet conv2: one vector a row, short last group
-    (1, 1, 28, 28, 32, (3, 3), True),    # digitcnn conv1: the last vector of a row overlaps
+    (1, 1, 28, 28, 16, (3, 3), True),    # OW = 26: the last vector of a row overlaps
     (2, 3, 9, 17, 6, (2, 3), False),     # non-square kernel, no bias, OW = 15
     (1, 2, 5, 18, 4, (1, 3), True),      # exactly FILTERS filters, one row of taps
     (0, 1, 10, 10, 4, (3, 3), True),     # empty batch
@@ -117,11 +117,12 @@ def test_which_layers_are_direct():
         return direct_conv.applies((F_, C, K, K), (K, K) + geo, groups, OW, dtype)
 
     assert applies(10, 1, 5, 24) and applies(20, 10, 5, 8)  # lenet conv1, conv2
-    assert applies(32, 1, 3, 26)  # digitcnn / mitxcnn conv1
+    assert not applies(32, 1, 3, 26)  # digitcnn / mitxcnn conv1: 32 filters
+    assert applies(20, 1, 3, 26)
     assert not applies(64, 32, 3, 11)  # their conv2: a large GEMM
-    assert not applies(32, 28, 3, 11)  # 16 vector slots for 11 outputs
-    assert applies(32, 28, 3, 11, dtype=np.dtype(np.float64))  # 12 slots of 4 float64
-    assert not applies(32, 29, 3, 24)  # 261 taps
+    assert not applies(20, 28, 3, 11)  # 16 vector slots for 11 outputs
+    assert applies(20, 28, 3, 11, dtype=np.dtype(np.float64))  # 12 slots of 4 float64
+    assert not applies(20, 29, 3, 24)  # 261 taps
     assert not applies(150, 1, 5, 28, geo=(1, 1, 2, 2, 2, 2, 1, 1))  # widecnn conv1: padding
     assert not applies(150, 1, 5, 24)  # ... and 150 filters
     assert not applies(10, 1, 5, 24, geo=(2, 1, 0, 0, 0, 0, 1, 1))  # stride

@@ -15,8 +15,8 @@ the fused kernels (conv + bias + ReLU + pool) call from their own per-thread wor
 (per_thread.py) too, so fused and plain convolutions do the same arithmetic.
 
 The forward pass of a layer that ``direct_conv.applies`` to (stride 1, no padding, one group,
-rows that fill vectors: lenet's convolutions, the first of digitcnn and mitxcnn) runs
-direct_conv's register-blocked kernel instead of im2col + GEMM (``conv_sample(..., direct)``)
+few filters, rows that fill vectors: lenet's two convolutions) runs
+direct_conv's register-blocked kernel instead of im2col + GEMM (``conv_sample(..., direct_at)``)
 and needs no columns; its backward pass is the one here.
 
 Column layout: row ``(c·KH + kh)·KW + kw``, column ``oh·OW + ow``; the rows of group ``g`` are
@@ -24,11 +24,11 @@ the contiguous block ``[g·Cg·KH·KW, (g+1)·Cg·KH·KW)``, so each group is a 
 """
 import numba
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from . import direct_conv, per_thread
 from .blas import gemm
-from .direct_conv import conv_direct_sample
 
 __all__ = ["conv2d_forward", "conv2d_backward"]
 
@@ -213,22 +213,47 @@ def add_row_sums_sample(dout2, db):
         db[f] += (s0 + s1) + (s2 + s3)
 
 
-@njit(cache=True)
-def conv_sample(x, n, w2, b, has_bias, col, conv2, geo_kh, geo_kw, sh, sw, pt, pb, pl, pr,
-                dh, dw, groups, OH, OW, direct):
-    """conv2 (F, OH·OW) = conv(x[n]) + bias; col is this thread's column buffer (unused when
-    ``direct``: the layer is one direct_conv.applies to, b zeros without a bias)."""
-    if direct:
-        conv_direct_sample(x, n, w2, b, conv2, geo_kh, geo_kw, OH, OW)
-        return
+def conv_sample(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw,
+                groups, OH, OW, direct_at):
+    """conv2 (F, OH·OW) = conv(x[n]) + bias; col is this thread's column buffer.
+
+    direct_at: None (im2col + GEMM), or ``direct_conv.address(dtype)`` for a layer
+    direct_conv.applies to: its direct kernel computes conv2 then (b zeros for a layer without
+    bias) and col is unused. Why None and not 0: compiled code picks the path from the
+    argument's *type* (as pool.pool_planes does), so a worker compiled for a direct layer holds
+    no im2col or GEMM code (lenet's forward worker: 2 s to compile here instead of 8) and one
+    for another layer no direct call. This body runs with the JIT off, where direct_at is None.
+    """
+    path = _im2col_gemm if direct_at is None else _direct
+    path(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups,
+         OH, OW, direct_at)
+
+
+@overload(conv_sample, jit_options={"cache": True})
+def _conv_sample_nopython(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr,
+                          dh, dw, groups, OH, OW, direct_at):
+    # the paths themselves are the implementations: a wrapper calling them would be one more
+    # function whose module LLVM optimises again with theirs inside (1 s more here)
+    return _im2col_gemm if isinstance(direct_at, types.NoneType) else _direct
+
+
+def _im2col_gemm(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw,
+                 groups, OH, OW, direct_at):
+    """conv_sample by im2col into col and a GEMM per group (direct_at is None)."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    if is_pointwise(geo_kh, geo_kw, sh, sw, pt, pb, pl, pr):
+    if is_pointwise(KH, KW, sh, sw, pt, pb, pl, pr):
         col = x[n].reshape(C, H * W)
     else:
-        im2col_sample(x[n], col, geo_kh, geo_kw, sh, sw, pt, pl, dh, dw, OH, OW)
+        im2col_sample(x[n], col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
     gemm_forward_sample(w2, col, conv2, groups)
     if has_bias:
         add_bias_sample(conv2, b)
+
+
+def _direct(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups,
+            OH, OW, direct_at):
+    """conv_sample by the direct kernel at address direct_at (compiled code only)."""
+    direct_conv.call(direct_at, (x, n, w2, b, conv2, KH, KW, OH, OW))
 
 
 @njit(cache=True)
@@ -259,13 +284,14 @@ def conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dwT, db, col, dcol, KH,
 def _conv2d_forward_thread(t, args):
     """Thread t's samples of out (N, F, OH, OW) = conv(x (N, C, H, W)); cols (T, C·KH·KW,
     OH·OW) one buffer per thread."""
-    x, w2, b, has_bias, out, cols, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups, direct = args
+    (x, w2, b, has_bias, out, cols, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups,
+     direct_at) = args
     N = x.shape[0]
     F, OH, OW = out.shape[1], out.shape[2], out.shape[3]
     T = cols.shape[0]
     for n in range((t * N) // T, ((t + 1) * N) // T):
         conv_sample(x, n, w2, b, has_bias, cols[t], out[n].reshape(F, OH * OW), KH, KW, sh, sw,
-                    pt, pb, pl, pr, dh, dw, groups, OH, OW, direct)
+                    pt, pb, pl, pr, dh, dw, groups, OH, OW, direct_at)
 
 
 @njit(cache=True)
@@ -312,6 +338,11 @@ def uses_direct(x, w, geo, groups, OW):
     return direct_conv.applies(w.shape, geo, groups, OW, x.dtype)
 
 
+def direct_address(direct, dtype):
+    """conv_sample's ``direct_at``: the direct kernel's address when ``direct``, else None."""
+    return direct_conv.address(dtype) if direct else None
+
+
 def _cols_shape(T, C, OH, OW, geo, direct=False):
     """Per-thread column buffers; none are needed when im2col is the identity or the forward
     pass is direct."""
@@ -354,7 +385,8 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     direct = uses_direct(x, w, geo, groups, OW)
     cols = np.zeros(_cols_shape(T, C, OH, OW, geo, direct), dtype=dtype)
     per_thread.run(_conv2d_forward_thread, T,
-                   (x, _as_matrix(w), bias, has_bias, out, cols, *geo, groups, direct))
+                   (x, _as_matrix(w), bias, has_bias, out, cols, *geo, groups,
+                    direct_address(direct, dtype)))
     return out, cache
 
 

@@ -1,16 +1,19 @@
 """Direct convolution, register-blocked, for layers where im2col + GEMM is mostly overhead.
 
 Which layers (``applies``): stride 1, no padding or dilation, one group, a kernel larger than
-1×1, 4-32 filters, at most 256 taps (C·KH·KW), and output rows that split into vectors of
+1×1, 4-20 filters, at most 256 taps (C·KH·KW), and output rows that split into vectors of
 ``V`` values (8 float32 or 4 float64 in a 256-bit register) with at most 25 % recomputed. In
-the models: lenet's two convolutions and the first of digitcnn, mitxcnn and the multi-digit
-net. There the GEMM is small (M = F of 10-32, K = C·KH·KW of 9-250), so OpenBLAS runs it at
-38-74 GFLOP/s on one core, and im2col costs nearly as much again. Per sample on one core,
-im2col + GEMM + bias against this kernel: lenet conv1 11.5 µs against 7.1, lenet conv2 16.3
-against 7.6 (84 GFLOP/s), digitcnn conv1 13.3 against 10.0. Where the GEMM is large it wins:
-widecnn's conv1 shape (150 filters) 86 µs against 100, its conv2 shape (3,750 taps, whose
-input no longer fits the core's L1 cache) 1.4 ms against 2.1, digitcnn's conv2 (OW = 11: 16
-vector slots for 11 outputs) 82 µs against 98.
+the models: lenet's two convolutions. There the GEMM is small (M = F of 10 and 20, K = C·KH·KW
+of 25 and 250), so OpenBLAS runs it at 48-74 GFLOP/s on one core, and im2col costs nearly as
+much again. Per sample on one core, im2col + GEMM + bias against this kernel: lenet conv1
+11.5 µs against 7.1, lenet conv2 16.3 against 7.6 (84 GFLOP/s); lenet's inference at batch
+1000 went from 1.44x torch's throughput to 2.5x (benchmark suite, README). Where the GEMM is large it wins: widecnn's conv1 shape
+(150 filters) 86 µs against 100, its conv2 shape (3,750 taps, whose input no longer fits the
+core's L1 cache) 1.4 ms against 2.1, digitcnn's conv2 (OW = 11: 16 vector slots for 11
+outputs) 82 µs against 98. digitcnn's conv1 (32 filters, 9 taps) ran 25 % faster direct, 13.3
+against 10.0 µs, but is left out (``MAX_FILTERS``): in digitcnn and mitxcnn it changed no step
+measurably (conv2 is 80 % of one) and cost 2.8 s more compile time, a second forward worker
+beside conv2's (conv.conv_sample).
 
 How: output value (f, oh, ow) is Σ_r w2[f, r] · x[n, c, oh + kh, ow + kw] over the taps
 r = (c·KH + kh)·KW + kw, in that order (the GEMM's k order), plus b[f]. A block of
@@ -25,10 +28,16 @@ Why LLVM IR: written as plain loops, Numba's code was 3-10x slower than im2col +
 loop vectoriser sees trip counts of 8-26 and an output that may alias the input, so it runs
 the scalar remainder loop; by hand over a local 8-value block it did not vectorise at all).
 So the vector operations are three small intrinsics (``_new_block``, ``_tap``, ``_flush``)
-that emit LLVM vector instructions; the loops around them stay Python. ``llvm.fmuladd`` lets
+that emit LLVM vector instructions; the loops around them are ordinary Numba code. ``llvm.fmuladd`` lets
 LLVM fuse each multiply-add where the CPU has FMA: with separate multiplies and adds the 12
 accumulators, 3 input vectors and a product did not fit the 16 registers and spilled (2x
 slower). The block's array of 12 vectors lives on the stack and LLVM keeps it in registers.
+
+Called through its address (``address``, ``call``), not inlined: a worker that calls it holds
+one call instead of this kernel's code, so the kernel compiles once, as its own function, and
+not again inside each worker's module (1-1.5 s of compile time per worker here). One indirect
+call per sample costs nothing next to the sample's 7-10 µs. conv.conv_sample compiles this call
+into the workers of direct layers only.
 
 Numbers: not bitwise the GEMM's (OpenBLAS orders and fuses its sums its own way) but within
 float rounding of them; the parity tests hold it to torch's tolerances. Fused and plain
@@ -40,9 +49,13 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
+from numba.core.errors import TypingError
+from numba.experimental.function_type import _get_jit_address
 from numba.extending import intrinsic
 
-__all__ = ["applies", "conv_direct_sample", "FILTERS", "VECTORS"]
+from . import precompile
+
+__all__ = ["applies", "address", "call", "conv_direct_sample", "FILTERS", "VECTORS"]
 
 FILTERS = 4  # filters per block
 VECTORS = 3  # output vectors per block: 12 accumulators + 3 input vectors + 1 weight = 16 ymm
@@ -51,9 +64,10 @@ VECTOR_BYTES = 32  # AVX2's 256-bit registers
 # conv2 (OW = 11: 16 slots for 11 outputs) ran 20 % slower here than im2col + GEMM, its conv1
 # (OW = 26: 32 for 26) 25 % faster
 MAX_RECOMPUTED = 0.25
-# the largest layers measured faster here than im2col + GEMM (module docstring): from 64
-# filters (digitcnn's conv2) or 150 (widecnn's conv1) OpenBLAS runs the GEMM near its peak
-MAX_FILTERS = 32
+# the largest layers taken (module docstring): from 64 filters (digitcnn's conv2) or 150
+# (widecnn's conv1) OpenBLAS runs the GEMM near its peak; 32 (digitcnn's conv1) gained a layer
+# 3 µs a sample and cost its model a second forward worker's compile time
+MAX_FILTERS = 20
 MAX_TAPS = 256
 
 
@@ -217,3 +231,51 @@ def conv_direct_sample(x, n, w2, b, conv2, KH, KW, OH, OW):
                              oh1 * W + ow1 + shift, oh2 * W + ow2 + shift)
                         r += 1
             _flush(block, b, f0, of, P, oh0 * OW + ow0, oh1 * OW + ow1, oh2 * OW + ow2)
+
+
+def _argument_types(dtype):
+    """conv_direct_sample's argument types for arrays of ``dtype`` (all C-contiguous)."""
+    dt = numba.from_dtype(np.dtype(dtype))
+    return (types.Array(dt, 4, "C"), types.int64, types.Array(dt, 2, "C"),
+            types.Array(dt, 1, "C"), types.Array(dt, 2, "C")) + (types.int64,) * 4
+
+
+_ADDRESSES = {}  # dtype name -> address of conv_direct_sample compiled for it
+
+
+def address(dtype):
+    """Address of conv_direct_sample compiled for ``dtype`` (compiled, or loaded from the disk
+    cache, on first use), for ``call``. 0 in precompile's helper process, which runs nothing
+    (an int all the same: the type picks the worker's code, conv.conv_sample)."""
+    if precompile.walking:
+        return 0
+    key = np.dtype(dtype).name
+    if key not in _ADDRESSES:
+        argtypes = _argument_types(dtype)
+        conv_direct_sample.compile(argtypes)
+        _ADDRESSES[key] = _get_jit_address(conv_direct_sample, types.void(*argtypes))
+    return _ADDRESSES[key]
+
+
+@intrinsic
+def call(typingctx, at, args):
+    """conv_direct_sample(*args), compiled at address ``at`` (``address``).
+
+    args: (x, n, w2, b, conv2, KH, KW, OH, OW) with exactly the types the address was compiled
+    for (checked here: a call through an address has no dispatcher to check them).
+    """
+    if not isinstance(args, types.BaseTuple) or not isinstance(args.types[0], types.Array):
+        raise TypingError("direct_conv.call: args must be conv_direct_sample's argument tuple")
+    argtypes = _argument_types(np.dtype(str(args.types[0].dtype)))
+    if tuple(args.types) != argtypes:
+        raise TypingError(f"direct_conv.call: argument types {args.types}, expected {argtypes}")
+
+    def codegen(context, builder, signature, llargs):
+        function_type = context.call_conv.get_function_type(types.void, list(argtypes))
+        function = builder.inttoptr(llargs[0], function_type.as_pointer())
+        values = [builder.extract_value(llargs[1], i) for i in range(len(argtypes))]
+        # the status is not looked at: the kernel cannot raise (no allocation, in-bounds indexing)
+        context.call_conv.call_function(builder, function, types.void, list(argtypes), values)
+        return context.get_dummy_value()
+
+    return types.void(types.int64, args), codegen

@@ -38,8 +38,8 @@ from . import per_thread
 from .activation import (_relu_backward_parallel, _relu_backward_span, _relu_parallel,
                          _relu_span, launch)
 from .conv import (_as_matrix, _geometry, _kernel_array, _n_threads, conv_backward_sample,
-                   conv_sample, is_pointwise, out_size, uses_direct, weight_grad,
-                   weight_grad_partials)
+                   conv_sample, direct_address, is_pointwise, out_size, uses_direct,
+                   weight_grad, weight_grad_partials)
 from .pool import is_plain_2x2, pool_planes
 
 # kept columns cost N·C·KH·KW·OH·OW values of memory. digitcnn's conv2 (8.9 MB at batch 64):
@@ -64,7 +64,7 @@ def _conv_relu_pool_forward_thread(t, args):
     convs: (T, F, OH, OW) per-thread conv output.
     """
     (x, w2, b, has_bias, out, index, full_index, cols, keep, convs, KH, KW, sh, sw, pt, pb,
-     pl, pr, dh, dw, groups, direct, pool) = args
+     pl, pr, dh, dw, groups, direct_at, pool) = args
     N = x.shape[0]
     F, OH, OW = convs.shape[1], convs.shape[2], convs.shape[3]
     PH, PW = out.shape[2], out.shape[3]
@@ -74,7 +74,7 @@ def _conv_relu_pool_forward_thread(t, args):
     for n in range((t * N) // T, ((t + 1) * N) // T):
         col = cols[n] if keep else cols[t]
         conv_sample(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr,
-                     dh, dw, groups, OH, OW, direct)
+                     dh, dw, groups, OH, OW, direct_at)
         idx = index[n] if full_index else index[t]
         pool_planes(conv3, pool, out[n], idx)
         o = out[n].reshape(F * PH * PW)
@@ -115,14 +115,14 @@ def _conv_relu_forward_thread(t, args):
     """Thread t's samples of out (N, F, OH, OW) = relu(conv(x) + b); cols as in the pooled
     worker."""
     (x, w2, b, has_bias, out, cols, keep, T, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups,
-     direct) = args
+     direct_at) = args
     N = x.shape[0]
     F, OH, OW = out.shape[1], out.shape[2], out.shape[3]
     for n in range((t * N) // T, ((t + 1) * N) // T):
         conv2 = out[n].reshape(F, OH * OW)
         col = cols[n] if keep else cols[t]
         conv_sample(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr,
-                     dh, dw, groups, OH, OW, direct)
+                     dh, dw, groups, OH, OW, direct_at)
         o = out[n].reshape(F * OH * OW)
         _relu_span(o, o, 0, o.size)
 
@@ -235,7 +235,7 @@ def conv2d_relu_forward(x, w, b, stride, padding, dilation, groups, workspace=No
         cols, keep = _columns(x, w, geo, OH, OW, workspace, direct)
         per_thread.run(_conv_relu_forward_thread, T,
                        (x, _as_matrix(w), bias, has_bias, out, cols, keep, T, *geo, groups,
-                        direct))
+                        direct_address(direct, x.dtype)))
         kept = cols if keep else None
     return out, (x, w, has_bias, geo, groups, out, kept, workspace)
 
@@ -295,7 +295,8 @@ def _pooled_forward(conv, workspace, full_index):
     cols, keep = _columns(x, w, geo, OH, OW, workspace, direct)
     per_thread.run(_conv_relu_pool_forward_thread, T,
                    (x, _as_matrix(w), bias, has_bias, out, index, full_index, cols, keep, convs,
-                    *geo, groups, direct, _pool_argument(pool, OH, OW, PH, PW)))
+                    *geo, groups, direct_address(direct, x.dtype),
+                    _pool_argument(pool, OH, OW, PH, PW)))
     return out, index, (cols if keep else None)
 
 
