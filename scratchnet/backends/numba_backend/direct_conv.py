@@ -50,10 +50,10 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.core.errors import TypingError
-from numba.experimental.function_type import _get_jit_address
 from numba.extending import intrinsic
 
 from . import precompile
+from .per_thread import call_at, compiled_address
 
 __all__ = ["applies", "address", "call", "conv_direct_sample", "FILTERS", "VECTORS"]
 
@@ -251,9 +251,7 @@ def address(dtype):
         return 0
     key = np.dtype(dtype).name
     if key not in _ADDRESSES:
-        argtypes = _argument_types(dtype)
-        conv_direct_sample.compile(argtypes)
-        _ADDRESSES[key] = _get_jit_address(conv_direct_sample, types.void(*argtypes))
+        _ADDRESSES[key] = compiled_address(conv_direct_sample, _argument_types(dtype))
     return _ADDRESSES[key]
 
 
@@ -271,11 +269,8 @@ def call(typingctx, at, args):
         raise TypingError(f"direct_conv.call: argument types {args.types}, expected {argtypes}")
 
     def codegen(context, builder, signature, llargs):
-        function_type = context.call_conv.get_function_type(types.void, list(argtypes))
-        function = builder.inttoptr(llargs[0], function_type.as_pointer())
         values = [builder.extract_value(llargs[1], i) for i in range(len(argtypes))]
-        # the status is not looked at: the kernel cannot raise (no allocation, in-bounds indexing)
-        context.call_conv.call_function(builder, function, types.void, list(argtypes), values)
+        call_at(context, builder, llargs[0], list(argtypes), values)
         return context.get_dummy_value()
 
     return types.void(types.int64, args), codegen

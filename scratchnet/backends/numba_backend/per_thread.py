@@ -56,6 +56,26 @@ def _launch(entry, T, env):
         _call_entry(entry, np.int64(t), env)
 
 
+def compiled_address(function, argtypes):
+    """Address of ``function`` (an ``@njit`` dispatcher, void result) compiled for ``argtypes``
+    (or loaded from the on-disk cache), in Numba's calling convention: for ``call_at``."""
+    function.compile(argtypes)
+    return _get_jit_address(function, types.void(*argtypes))
+
+
+def call_at(context, builder, address, argtypes, values):
+    """Codegen: call the compiled function at ``address`` (an i64 value from
+    ``compiled_address``) with ``values`` of ``argtypes``.
+
+    The status is not looked at: the functions called this way (the workers, direct_conv's
+    kernel) index within bounds by construction, and the only thing in them that could raise
+    is a failed small allocation (the general pool scan's two np.empty).
+    """
+    function = builder.inttoptr(
+        address, context.call_conv.get_function_type(types.void, argtypes).as_pointer())
+    context.call_conv.call_function(builder, function, types.void, argtypes, values)
+
+
 @intrinsic
 def _entry_and_env(typingctx, address, args):
     """(entry, env) for ``_launch``: env points to a copy of (address, args) on the caller's
@@ -79,15 +99,7 @@ def _entry_and_env(typingctx, address, args):
             env_in = body.inttoptr(env_address, env_type.as_pointer())
             worker_address = body.load(cgutils.gep_inbounds(body, env_in, 0, 0))
             args_value = body.load(cgutils.gep_inbounds(body, env_in, 0, 1))
-            argtypes = [types.int64, args_type]
-            worker = body.inttoptr(
-                worker_address,
-                context.call_conv.get_function_type(types.void, argtypes).as_pointer())
-            # the status is not looked at: the workers index within bounds by construction,
-            # and the only thing in them that could raise is a failed small allocation (the
-            # general pool scan's two np.empty)
-            context.call_conv.call_function(body, worker, types.void, argtypes,
-                                            [t, args_value])
+            call_at(context, body, worker_address, [types.int64, args_type], [t, args_value])
             body.ret_void()
         return context.make_tuple(builder, signature.return_type,
                                   [builder.ptrtoint(entry, i64), builder.ptrtoint(env, i64)])
@@ -116,10 +128,9 @@ def _address(worker, args):
     key = (worker, _dispatcher.compute_fingerprint(args))
     address = _ADDRESSES.get(key)
     if address is None:
-        signature = types.void(types.int64, numba.typeof(args))
-        precompile.before_compile(worker, signature.args)  # the helper process may have it
-        worker.compile(signature.args)  # or load it from the on-disk cache
-        address = _ADDRESSES[key] = _get_jit_address(worker, signature)
+        argtypes = (types.int64, numba.typeof(args))
+        precompile.before_compile(worker, argtypes)  # the helper process may have it
+        address = _ADDRESSES[key] = compiled_address(worker, argtypes)
     return address
 
 
