@@ -29,7 +29,14 @@ CASES = [
     (None, 3, 9, 8, 5, 5, 2, 2, 1, 1, True),
     (None, 2, 4, 6, 2, 1, 2, 0, 1, 2, False),
     (3, 6, 13, 11, 9, 3, (2, 3), 1, (1, 2), 3, True),
+    # stride 1, OW == W with a kernel wider than the image: column rows with no valid entry
+    (2, 3, 2, 1, 4, 5, 1, 2, 1, 1, True),
+    # backward in several channel chunks (see test_chunked_cases_take_several_chunks):
+    # grouped and same-width, then strided and padded
+    (2, 80, 12, 12, 6, 5, 1, 2, 1, 2, True),
+    (2, 200, 20, 20, 3, 3, 2, 1, 1, 1, False),
 ]
+CHUNKED_CASES = CASES[-2:]
 
 
 def case_id(case):
@@ -268,7 +275,8 @@ from scratchnet.backends.numpy_backend import conv as npc
 
 rng = np.random.default_rng(0)
 confs = [(((2, 1), (1, 0, 2, 1), (1, 2), 2), (6, 2, 3, 2)),  # strided, padded, dilated, grouped
-         (((1, 1), (0, 0, 0, 0), (1, 1), 1), (5, 4, 1, 1))]  # the pointwise shortcut
+         (((1, 1), (0, 0, 0, 0), (1, 1), 1), (5, 4, 1, 1)),  # the pointwise shortcut
+         (((1, 1), (1, 1, 2, 2), (1, 2), 1), (3, 4, 3, 3))]  # same width: OW == W
 for dtype in (np.float64, np.float32):
     for conf, wshape in confs:
         x = rng.standard_normal((3, 4, 6, 5)).astype(dtype)
@@ -294,3 +302,83 @@ def test_numba_kernels_correct_without_jit():
     result = subprocess.run([sys.executable, "-c", _NO_JIT_SCRIPT], env=env, cwd=root,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+def _unfold_reference(x_n, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, OH, OW):
+    """im2col by its definition: col[(c·KH+kh)·KW+kw, oh·OW+ow] = padded x_n at the tap."""
+    xp = np.pad(x_n, ((0, 0), (pt, pb), (pl, pr)))
+    C = x_n.shape[0]
+    col = np.empty((C, KH, KW, OH, OW), x_n.dtype)
+    for kh in range(KH):
+        for kw in range(KW):
+            col[:, kh, kw] = xp[:, kh * dh:kh * dh + sh * (OH - 1) + 1:sh,
+                                kw * dw:kw * dw + sw * (OW - 1) + 1:sw]
+    return col.reshape(C * KH * KW, OH * OW)
+
+
+# (C, H, W, KH, KW, dh, dw, pt, pb, pl, pr): stride 1 with OW == W, which takes the span copy
+SAME_WIDTH = [
+    (3, 14, 14, 5, 5, 1, 1, 2, 2, 2, 2),    # widecnn's conv2, scaled down in C
+    (2, 6, 7, 2, 4, 2, 1, 1, 1, 1, 2),     # even kernel, uneven padding, dilated
+    (2, 3, 1, 5, 5, 1, 1, 2, 2, 2, 2),     # one column: most rows wrap or are padding
+    (1, 2, 2, 3, 5, 1, 1, 0, 0, 2, 2),     # taps entirely outside the image
+    (2, 5, 6, 3, 3, 2, 2, 2, 2, 2, 2),     # dilation 2 in both directions
+]
+
+
+@pytest.mark.parametrize("same_width", [True, None])
+@pytest.mark.parametrize("geo", SAME_WIDTH, ids=str)
+def test_same_width_unfold_and_fold(geo, same_width):
+    """im2col_sample / col2im_sample, compiled, with the same-width loops (same_width True)
+    and the general ones (None), against the definition and its adjoint (summed with
+    np.add.at), starting from NaN-filled and random buffers so a missed entry shows."""
+    from numba import njit
+
+    from scratchnet.backends.numba_backend import conv as nb
+
+    @njit
+    def unfold(x_n, col, geo, OH, OW, same_width):
+        KH, KW, pt, pl, dh, dw = geo
+        nb.im2col_sample(x_n, col, KH, KW, 1, 1, pt, pl, dh, dw, OH, OW, same_width)
+
+    @njit
+    def fold(dcol, dx_n, geo, OH, OW, same_width):
+        KH, KW, pt, pl, dh, dw = geo
+        nb.col2im_sample(dcol, dx_n, KH, KW, 1, 1, pt, pl, dh, dw, OH, OW, same_width)
+
+    C, H, W, KH, KW, dh, dw, pt, pb, pl, pr = geo
+    OH = nb.out_size(H, pt, pb, KH, 1, dh)
+    OW = nb.out_size(W, pl, pr, KW, 1, dw)
+    assert nb.unfold_path((KH, KW, 1, 1, pt, pb, pl, pr, dh, dw), W, OW) is True
+    rng = np.random.default_rng(0)
+    x_n = rng.standard_normal((C, H, W))
+    col = np.full((C * KH * KW, OH * OW), np.nan)
+    short = (KH, KW, pt, pl, dh, dw)
+    unfold(x_n, col, short, OH, OW, same_width)
+    want = _unfold_reference(x_n, KH, KW, 1, 1, pt, pb, pl, pr, dh, dw, OH, OW)
+    np.testing.assert_array_equal(col, want)
+
+    dcol = rng.standard_normal(col.shape)
+    dx_n = rng.standard_normal(x_n.shape)
+    expected = dx_n.copy()
+    xp = np.zeros((C, H + pt + pb, W + pl + pr))
+    taps = dcol.reshape(C, KH, KW, OH, OW)
+    for kh in range(KH):
+        for kw in range(KW):
+            xp[:, kh * dh:kh * dh + OH, kw * dw:kw * dw + OW] += taps[:, kh, kw]
+    expected += xp[:, pt:pt + H, pl:pl + W]
+    fold(dcol, dx_n, short, OH, OW, same_width)
+    np.testing.assert_allclose(dx_n, expected, rtol=1e-13, atol=1e-13)
+
+
+def test_unfold_path_rule():
+    """The same-width loops are taken for stride 1 with OW == W only: widecnn's convolutions
+    (5×5, padding 2), not digitcnn's (3×3 unpadded) nor a strided one."""
+    from scratchnet.backends.numba_backend.conv import forward_path, unfold_path
+
+    same = (5, 5, 1, 1, 2, 2, 2, 2, 1, 1)
+    assert unfold_path(same, 14, 14) is True and unfold_path(same, 28, 28) is True
+    assert unfold_path((3, 3, 1, 1, 0, 0, 0, 0, 1, 1), 13, 11) is None
+    assert unfold_path((3, 3, 2, 2, 1, 1, 1, 1, 1, 1), 14, 7) is None
+    assert unfold_path((1, 3, 1, 2, 0, 0, 1, 1, 1, 1), 8, 4) is None  # sw 2
+    assert forward_path(False, np.float32, same, 14, 14) is True

@@ -18,11 +18,13 @@ from scratchnet.nn.module import backward_to_params
 from tests.helpers import BACKENDS, DTYPES
 
 # (x shape, w shape, stride, padding (t, b, l, r), dilation, groups): a plain 3×3, a padded
-# strided grouped one, and a 1×1 (im2col is the identity there)
+# strided grouped one, a 1×1 (im2col is the identity there) and a grouped one whose backward
+# runs in several channel chunks (conv.channels_per_chunk)
 CONVS = [
     ((3, 1, 10, 9), (4, 1, 3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1),
     ((2, 4, 9, 8), (6, 2, 3, 2), (2, 1), (1, 1, 2, 0), (1, 2), 2),
     ((4, 3, 7, 7), (5, 3, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    ((2, 80, 12, 12), (4, 40, 5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 2),
 ]
 POOL = ((2, 2), (2, 2), (0, 0), (1, 1), False)
 

@@ -6,8 +6,13 @@ and a private column buffer; for each sample it unfolds the input into ``col``
 already NCHW, so no transposes are needed. Backward recomputes ``col`` (cheaper than keeping
 N column matrices alive between passes: the per-thread buffer stays in cache), adds
 ``dout[n] @ colᵀ`` into a per-thread dW partial, and scatters ``Wᵀ @ dout[n]`` back into
-``dx[n]`` (col2im). Partials are summed after the parallel loop, so no two threads ever write
-the same memory.
+``dx[n]`` (col2im), a chunk of input channels at a time so each chunk's rows stay in L2
+(channels_per_chunk). Partials are summed after the parallel loop, so no two threads ever
+write the same memory.
+
+im2col and col2im have two loops: one output row at a time (any geometry), and for stride 1
+with OW == W ("same" padding) one contiguous span per column row (unfold_path). Like the direct
+kernel, the choice reaches compiled code as an argument's type, so a worker holds one loop.
 
 One sample's forward and backward (``conv_sample``, ``conv_backward_sample``, built from
 ``im2col_sample``, the GEMM helpers, ``col2im_sample`` ...) are plain ``@njit`` helpers that
@@ -16,7 +21,7 @@ the fused kernels (conv + bias + ReLU + pool) call from their own per-thread wor
 
 The forward pass of a layer that ``direct_conv.applies`` to (stride 1, no padding, one group,
 few filters, rows that fill vectors: lenet's two convolutions) runs
-direct_conv's register-blocked kernel instead of im2col + GEMM (``conv_sample(..., direct_at)``)
+direct_conv's register-blocked kernel instead of im2col + GEMM (``conv_sample(..., path)``)
 and needs no columns; its backward pass is the one here.
 
 Column layout: row ``(c·KH + kh)·KW + kw``, column ``oh·OW + ow``; the rows of group ``g`` are
@@ -62,13 +67,24 @@ def is_pointwise(KH, KW, sh, sw, pt, pb, pl, pr):
             and pt == 0 and pb == 0 and pl == 0 and pr == 0)
 
 
-@njit(cache=True)
-def im2col_sample(x_n, col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW):
+def im2col_sample(x_n, col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, same_width):
     """Unfold one sample: col[(c·KH+kh)·KW+kw, oh·OW+ow] = x_n[c, oh·sh+kh·dh-pt, ow·sw+kw·dw-pl].
 
     x_n (C, H, W); col (C·KH·KW, OH·OW), fully overwritten (zeros where the window hits padding).
-    Both C-contiguous.
+    Both C-contiguous. same_width: ``unfold_path(...)`` of the layer, None or True (see
+    _im2col_spans); compiled code picks the loop from its *type*, so a worker holds one loop.
     """
+    path = _im2col_rows if same_width is None else _im2col_spans
+    path(x_n, col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, same_width)
+
+
+@overload(im2col_sample, jit_options={"cache": True})
+def _im2col_sample_nopython(x_n, col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, same_width):
+    return _im2col_rows if isinstance(same_width, types.NoneType) else _im2col_spans
+
+
+def _im2col_rows(x_n, col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, same_width):
+    """im2col_sample one output row at a time (any geometry)."""
     C, H, W = x_n.shape
     P = OH * OW
     xf = x_n.reshape(C * H * W)
@@ -103,9 +119,23 @@ def im2col_sample(x_n, col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW):
                         cf[U(d + ow)] = 0
 
 
-@njit(cache=True)
-def col2im_sample(dcol, dx_n, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW):
-    """Adjoint of im2col_sample: add dcol (C·KH·KW, OH·OW) into dx_n (C, H, W) (not zeroed here)."""
+def col2im_sample(dcol, dx_n, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, same_width):
+    """Adjoint of im2col_sample: add dcol (C·KH·KW, OH·OW) into dx_n (C, H, W) (not zeroed here).
+
+    dcol is scratch: the same-width loop zeroes some of its entries on the way. same_width as
+    in im2col_sample.
+    """
+    path = _col2im_rows if same_width is None else _col2im_spans
+    path(dcol, dx_n, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, same_width)
+
+
+@overload(col2im_sample, jit_options={"cache": True})
+def _col2im_sample_nopython(dcol, dx_n, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, same_width):
+    return _col2im_rows if isinstance(same_width, types.NoneType) else _col2im_spans
+
+
+def _col2im_rows(dcol, dx_n, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, same_width):
+    """col2im_sample one output row at a time (any geometry)."""
     C, H, W = dx_n.shape
     P = OH * OW
     df = dcol.reshape(dcol.size)
@@ -121,12 +151,85 @@ def col2im_sample(dcol, dx_n, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW):
                 for oh in range(oh_lo, oh_hi):
                     d = r0 + oh * OW
                     s = (c * H + oh * sh + off_h) * W + off_w
-                    if sw == 1:  # contiguous: vectorised (see im2col_sample)
+                    if sw == 1:  # contiguous: vectorised (see _im2col_rows)
                         for ow in range(ow_lo, ow_hi):
                             xf[U(s + ow)] += df[U(d + ow)]
                     else:
                         for ow in range(ow_lo, ow_hi):
                             xf[U(s + ow * sw)] += df[U(d + ow)]
+
+
+def unfold_path(geo, W, OW):
+    """im2col_sample's ``same_width``: True for stride 1 with OW == W, else None."""
+    sh, sw = geo[2], geo[3]
+    return True if sh == 1 and sw == 1 and OW == W else None
+
+
+# Stride 1 with OW == W ("same" padding: widecnn's convolutions). Column rows and image rows
+# then share the pitch W, so one column row's valid entries lie at a constant offset from
+# their pixels: one contiguous span per (c, kh, kw) instead of one short copy per output row
+# (OW = 14 leaves an 8-wide vector loop mostly in its scalar remainder). The span also covers
+# the entries that wrap from one image row into the next; those are then set to zero.
+# widecnn's conv2 per sample on one core: im2col 350 -> 147 us, col2im 247 -> 159 us. A
+# layer's workers compile only the loop it uses: both in every worker cost 4-6 s more
+# compile time per model, and one loop serving both cases ran 2x slower on either.
+
+@njit(cache=True)
+def _same_width_span(c, kh, kw, KH, KW, H, W, pt, pl, dh, dw, OH, OW):
+    """(r0, d0, d1, shift, oh_lo, oh_hi, ow_lo, ow_hi) of one column row in the same-width
+    case: the row starts at flat r0, its valid entries lie in [d0, d1) (empty: d0 == d1) and
+    entry p reads pixel p + shift."""
+    r0 = ((c * KH + kh) * KW + kw) * OH * OW
+    off_h = kh * dh - pt
+    off_w = kw * dw - pl
+    oh_lo, oh_hi = _valid_range(off_h, 1, H, OH)
+    ow_lo, ow_hi = _valid_range(off_w, 1, W, OW)
+    if oh_lo >= oh_hi or ow_lo >= ow_hi:
+        return r0, r0, r0, 0, oh_lo, oh_lo, ow_lo, ow_lo
+    d0 = r0 + oh_lo * OW + ow_lo
+    d1 = r0 + (oh_hi - 1) * OW + ow_hi
+    return r0, d0, d1, (c * H + off_h) * W + off_w - r0, oh_lo, oh_hi, ow_lo, ow_hi
+
+
+def _im2col_spans(x_n, col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, same_width):
+    """im2col_sample for stride 1 and OW == W, a span per column row."""
+    C, H, W = x_n.shape
+    P = OH * OW
+    xf = x_n.reshape(C * H * W)
+    cf = col.reshape(col.size)
+    for c in range(C):
+        for kh in range(KH):
+            for kw in range(KW):
+                r0, d0, d1, shift, oh_lo, oh_hi, ow_lo, ow_hi = _same_width_span(
+                    c, kh, kw, KH, KW, H, W, pt, pl, dh, dw, OH, OW)
+                for p in range(r0, d0):
+                    cf[U(p)] = 0
+                for p in range(d0, d1):
+                    cf[U(p)] = xf[U(p + shift)]
+                for p in range(d1, r0 + P):
+                    cf[U(p)] = 0
+                for oh in range(oh_lo, oh_hi - 1):  # the entries wrapped between image rows
+                    for p in range(r0 + oh * OW + ow_hi, r0 + (oh + 1) * OW + ow_lo):
+                        cf[U(p)] = 0
+
+
+def _col2im_spans(dcol, dx_n, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, same_width):
+    """col2im_sample for stride 1 and OW == W: zero the span's wrapped entries of dcol, then
+    add the span. Each pixel gets its terms in _col2im_rows's order, plus zeros from the
+    wrapped entries: the same sums, except that a -0.0 pixel may read +0.0."""
+    C, H, W = dx_n.shape
+    df = dcol.reshape(dcol.size)
+    xf = dx_n.reshape(C * H * W)
+    for c in range(C):
+        for kh in range(KH):
+            for kw in range(KW):
+                r0, d0, d1, shift, oh_lo, oh_hi, ow_lo, ow_hi = _same_width_span(
+                    c, kh, kw, KH, KW, H, W, pt, pl, dh, dw, OH, OW)
+                for oh in range(oh_lo, oh_hi - 1):
+                    for p in range(r0 + oh * OW + ow_hi, r0 + (oh + 1) * OW + ow_lo):
+                        df[U(p)] = 0
+                for p in range(d0, d1):
+                    xf[U(p + shift)] += df[U(p)]
 
 
 @njit(cache=True)
@@ -139,34 +242,19 @@ def gemm_forward_sample(w2, col, out2, groups):
              False, False, 1.0, 0.0)
 
 
-@njit(cache=True)
-def gemm_backward_sample(w2, col, dout2, dwT, dcol, groups):
-    """dwT += (dout2 @ colᵀ)ᵀ and dcol = w2ᵀ @ dout2, per group.
-
-    w2 (F, Cg·KH·KW); dwT (groups, Cg·KH·KW, F // groups), the weight gradient transposed
-    (see gemm_weight_grad_sample); col, dcol (C·KH·KW, P); dout2 (F, P).
-    """
-    F, CgKK = w2.shape
-    Fg = F // groups
-    for g in range(groups):
-        f0, f1, r0, r1 = g * Fg, (g + 1) * Fg, g * CgKK, (g + 1) * CgKK
-        gemm(col[r0:r1], dout2[f0:f1], dwT[g], False, True, 1.0, 1.0)
-        gemm(w2[f0:f1], dout2[f0:f1], dcol[r0:r1], True, False, 1.0, 0.0)
+# Backward works through a sample's input channels in chunks whose column rows take at most
+# this many bytes: the weight-gradient GEMM, the input-gradient GEMM and col2im then pass
+# each chunk between them while it is still in the core's L2 cache (512 KB here) instead of
+# streaming whole (C·KH·KW, OH·OW) buffers through L3 (2.9 MB per sample for widecnn's conv2,
+# whose backward went from a median 104 to 82-86 ms per batch of 50 on two threads; chunks of
+# 256 KB to 1 MB measured alike). Every smaller layer here is one chunk.
+BACKWARD_CHUNK_BYTES = 512 << 10
 
 
 @njit(cache=True)
-def gemm_weight_grad_sample(col, dout2, dwT, groups):
-    """dwT[g] += col_g @ dout2_gᵀ per group: the weight gradient, transposed.
-
-    dwT (groups, Cg·KH·KW, F // groups). Why transposed: OpenBLAS ran ``col @ doutᵀ``
-    (M = Cg·KH·KW, N = F) at 124-126 GFLOP/s on one core against 95 for ``dout @ colᵀ``
-    (M = F, N = Cg·KH·KW) at digitcnn's and widecnn's conv2 shapes; weight_grad() transposes
-    the summed partials back once per step.
-    """
-    G, CgKK, Fg = dwT.shape
-    for g in range(G):
-        f0, f1, r0, r1 = g * Fg, (g + 1) * Fg, g * CgKK, (g + 1) * CgKK
-        gemm(col[r0:r1], dout2[f0:f1], dwT[g], False, True, 1.0, 1.0)
+def channels_per_chunk(Cg, taps, P, itemsize):
+    """Input channels per backward chunk: as many as fit BACKWARD_CHUNK_BYTES, at least one."""
+    return max(1, min(Cg, BACKWARD_CHUNK_BYTES // max(1, taps * P * itemsize)))
 
 
 def weight_grad_partials(T, w, groups, dtype):
@@ -214,68 +302,99 @@ def add_row_sums_sample(dout2, db):
 
 
 def conv_sample(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw,
-                groups, OH, OW, direct_at):
+                groups, OH, OW, path):
     """conv2 (F, OH·OW) = conv(x[n]) + bias; col is this thread's column buffer.
 
-    direct_at: None (im2col + GEMM), or ``direct_conv.address(dtype)`` for a layer
-    direct_conv.applies to: its direct kernel computes conv2 then (b zeros for a layer without
-    bias) and col is unused. Why None and not 0: compiled code picks the path from the
+    path (``forward_path(...)``): None or True, im2col + GEMM (True: the same-width im2col, see
+    unfold_path); or ``direct_conv.address(dtype)`` for a layer direct_conv.applies to: its
+    direct kernel computes conv2 then (b zeros for a layer without bias) and col is unused.
+    Why None and an int address rather than flags: compiled code picks the path from the
     argument's *type* (as pool.pool_planes does), so a worker compiled for a direct layer holds
     no im2col or GEMM code (lenet's forward worker: 2 s to compile here instead of 8) and one
-    for another layer no direct call. This body runs with the JIT off, where direct_at is None.
+    for another layer no direct call. This body runs with the JIT off, where path is not an
+    address.
     """
-    path = _im2col_gemm if direct_at is None else _direct
-    path(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups,
-         OH, OW, direct_at)
+    run = _direct if isinstance(path, int) and not isinstance(path, bool) else _im2col_gemm
+    run(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups,
+        OH, OW, path)
 
 
 @overload(conv_sample, jit_options={"cache": True})
 def _conv_sample_nopython(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr,
-                          dh, dw, groups, OH, OW, direct_at):
+                          dh, dw, groups, OH, OW, path):
     # the paths themselves are the implementations: a wrapper calling them would be one more
     # function whose module LLVM optimises again with theirs inside (1 s more here)
-    return _im2col_gemm if isinstance(direct_at, types.NoneType) else _direct
+    return _direct if isinstance(path, types.Integer) else _im2col_gemm
 
 
 def _im2col_gemm(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw,
-                 groups, OH, OW, direct_at):
-    """conv_sample by im2col into col and a GEMM per group (direct_at is None)."""
+                 groups, OH, OW, path):
+    """conv_sample by im2col into col and a GEMM per group (path: im2col's same_width)."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     if is_pointwise(KH, KW, sh, sw, pt, pb, pl, pr):
         col = x[n].reshape(C, H * W)
     else:
-        im2col_sample(x[n], col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
+        im2col_sample(x[n], col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, path)
     gemm_forward_sample(w2, col, conv2, groups)
     if has_bias:
         add_bias_sample(conv2, b)
 
 
 def _direct(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups,
-            OH, OW, direct_at):
-    """conv_sample by the direct kernel at address direct_at (compiled code only)."""
-    direct_conv.call(direct_at, (x, n, w2, b, conv2, KH, KW, OH, OW))
+            OH, OW, path):
+    """conv_sample by the direct kernel at address ``path`` (compiled code only)."""
+    direct_conv.call(path, (x, n, w2, b, conv2, KH, KW, OH, OW))
 
 
 @njit(cache=True)
 def conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dwT, db, col, dcol, KH, KW, sh, sw,
-                         pt, pb, pl, pr, dh, dw, groups, OH, OW, unfold, input_grad):
+                         pt, pb, pl, pr, dh, dw, groups, OH, OW, unfold, input_grad,
+                         same_width):
     """Add sample n's share of dW and db into this thread's partials and, if ``input_grad``,
-    write dx[n]. ``unfold``: col must be filled by im2col first (False when it was kept)."""
+    write dx[n]. ``unfold``: col must be filled by im2col first (False when it was kept);
+    same_width: im2col_sample's.
+
+    dwT (groups, Cg·KH·KW, F // groups) is the weight gradient transposed: OpenBLAS ran
+    ``col @ doutᵀ`` (M = Cg·KH·KW, N = F) at 124-126 GFLOP/s on one core against 95 for
+    ``dout @ colᵀ`` at digitcnn's and widecnn's conv2 shapes; weight_grad() transposes the
+    summed partials back once per step. Per group and chunk of input channels
+    (channels_per_chunk): unfold the chunk's rows into col, dwT rows += col_rows @ doutᵀ,
+    dcol_rows = W_rowsᵀ @ dout, col2im them into the chunk's channels of dx[n]. No sum is
+    split by the chunks, so they change no number.
+    """
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     pointwise = is_pointwise(KH, KW, sh, sw, pt, pb, pl, pr)
-    if pointwise:
-        col = x[n].reshape(C, H * W)
-    elif unfold:
-        im2col_sample(x[n], col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
-    if input_grad:
-        if pointwise:
-            # col2im is the identity: the GEMM writes dx[n] directly
-            dcol = dx[n].reshape(C, H * W)
-        gemm_backward_sample(w2, col, dconv2, dwT, dcol, groups)
-        if not pointwise:
-            col2im_sample(dcol, dx[n], KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
-    else:
-        gemm_weight_grad_sample(col, dconv2, dwT, groups)
+    taps = KH * KW
+    Cg = C // groups
+    Fg = w2.shape[0] // groups
+    step = channels_per_chunk(Cg, taps, OH * OW, dcol.itemsize)
+    x2 = x[n].reshape(C, H * W)
+    for g in range(groups):
+        dout_g = dconv2[g * Fg:(g + 1) * Fg]
+        for c0 in range(0, Cg, step):
+            c1 = min(Cg, c0 + step)
+            a, b = g * Cg + c0, g * Cg + c1  # this chunk's channels of x
+            r0, r1 = c0 * taps, c1 * taps  # and its rows of w2[group] and dwT[g]
+            if pointwise:
+                rows = x2[a:b]  # im2col is the identity
+            elif unfold:
+                rows = col[:(b - a) * taps]
+                im2col_sample(x[n, a:b], rows, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW,
+                              same_width)
+            else:
+                rows = col[a * taps:b * taps]
+            gemm(rows, dout_g, dwT[g, r0:r1], False, True, 1.0, 1.0)
+            if not input_grad:
+                continue
+            w_rows = w2[g * Fg:(g + 1) * Fg, r0:r1]
+            if pointwise:
+                # col2im is the identity too: the GEMM writes dx[n]'s channels directly
+                gemm(w_rows, dout_g, dx[n].reshape(C, H * W)[a:b], True, False, 1.0, 0.0)
+            else:
+                drows = dcol[:(b - a) * taps]
+                gemm(w_rows, dout_g, drows, True, False, 1.0, 0.0)
+                col2im_sample(drows, dx[n, a:b], KH, KW, sh, sw, pt, pl, dh, dw, OH, OW,
+                              same_width)
     if has_bias:
         add_row_sums_sample(dconv2, db)
 
@@ -285,13 +404,13 @@ def _conv2d_forward_thread(t, args):
     """Thread t's samples of out (N, F, OH, OW) = conv(x (N, C, H, W)); cols (T, C·KH·KW,
     OH·OW) one buffer per thread."""
     (x, w2, b, has_bias, out, cols, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups,
-     direct_at) = args
+     path) = args
     N = x.shape[0]
     F, OH, OW = out.shape[1], out.shape[2], out.shape[3]
     T = cols.shape[0]
     for n in range((t * N) // T, ((t + 1) * N) // T):
         conv_sample(x, n, w2, b, has_bias, cols[t], out[n].reshape(F, OH * OW), KH, KW, sh, sw,
-                    pt, pb, pl, pr, dh, dw, groups, OH, OW, direct_at)
+                    pt, pb, pl, pr, dh, dw, groups, OH, OW, path)
 
 
 @njit(cache=True)
@@ -299,14 +418,14 @@ def _conv2d_backward_thread(t, args):
     """Thread t's samples of dx (N, C, H, W), zeroed by the caller (untouched without
     input_grad), and its partials dw_part[t] (groups, Cg·KH·KW, F // groups), db_part[t] (F,)."""
     (x, w2, dout, has_bias, dx, dw_part, db_part, cols, dcols, KH, KW, sh, sw, pt, pb, pl, pr,
-     dh, dw, groups, input_grad) = args
+     dh, dw, groups, input_grad, same_width) = args
     N = x.shape[0]
     F, OH, OW = dout.shape[1], dout.shape[2], dout.shape[3]
     T = cols.shape[0]
     for n in range((t * N) // T, ((t + 1) * N) // T):
         conv_backward_sample(x, n, w2, dout[n].reshape(F, OH * OW), has_bias, dx, dw_part[t],
                              db_part[t], cols[t], dcols[t], KH, KW, sh, sw, pt, pb, pl, pr,
-                             dh, dw, groups, OH, OW, True, input_grad)
+                             dh, dw, groups, OH, OW, True, input_grad, same_width)
 
 
 def _kernel_array(a, dtype):
@@ -338,9 +457,10 @@ def uses_direct(x, w, geo, groups, OW):
     return direct_conv.applies(w.shape, geo, groups, OW, x.dtype)
 
 
-def direct_address(direct, dtype):
-    """conv_sample's ``direct_at``: the direct kernel's address when ``direct``, else None."""
-    return direct_conv.address(dtype) if direct else None
+def forward_path(direct, dtype, geo, W, OW):
+    """conv_sample's ``path``: the direct kernel's address when ``direct``, else
+    unfold_path(geo, W, OW)."""
+    return direct_conv.address(dtype) if direct else unfold_path(geo, W, OW)
 
 
 def _cols_shape(T, C, OH, OW, geo, direct=False):
@@ -386,7 +506,7 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     cols = np.zeros(_cols_shape(T, C, OH, OW, geo, direct), dtype=dtype)
     per_thread.run(_conv2d_forward_thread, T,
                    (x, _as_matrix(w), bias, has_bias, out, cols, *geo, groups,
-                    direct_address(direct, dtype)))
+                    forward_path(direct, dtype, geo, W, OW)))
     return out, cache
 
 
@@ -416,7 +536,7 @@ def conv2d_backward(dout, cache, input_grad=True):
         dcols = np.zeros_like(cols)
         per_thread.run(_conv2d_backward_thread, T,
                        (x, _as_matrix(w), dout, has_bias, dx, dw_part, db_part, cols, dcols,
-                        *geo, groups, input_grad))
+                        *geo, groups, input_grad, unfold_path(geo, W, OW)))
     dw = weight_grad(dw_part, w.shape)
     db = db_part.sum(axis=0) if has_bias else None
     return (dx if input_grad else None), dw, db

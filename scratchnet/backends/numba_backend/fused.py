@@ -38,7 +38,7 @@ from . import per_thread
 from .activation import (_relu_backward_parallel, _relu_backward_span, _relu_parallel,
                          _relu_span, launch)
 from .conv import (_as_matrix, _geometry, _kernel_array, _n_threads, conv_backward_sample,
-                   conv_sample, direct_address, is_pointwise, out_size, uses_direct,
+                   conv_sample, forward_path, is_pointwise, out_size, unfold_path, uses_direct,
                    weight_grad, weight_grad_partials)
 from .pool import is_plain_2x2, pool_planes
 
@@ -64,7 +64,7 @@ def _conv_relu_pool_forward_thread(t, args):
     convs: (T, F, OH, OW) per-thread conv output.
     """
     (x, w2, b, has_bias, out, index, full_index, cols, keep, convs, KH, KW, sh, sw, pt, pb,
-     pl, pr, dh, dw, groups, direct_at, pool) = args
+     pl, pr, dh, dw, groups, path, pool) = args
     N = x.shape[0]
     F, OH, OW = convs.shape[1], convs.shape[2], convs.shape[3]
     PH, PW = out.shape[2], out.shape[3]
@@ -74,7 +74,7 @@ def _conv_relu_pool_forward_thread(t, args):
     for n in range((t * N) // T, ((t + 1) * N) // T):
         col = cols[n] if keep else cols[t]
         conv_sample(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr,
-                     dh, dw, groups, OH, OW, direct_at)
+                     dh, dw, groups, OH, OW, path)
         idx = index[n] if full_index else index[t]
         pool_planes(conv3, pool, out[n], idx)
         o = out[n].reshape(F * PH * PW)
@@ -86,7 +86,7 @@ def _conv_relu_pool_backward_thread(t, args):
     """Thread t's samples of the pooled backward. kept: cols holds every sample's columns from
     forward (N slots), else T scratch slots."""
     (x, w2, dout, out, index, has_bias, dx, dw_part, db_part, cols, dcols, dconvs, KH, KW, sh,
-     sw, pt, pb, pl, pr, dh, dw, groups, OH, OW, kept, input_grad) = args
+     sw, pt, pb, pl, pr, dh, dw, groups, OH, OW, kept, input_grad, same_width) = args
     N = x.shape[0]
     F = dconvs.shape[1]
     PH, PW = dout.shape[2], dout.shape[3]
@@ -107,7 +107,7 @@ def _conv_relu_pool_backward_thread(t, args):
         col = cols[n] if kept else cols[t]
         conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dw_part[t], db_part[t],
                               col, dcols[t], KH, KW, sh, sw, pt, pb, pl, pr,
-                              dh, dw, groups, OH, OW, not kept, input_grad)
+                              dh, dw, groups, OH, OW, not kept, input_grad, same_width)
 
 
 @njit(cache=True)
@@ -115,14 +115,14 @@ def _conv_relu_forward_thread(t, args):
     """Thread t's samples of out (N, F, OH, OW) = relu(conv(x) + b); cols as in the pooled
     worker."""
     (x, w2, b, has_bias, out, cols, keep, T, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups,
-     direct_at) = args
+     path) = args
     N = x.shape[0]
     F, OH, OW = out.shape[1], out.shape[2], out.shape[3]
     for n in range((t * N) // T, ((t + 1) * N) // T):
         conv2 = out[n].reshape(F, OH * OW)
         col = cols[n] if keep else cols[t]
         conv_sample(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr,
-                     dh, dw, groups, OH, OW, direct_at)
+                     dh, dw, groups, OH, OW, path)
         o = out[n].reshape(F * OH * OW)
         _relu_span(o, o, 0, o.size)
 
@@ -130,7 +130,7 @@ def _conv_relu_forward_thread(t, args):
 @njit(cache=True)
 def _conv_relu_backward_thread(t, args):
     (x, w2, dout, out, has_bias, dx, dw_part, db_part, cols, dcols, dconvs, KH, KW, sh, sw,
-     pt, pb, pl, pr, dh, dw, groups, kept, input_grad) = args
+     pt, pb, pl, pr, dh, dw, groups, kept, input_grad, same_width) = args
     N = x.shape[0]
     F, P = dconvs.shape[1], dconvs.shape[2]
     OH, OW = out.shape[2], out.shape[3]
@@ -142,7 +142,7 @@ def _conv_relu_backward_thread(t, args):
         col = cols[n] if kept else cols[t]
         conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dw_part[t], db_part[t],
                               col, dcols[t], KH, KW, sh, sw, pt, pb, pl, pr,
-                              dh, dw, groups, OH, OW, not kept, input_grad)
+                              dh, dw, groups, OH, OW, not kept, input_grad, same_width)
 
 
 def _conv_setup(x, w, b, stride, padding, dilation):
@@ -235,7 +235,7 @@ def conv2d_relu_forward(x, w, b, stride, padding, dilation, groups, workspace=No
         cols, keep = _columns(x, w, geo, OH, OW, workspace, direct)
         per_thread.run(_conv_relu_forward_thread, T,
                        (x, _as_matrix(w), bias, has_bias, out, cols, keep, T, *geo, groups,
-                        direct_address(direct, x.dtype)))
+                        forward_path(direct, x.dtype, geo, x.shape[3], OW)))
         kept = cols if keep else None
     return out, (x, w, has_bias, geo, groups, out, kept, workspace)
 
@@ -252,7 +252,8 @@ def conv2d_relu_backward(dout, cache, input_grad=True):
     if N > 0:
         per_thread.run(_conv_relu_backward_thread, T,
                        (x, _as_matrix(w), dout, out, has_bias, dx, dw_part, db_part, cols,
-                        dcols, dconvs, *geo, groups, kept is not None, input_grad))
+                        dcols, dconvs, *geo, groups, kept is not None, input_grad,
+                        unfold_path(geo, x.shape[3], OW)))
     return _finish(dx, dw_part, db_part, w, has_bias, input_grad)
 
 
@@ -295,7 +296,7 @@ def _pooled_forward(conv, workspace, full_index):
     cols, keep = _columns(x, w, geo, OH, OW, workspace, direct)
     per_thread.run(_conv_relu_pool_forward_thread, T,
                    (x, _as_matrix(w), bias, has_bias, out, index, full_index, cols, keep, convs,
-                    *geo, groups, direct_address(direct, x.dtype),
+                    *geo, groups, forward_path(direct, x.dtype, geo, x.shape[3], OW),
                     _pool_argument(pool, OH, OW, PH, PW)))
     return out, index, (cols if keep else None)
 
@@ -322,7 +323,7 @@ def conv2d_relu_maxpool2d_backward(dout, cache, input_grad=True):
         per_thread.run(_conv_relu_pool_backward_thread, T,
                        (x, _as_matrix(w), dout, out, index, has_bias, dx, dw_part, db_part,
                         cols, dcols, dconvs, *geo, groups, OH, OW, kept is not None,
-                        input_grad))
+                        input_grad, unfold_path(geo, x.shape[3], OW)))
     return _finish(dx, dw_part, db_part, w, has_bias, input_grad)
 
 
