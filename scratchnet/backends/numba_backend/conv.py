@@ -360,7 +360,8 @@ def conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dwT, db, col, dcol, KH,
     summed partials back once per step. Per group and chunk of input channels
     (channels_per_chunk): unfold the chunk's rows into col, dwT rows += col_rows @ doutᵀ,
     dcol_rows = W_rowsᵀ @ dout, col2im them into the chunk's channels of dx[n]. No sum is
-    split by the chunks, so they change no number.
+    split by the chunks, but OpenBLAS's rounding of an entry depends on the shape of the
+    product it is part of: widecnn's conv2 gradients differ from one-chunk ones in the last bit.
     """
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     pointwise = is_pointwise(KH, KW, sh, sw, pt, pb, pl, pr)
