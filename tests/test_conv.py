@@ -330,8 +330,9 @@ SAME_WIDTH = [
 @pytest.mark.parametrize("geo", SAME_WIDTH, ids=str)
 def test_same_width_unfold_and_fold(geo, same_width):
     """im2col_sample / col2im_sample, compiled, with the same-width loops (same_width True)
-    and the general ones (None), against the definition and its adjoint (summed with
-    np.add.at), starting from NaN-filled and random buffers so a missed entry shows."""
+    and the general ones (None), against the definition and its adjoint (each tap's plane
+    added into a padded image), starting from NaN-filled and random buffers so a missed entry
+    shows."""
     from numba import njit
 
     from scratchnet.backends.numba_backend import conv as nb

@@ -1,19 +1,19 @@
 """Direct convolution, register-blocked, for layers where im2col + GEMM is mostly overhead.
 
 Which layers (``applies``): stride 1, no padding or dilation, one group, a kernel larger than
-1×1, 4-20 filters, at most 256 taps (C·KH·KW), and output rows that split into vectors of
-``V`` values (8 float32 or 4 float64 in a 256-bit register) with at most 25 % recomputed. In
-the models: lenet's two convolutions. There the GEMM is small (M = F of 10 and 20, K = C·KH·KW
-of 25 and 250), so OpenBLAS runs it at 48-74 GFLOP/s on one core, and im2col costs nearly as
-much again. Per sample on one core, im2col + GEMM + bias against this kernel: lenet conv1
-11.5 µs against 7.1, lenet conv2 16.3 against 7.6 (84 GFLOP/s); lenet's inference at batch
-1000 went from 1.44x torch's throughput to 2.5x (benchmark suite, README). Where the GEMM is large it wins: widecnn's conv1 shape
-(150 filters) 86 µs against 100, its conv2 shape (3,750 taps, whose input no longer fits the
-core's L1 cache) 1.4 ms against 2.1, digitcnn's conv2 (OW = 11: 16 vector slots for 11
-outputs) 82 µs against 98. digitcnn's conv1 (32 filters, 9 taps) ran 25 % faster direct, 13.3
-against 10.0 µs, but is left out (``MAX_FILTERS``): in digitcnn and mitxcnn it changed no step
-measurably (conv2 is 80 % of one) and cost 2.8 s more compile time, a second forward worker
-beside conv2's (conv.conv_sample).
+1×1, 4-20 filters, at most 256 taps (C·KH·KW), and output rows that split into vectors of ``V``
+values (8 float32 or 4 float64 in a 256-bit register) with at most 25 % recomputed. In the
+models: lenet's two convolutions. There the GEMM is small (M = F of 10 and 20, K = C·KH·KW of 25
+and 250), so OpenBLAS runs it at 48-74 GFLOP/s on one core, and im2col costs nearly as much
+again. Per sample on one core, im2col + GEMM + bias against this kernel: lenet conv1 11.5 µs
+against 7.1, lenet conv2 16.3 against 7.6 (84 GFLOP/s); lenet's inference at batch 1000 went
+from 1.44x torch's throughput to 2.5x (benchmark suite, README). Where the GEMM is large, im2col
++ GEMM wins: widecnn's conv1 shape (150 filters) 86 µs against 100, its conv2 shape (3,750 taps,
+whose input no longer fits the core's L1 cache) 1.4 ms against 2.1, digitcnn's conv2 (OW = 11:
+16 vector slots for 11 outputs) 82 µs against 98. digitcnn's conv1 (32 filters, 9 taps) ran 25 %
+faster direct, 13.3 against 10.0 µs, but is left out (``MAX_FILTERS``): in digitcnn and mitxcnn
+it changed no step measurably (conv2 is 80 % of one) and cost 2.8 s more compile time, a second
+forward worker beside conv2's (conv.conv_sample).
 
 How: output value (f, oh, ow) is Σ_r w2[f, r] · x[n, c, oh + kh, ow + kw] over the taps
 r = (c·KH + kh)·KW + kw, in that order (the GEMM's k order), plus b[f]. A block of
@@ -24,11 +24,11 @@ Blocks of filters that do not divide F end at F (the last overlaps the one befor
 the same values again); so does the last vector of a row. Both recompute with the same
 arithmetic, so every output is written with one value.
 
-Why LLVM IR: written as plain loops, Numba's code was 3-10x slower than im2col + GEMM (the
-loop vectoriser sees trip counts of 8-26 and an output that may alias the input, so it runs
-the scalar remainder loop; by hand over a local 8-value block it did not vectorise at all).
-So the vector operations are three small intrinsics (``_new_block``, ``_tap``, ``_flush``)
-that emit LLVM vector instructions; the loops around them are ordinary Numba code. ``llvm.fmuladd`` lets
+Why LLVM IR: written as plain loops, Numba's code was 3-10x slower than im2col + GEMM (the loop
+vectoriser sees trip counts of 8-26 and an output that may alias the input, so it runs the
+scalar remainder loop; by hand over a local 8-value block it did not vectorise at all). So the
+vector operations are three small intrinsics (``_new_block``, ``_tap``, ``_flush``) that emit
+LLVM vector instructions; the loops around them are ordinary Numba code. ``llvm.fmuladd`` lets
 LLVM fuse each multiply-add where the CPU has FMA: with separate multiplies and adds the 12
 accumulators, 3 input vectors and a product did not fit the 16 registers and spilled (2x
 slower). The block's array of 12 vectors lives on the stack and LLVM keeps it in registers.
