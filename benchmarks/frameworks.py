@@ -50,9 +50,9 @@ class ScratchnetSide:
 
     def train_step(self, x, y):
         if not self.stepped:
-            # as scratchnet.training does before its first step (numba: compile the backward
-            # kernels in a helper process meanwhile)
-            backend.ops().compile_ahead(self.model, x, self.opt)
+            # as scratchnet.training does before its first step (numba: a helper process
+            # compiles the step's kernels with this one)
+            backend.ops().compile_ahead(self.model, x, self.opt, self._loss_gradient(y))
             self.stepped = True
         out = self.model(x)
         loss = self.loss_fn(out, y)
@@ -61,6 +61,12 @@ class ScratchnetSide:
         backward_to_params(self.model, self.loss_fn.backward())
         self.opt.step()
         return float(loss)
+
+    def _loss_gradient(self, y):
+        def loss(out):
+            self.loss_fn(out, y)
+            return self.loss_fn.backward()
+        return loss
 
     def infer(self, x):
         return self.model(x)

@@ -92,6 +92,14 @@ def per_class_accuracy(matrix):
         return np.diag(matrix) / totals
 
 
+def _loss_gradient(task, yb):
+    """The step's loss as compile_ahead walks it: output -> the gradient backward starts from."""
+    def loss(out):
+        task.loss(out, yb)
+        return task.backward()
+    return loss
+
+
 def _train_epoch(model, task, optimizer, loader, state, bar, should_stop):
     """Run the rest of the current epoch from ``state.batch``, updating ``state`` per batch."""
     model.train()
@@ -102,10 +110,9 @@ def _train_epoch(model, task, optimizer, loader, state, bar, should_stop):
     for xb, yb in batches:
         start = time.perf_counter()
         if first:
-            # numba, first run: the backward and optimizer kernels compile in a helper process
-            # while this one compiles the forward's (once per model and batch shape; nothing on
-            # the numpy backend)
-            backend.ops().compile_ahead(model, xb, optimizer)
+            # numba, first run: a helper process compiles the step's kernels with this one
+            # (once per model and batch shape; nothing on the numpy backend)
+            backend.ops().compile_ahead(model, xb, optimizer, _loss_gradient(task, yb))
             first = False
         out = model(xb)
         loss = task.loss(out, yb)

@@ -326,36 +326,39 @@ SAME_WIDTH = [
 ]
 
 
-@pytest.mark.parametrize("same_width", [True, None])
+@pytest.mark.parametrize("loops", ["spans", "rows"])
 @pytest.mark.parametrize("geo", SAME_WIDTH, ids=str)
-def test_same_width_unfold_and_fold(geo, same_width):
-    """im2col_sample / col2im_sample, compiled, with the same-width loops (same_width True)
-    and the general ones (None), against the definition and its adjoint (each tap's plane
-    added into a padded image), starting from NaN-filled and random buffers so a missed entry
-    shows."""
+def test_same_width_unfold_and_fold(geo, loops):
+    """The compiled im2col and col2im loops, the same-width ones (spans) and the general ones
+    (rows), called by address as the sample kernels call them, against the definition and its
+    adjoint (each tap's plane added into a padded image), starting from NaN-filled and random
+    buffers so a missed entry shows."""
     from numba import njit
 
     from scratchnet.backends.numba_backend import conv as nb
 
     @njit
-    def unfold(x_n, col, geo, OH, OW, same_width):
-        KH, KW, pt, pl, dh, dw = geo
-        nb.im2col_sample(x_n, col, KH, KW, 1, 1, pt, pl, dh, dw, OH, OW, same_width)
+    def through(at, a, b, geo):
+        nb.run_loop(at, a, b, geo)
 
-    @njit
-    def fold(dcol, dx_n, geo, OH, OW, same_width):
-        KH, KW, pt, pl, dh, dw = geo
-        nb.col2im_sample(dcol, dx_n, KH, KW, 1, 1, pt, pl, dh, dw, OH, OW, same_width)
+    def addresses(layer, W, OW):
+        if loops == "spans":
+            return (nb.im2col_address(layer, W, OW, np.float64),
+                    nb.col2im_address(layer, W, OW, np.float64))
+        return (per_thread_address(nb.im2col_rows, np.float64, 3, 2),
+                per_thread_address(nb.col2im_rows, np.float64, 2, 3))
 
     C, H, W, KH, KW, dh, dw, pt, pb, pl, pr = geo
     OH = nb.out_size(H, pt, pb, KH, 1, dh)
     OW = nb.out_size(W, pl, pr, KW, 1, dw)
-    assert nb.unfold_path((KH, KW, 1, 1, pt, pb, pl, pr, dh, dw), W, OW) is True
+    layer = (KH, KW, 1, 1, pt, pb, pl, pr, dh, dw)
+    assert nb.same_width(layer, W, OW)
+    unfold_at, fold_at = addresses(layer, W, OW)
+    loop = (KH, KW, 1, 1, pt, pl, dh, dw, OH, OW)
     rng = np.random.default_rng(0)
     x_n = rng.standard_normal((C, H, W))
     col = np.full((C * KH * KW, OH * OW), np.nan)
-    short = (KH, KW, pt, pl, dh, dw)
-    unfold(x_n, col, short, OH, OW, same_width)
+    through(unfold_at, x_n, col, loop)
     want = _unfold_reference(x_n, KH, KW, 1, 1, pt, pb, pl, pr, dh, dw, OH, OW)
     np.testing.assert_array_equal(col, want)
 
@@ -368,18 +371,68 @@ def test_same_width_unfold_and_fold(geo, same_width):
         for kw in range(KW):
             xp[:, kh * dh:kh * dh + OH, kw * dw:kw * dw + OW] += taps[:, kh, kw]
     expected += xp[:, pt:pt + H, pl:pl + W]
-    fold(dcol, dx_n, short, OH, OW, same_width)
+    through(fold_at, dcol, dx_n, loop)
     np.testing.assert_allclose(dx_n, expected, rtol=1e-13, atol=1e-13)
 
 
-def test_unfold_path_rule():
+def test_same_width_rule():
     """The same-width loops are taken for stride 1 with OW == W only: widecnn's convolutions
     (5×5, padding 2), not digitcnn's (3×3 unpadded) nor a strided one."""
-    from scratchnet.backends.numba_backend.conv import forward_path, unfold_path
+    from scratchnet.backends.numba_backend import conv as nb
 
     same = (5, 5, 1, 1, 2, 2, 2, 2, 1, 1)
-    assert unfold_path(same, 14, 14) is True and unfold_path(same, 28, 28) is True
-    assert unfold_path((3, 3, 1, 1, 0, 0, 0, 0, 1, 1), 13, 11) is None
-    assert unfold_path((3, 3, 2, 2, 1, 1, 1, 1, 1, 1), 14, 7) is None
-    assert unfold_path((1, 3, 1, 2, 0, 0, 1, 1, 1, 1), 8, 4) is None  # sw 2
-    assert forward_path(False, np.float32, same, 14, 14) is True
+    assert nb.same_width(same, 14, 14) and nb.same_width(same, 28, 28)
+    assert not nb.same_width((3, 3, 1, 1, 0, 0, 0, 0, 1, 1), 13, 11)
+    assert not nb.same_width((3, 3, 2, 2, 1, 1, 1, 1, 1, 1), 14, 7)
+    assert not nb.same_width((1, 3, 1, 2, 0, 0, 1, 1, 1, 1), 8, 4)  # sw 2
+    # and the loops the sample kernels are given follow it
+    def loops(geo, W, OW):
+        return (nb.im2col_address(geo, W, OW, np.float32),
+                nb.col2im_address(geo, W, OW, np.float32))
+
+    spans = loops(same, 14, 14)
+    rows = loops((3, 3, 1, 1, 0, 0, 0, 0, 1, 1), 13, 11)
+    assert spans != rows
+    assert spans == (per_thread_address(nb.im2col_spans, np.float32, 3, 2),
+                     per_thread_address(nb.col2im_spans, np.float32, 2, 3))
+    assert rows == (per_thread_address(nb.im2col_rows, np.float32, 3, 2),
+                    per_thread_address(nb.col2im_rows, np.float32, 2, 3))
+
+
+def per_thread_address(loop, dtype, first_ndim, second_ndim):
+    """The address conv.py's loop ``loop`` has for (first, second, geo) arrays of dtype."""
+    from numba import from_dtype, types
+
+    from scratchnet.backends.numba_backend.per_thread import fixed_address
+
+    dt = from_dtype(np.dtype(dtype))
+    return fixed_address(loop, (types.Array(dt, first_ndim, "C"),
+                                types.Array(dt, second_ndim, "C"),
+                                types.UniTuple(types.int64, 10)))
+
+
+def test_run_loop_checks_argument_types():
+    """A loop is called by address, with no dispatcher to check its arguments: run_loop refuses
+    at compile time any that differ from those the loops were compiled for."""
+    from numba import njit
+    from numba.core.errors import TypingError
+
+    from scratchnet.backends.numba_backend import conv as nb
+
+    @njit
+    def through(at, a, b, geo):
+        nb.run_loop(at, a, b, geo)
+
+    at = nb.im2col_address((1, 1, 1, 1, 0, 0, 0, 0, 1, 1), 3, 3, np.float64)
+    x_n, col = np.zeros((1, 3, 3)), np.zeros((1, 9))
+    through(at, x_n, col, (1, 1, 1, 1, 0, 0, 0, 0, 3, 3))  # the right types compile
+    wrong = [
+        (x_n, col[:, ::2], (1, 1, 1, 1, 0, 0, 0, 0, 3, 3)),  # a strided (layout A) array
+        (x_n, col.astype(np.float32), (1, 1, 1, 1, 0, 0, 0, 0, 3, 3)),  # mixed dtypes
+        (x_n, col.ravel(), (1, 1, 1, 1, 0, 0, 0, 0, 3, 3)),  # 1-D columns
+        (x_n, col, (1, 1, 1, 1, 0, 0, 0, 0, 3)),  # a short geometry
+        (x_n, col, (1, 1, 1, 1, 0, 0, 0, 0, 3, 3.0)),  # a float in it
+    ]
+    for a, b, geo in wrong:
+        with pytest.raises(TypingError, match="run_loop"):
+            through(at, a, b, geo)

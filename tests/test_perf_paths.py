@@ -92,8 +92,8 @@ def _record(t, args):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_per_thread_run_calls_each_worker_index_once(dtype):
-    """per_thread.run: worker(t, args) exactly once for each t < T, serial (T = 1) or launched
-    through the worker's address (T > 1), for each argument type (its own compiled worker)."""
+    """per_thread.run: worker(t, args) exactly once for each t < T, launched through the
+    worker's address (one thread too), for each argument type (its own compiled worker)."""
     for T in (1, 2, 3):
         calls = np.zeros(4, dtype=dtype)
         per_thread.run(_record, T, (calls, dtype(2)))

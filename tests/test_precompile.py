@@ -32,6 +32,11 @@ def train(name, state, ahead, steps=3, batch=50):
     model.load_state_dict(state)
     model.train()
     loss_fn = nn.NLLLoss() if models.OUTPUTS[name] == "log_probs" else nn.CrossEntropyLoss()
+
+    def loss_gradient(out, y):  # the loss as the helper walks it
+        loss_fn(out, y)
+        return loss_fn.backward()
+
     opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     rng = np.random.default_rng(0)
     losses = []
@@ -39,7 +44,7 @@ def train(name, state, ahead, steps=3, batch=50):
         x = rng.standard_normal((batch, *model.input_shape)).astype(np.float32)
         y = rng.integers(0, 10, batch)
         if i == 0 and ahead:
-            backend.ops().compile_ahead(model, x, opt)
+            backend.ops().compile_ahead(model, x, opt, lambda out: loss_gradient(out, y))
         out = model(x)
         losses.append(float(loss_fn(out, y)))
         opt.zero_grad()
@@ -60,7 +65,9 @@ if sys.argv[3] == "broken-helper":
 
     precompile._walk = broken_walk
 losses, digest = train(sys.argv[1], state, ahead=True)
-print(json.dumps({"losses": losses, "digest": digest}))
+from scratchnet.backends.numba_backend import precompile
+# the hooks are gone and the helper reaped once every kernel of the step is here
+print(json.dumps({"losses": losses, "digest": digest, "closed": precompile._session is None}))
 '''
 
 
@@ -78,6 +85,7 @@ def _fresh_process(name, state_path, cache_dir, mode="normal"):
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["closed"], "the helper's session is still open after the steps"
     return result["losses"], result["digest"], out.stderr
 
 

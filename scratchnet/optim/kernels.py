@@ -22,13 +22,13 @@ readable numpy update.
 """
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 from numba.extending import intrinsic
 
 from .. import backend
 
 # the numba backend picks the thread pool before any parallel kernel runs (threads.py)
-from ..backends.numba_backend import threads  # noqa: F401
+from ..backends.numba_backend import per_thread, threads  # noqa: F401
 
 __all__ = ["available", "sgd_update", "adam_update"]
 
@@ -76,13 +76,14 @@ def _sgd_span(p, g, buf, neg_lr, momentum, one_minus_damp, wd, use_wd, use_momen
         p[i] = p[i] + neg_lr * gi
 
 
-@njit(cache=True, parallel=True)
-def _sgd_parallel(p, g, buf, neg_lr, momentum, one_minus_damp, wd, use_wd, use_momentum, first,
-                  nesterov, maximize, chunks):
-    n = p.size
-    for c in prange(chunks):
-        _sgd_span(p, g, buf, neg_lr, momentum, one_minus_damp, wd, use_wd, use_momentum, first,
-                  nesterov, maximize, c * n // chunks, (c + 1) * n // chunks)
+@per_thread.by_address
+def _sgd_thread(t, args):
+    """Thread t's share of a large SGD update: args (the span's arguments but lo and hi,
+    threads). A per-thread worker rather than a ``prange`` kernel: it compiles in a fraction
+    of the time (per_thread.py)."""
+    span, T = args
+    n = span[0].size
+    _sgd_span(*span, t * n // T, (t + 1) * n // T)
 
 
 def _chunks(n):
@@ -104,7 +105,7 @@ def sgd_update(p, grad, buf, lr, momentum, dampening, weight_decay, first, neste
     if chunks <= 1:
         _sgd_span(*args, 0, pf.size)
     else:
-        _sgd_parallel(*args, chunks)
+        per_thread.run(_sgd_thread, chunks, (args, chunks))
 
 
 @intrinsic
@@ -151,14 +152,12 @@ def _adam_span(p, g, m, v, vmax, w, one_minus_w, lerp_small, beta2, one_minus_be
         p[i] = pi + neg_step * mi / (_sqrt(vi) / bc2_sqrt + eps)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _adam_parallel(p, g, m, v, vmax, w, one_minus_w, lerp_small, beta2, one_minus_beta2, wd,
-                   use_wd, decay, use_decay, amsgrad, maximize, bc2_sqrt, eps, neg_step, chunks):
-    n = p.size
-    for c in prange(chunks):
-        _adam_span(p, g, m, v, vmax, w, one_minus_w, lerp_small, beta2, one_minus_beta2, wd,
-                   use_wd, decay, use_decay, amsgrad, maximize, bc2_sqrt, eps, neg_step,
-                   c * n // chunks, (c + 1) * n // chunks)
+@per_thread.by_address
+def _adam_thread(t, args):
+    """Thread t's share of a large Adam update (as _sgd_thread)."""
+    span, T = args
+    n = span[0].size
+    _adam_span(*span, t * n // T, (t + 1) * n // T)
 
 
 def adam_update(p, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps,
@@ -184,4 +183,4 @@ def adam_update(p, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, 
     if chunks <= 1:
         _adam_span(*args, 0, flat[0].size)
     else:
-        _adam_parallel(*args, chunks)
+        per_thread.run(_adam_thread, chunks, (args, chunks))

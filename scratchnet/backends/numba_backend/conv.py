@@ -10,19 +10,20 @@ N column matrices alive between passes: the per-thread buffer stays in cache), a
 (channels_per_chunk). Partials are summed after the parallel loop, so no two threads ever
 write the same memory.
 
-im2col and col2im have two loops: one output row at a time (any geometry), and for stride 1
-with OW == W ("same" padding) one contiguous span per column row (unfold_path). Like the direct
-kernel, the choice reaches compiled code as an argument's type, so a worker holds one loop.
+im2col and col2im have two loops each: one output row at a time (any geometry), and for
+stride 1 with OW == W ("same" padding) one contiguous span per column row (same_width).
 
-One sample's forward and backward (``conv_sample``, ``conv_backward_sample``, built from
-``im2col_sample``, the GEMM helpers, ``col2im_sample`` ...) are plain ``@njit`` helpers that
-the fused kernels (conv + bias + ReLU + pool) call from their own per-thread workers
-(per_thread.py) too, so fused and plain convolutions do the same arithmetic.
+Compiled code is split into kernels that call each other by address (per_thread.py), so that
+LLVM optimises each piece once: a per-thread worker (this module's, or a fused kernel's: conv +
+bias + ReLU + pool) calls one sample's forward or backward kernel (``forward_sample``,
+``backward_sample``), which calls the layer's im2col and col2im loops (``im2col_address``) and
+the GEMM. Fused and plain convolutions run the same sample kernels, so they do the same
+arithmetic. Which loop and which forward kernel a layer uses is chosen in Python.
 
 The forward pass of a layer that ``direct_conv.applies`` to (stride 1, no padding, one group,
-few filters, rows that fill vectors: lenet's two convolutions) runs
-direct_conv's register-blocked kernel instead of im2col + GEMM (``conv_sample(..., path)``)
-and needs no columns; its backward pass is the one here.
+few filters, rows that fill vectors: lenet's two convolutions) runs direct_conv's
+register-blocked kernel instead of im2col + GEMM (``forward_sample(..., direct)``) and needs
+no columns; its backward pass is the one here.
 
 Column layout: row ``(c·KH + kh)·KW + kw``, column ``oh·OW + ow``; the rows of group ``g`` are
 the contiguous block ``[g·Cg·KH·KW, (g+1)·Cg·KH·KW)``, so each group is a plain sub-matrix.
@@ -30,6 +31,7 @@ the contiguous block ``[g·Cg·KH·KW, (g+1)·Cg·KH·KW)``, so each group is a 
 import numba
 import numpy as np
 from numba import njit, types
+from numba.core.errors import TypingError
 from numba.extending import overload
 
 from . import direct_conv, per_thread
@@ -67,24 +69,25 @@ def is_pointwise(KH, KW, sh, sw, pt, pb, pl, pr):
             and pt == 0 and pb == 0 and pl == 0 and pr == 0)
 
 
-def im2col_sample(x_n, col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, same_width):
-    """Unfold one sample: col[(c·KH+kh)·KW+kw, oh·OW+ow] = x_n[c, oh·sh+kh·dh-pt, ow·sw+kw·dw-pl].
+# im2col and col2im, called by address (``run_loop``) from the per-sample kernels below.
+# Why by address: a kernel that calls them holds none of their code, so LLVM optimises each
+# loop once, in its own module, instead of once more inside every kernel that calls it
+# (measured with digitcnn's first step on one core: see DESIGN.md, "Compile time"). Which
+# loop a layer runs is then a Python choice (``im2col_address``), made once per call.
+#
+# Each loop takes (a, b, geo): the sample's image x_n (C, H, W) and its columns col
+# (C·KH·KW, OH·OW) (the other way round for col2im), both C-contiguous, and
+# geo = (KH, KW, sh, sw, pt, pl, dh, dw, OH, OW).
+# im2col: col[(c·KH+kh)·KW+kw, oh·OW+ow] = x_n[c, oh·sh+kh·dh-pt, ow·sw+kw·dw-pl], fully
+# overwritten (zeros where the window hits padding).
+# col2im, its adjoint: adds dcol into dx_n (not zeroed here); dcol is scratch (the
+# same-width loop zeroes some of its entries on the way).
 
-    x_n (C, H, W); col (C·KH·KW, OH·OW), fully overwritten (zeros where the window hits padding).
-    Both C-contiguous. same_width: ``unfold_path(...)`` of the layer, None or True (see
-    _im2col_spans); compiled code picks the loop from its *type*, so a worker holds one loop.
-    """
-    path = _im2col_rows if same_width is None else _im2col_spans
-    path(x_n, col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, same_width)
 
-
-@overload(im2col_sample, jit_options={"cache": True})
-def _im2col_sample_nopython(x_n, col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, same_width):
-    return _im2col_rows if isinstance(same_width, types.NoneType) else _im2col_spans
-
-
-def _im2col_rows(x_n, col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, same_width):
-    """im2col_sample one output row at a time (any geometry)."""
+@per_thread.by_address
+def im2col_rows(x_n, col, geo):
+    """im2col one output row at a time (any geometry)."""
+    KH, KW, sh, sw, pt, pl, dh, dw, OH, OW = geo
     C, H, W = x_n.shape
     P = OH * OW
     xf = x_n.reshape(C * H * W)
@@ -119,23 +122,10 @@ def _im2col_rows(x_n, col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, same_width):
                         cf[U(d + ow)] = 0
 
 
-def col2im_sample(dcol, dx_n, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, same_width):
-    """Adjoint of im2col_sample: add dcol (C·KH·KW, OH·OW) into dx_n (C, H, W) (not zeroed here).
-
-    dcol is scratch: the same-width loop zeroes some of its entries on the way. same_width as
-    in im2col_sample.
-    """
-    path = _col2im_rows if same_width is None else _col2im_spans
-    path(dcol, dx_n, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, same_width)
-
-
-@overload(col2im_sample, jit_options={"cache": True})
-def _col2im_sample_nopython(dcol, dx_n, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, same_width):
-    return _col2im_rows if isinstance(same_width, types.NoneType) else _col2im_spans
-
-
-def _col2im_rows(dcol, dx_n, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, same_width):
-    """col2im_sample one output row at a time (any geometry)."""
+@per_thread.by_address
+def col2im_rows(dcol, dx_n, geo):
+    """col2im one output row at a time (any geometry)."""
+    KH, KW, sh, sw, pt, pl, dh, dw, OH, OW = geo
     C, H, W = dx_n.shape
     P = OH * OW
     df = dcol.reshape(dcol.size)
@@ -151,7 +141,7 @@ def _col2im_rows(dcol, dx_n, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, same_width)
                 for oh in range(oh_lo, oh_hi):
                     d = r0 + oh * OW
                     s = (c * H + oh * sh + off_h) * W + off_w
-                    if sw == 1:  # contiguous: vectorised (see _im2col_rows)
+                    if sw == 1:  # contiguous: vectorised (see im2col_rows)
                         for ow in range(ow_lo, ow_hi):
                             xf[U(s + ow)] += df[U(d + ow)]
                     else:
@@ -159,20 +149,13 @@ def _col2im_rows(dcol, dx_n, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, same_width)
                             xf[U(s + ow * sw)] += df[U(d + ow)]
 
 
-def unfold_path(geo, W, OW):
-    """im2col_sample's ``same_width``: True for stride 1 with OW == W, else None."""
-    sh, sw = geo[2], geo[3]
-    return True if sh == 1 and sw == 1 and OW == W else None
-
-
 # Stride 1 with OW == W ("same" padding: widecnn's convolutions). Column rows and image rows
 # then share the pitch W, so one column row's valid entries lie at a constant offset from
 # their pixels: one contiguous span per (c, kh, kw) instead of one short copy per output row
 # (OW = 14 leaves an 8-wide vector loop mostly in its scalar remainder). The span also covers
 # the entries that wrap from one image row into the next; those are then set to zero.
-# widecnn's conv2 per sample on one core: im2col 350 -> 147 us, col2im 247 -> 159 us. A
-# layer's workers compile only the loop it uses: both in every worker cost 4-6 s more
-# compile time per model, and one loop serving both cases ran 2x slower on either.
+# widecnn's conv2 per sample on one core: im2col 350 -> 147 us, col2im 247 -> 159 us. One
+# loop serving both cases ran 2x slower on either.
 
 @njit(cache=True)
 def _same_width_span(c, kh, kw, KH, KW, H, W, pt, pl, dh, dw, OH, OW):
@@ -191,8 +174,10 @@ def _same_width_span(c, kh, kw, KH, KW, H, W, pt, pl, dh, dw, OH, OW):
     return r0, d0, d1, (c * H + off_h) * W + off_w - r0, oh_lo, oh_hi, ow_lo, ow_hi
 
 
-def _im2col_spans(x_n, col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, same_width):
-    """im2col_sample for stride 1 and OW == W, a span per column row."""
+@per_thread.by_address
+def im2col_spans(x_n, col, geo):
+    """im2col for stride 1 and OW == W, a span per column row."""
+    KH, KW, sh, sw, pt, pl, dh, dw, OH, OW = geo
     C, H, W = x_n.shape
     P = OH * OW
     xf = x_n.reshape(C * H * W)
@@ -213,10 +198,12 @@ def _im2col_spans(x_n, col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, same_width):
                         cf[U(p)] = 0
 
 
-def _col2im_spans(dcol, dx_n, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, same_width):
-    """col2im_sample for stride 1 and OW == W: zero the span's wrapped entries of dcol, then
-    add the span. Each pixel gets its terms in _col2im_rows's order, plus zeros from the
+@per_thread.by_address
+def col2im_spans(dcol, dx_n, geo):
+    """col2im for stride 1 and OW == W: zero the span's wrapped entries of dcol, then add the
+    span. Each pixel gets its terms in col2im_rows's order, plus zeros from the
     wrapped entries: the same sums, except that a -0.0 pixel may read +0.0."""
+    KH, KW, sh, sw, pt, pl, dh, dw, OH, OW = geo
     C, H, W = dx_n.shape
     df = dcol.reshape(dcol.size)
     xf = dx_n.reshape(C * H * W)
@@ -230,6 +217,57 @@ def _col2im_spans(dcol, dx_n, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, same_width
                         df[U(p)] = 0
                 for p in range(d0, d1):
                     xf[U(p + shift)] += df[U(p)]
+
+
+def same_width(geo, W, OW):
+    """True when the same-width loops apply: stride 1 with OW == W. geo: the layer's
+    (KH, KW, sh, sw, pt, pb, pl, pr, dh, dw)."""
+    return geo[2] == 1 and geo[3] == 1 and OW == W
+
+
+def im2col_address(geo, W, OW, dtype):
+    """The address, for ``run_loop``, of the layer's im2col loop compiled for ``dtype``: the
+    same-width one when ``same_width``, else the row one."""
+    loop = im2col_spans if same_width(geo, W, OW) else im2col_rows
+    return per_thread.fixed_address(loop, _loop_types(dtype, image_first=True))
+
+
+def col2im_address(geo, W, OW, dtype):
+    """As im2col_address, for the layer's col2im loop (asked for by backward only: the forward
+    pass does not compile it)."""
+    loop = col2im_spans if same_width(geo, W, OW) else col2im_rows
+    return per_thread.fixed_address(loop, _loop_types(dtype, image_first=False))
+
+
+def _loop_types(dtype, image_first):
+    dt = numba.from_dtype(np.dtype(dtype))
+    image, matrix = types.Array(dt, 3, "C"), types.Array(dt, 2, "C")
+    return (image, matrix, _LOOP_GEO) if image_first else (matrix, image, _LOOP_GEO)
+
+
+_LOOP_GEO = types.UniTuple(types.int64, 10)
+
+
+def run_loop(at, a, b, geo):
+    """The im2col or col2im loop at ``at`` (``im2col_address``, ``col2im_address``) on
+    (a, b, geo)."""
+    at(a, b, geo)
+
+
+@overload(run_loop, jit_options={"cache": True})
+def _run_loop_nopython(at, a, b, geo):
+    # the loops were compiled for exactly these types: anything else would be read wrongly
+    arrays = (a, b)
+    if not (at == types.int64 and geo == _LOOP_GEO
+            and all(isinstance(v, types.Array) and v.layout == "C" and v.aligned
+                    and v.mutable and v.dtype == a.dtype for v in arrays)
+            and sorted(v.ndim for v in arrays) == [2, 3]):
+        raise TypingError(f"conv.run_loop: arguments {(at, a, b, geo)} are not a loop's "
+                          "(image, columns) or (columns, image), C-contiguous, and geo")
+
+    def impl(at, a, b, geo):
+        per_thread.call_fixed(at, (a, b, geo))
+    return impl
 
 
 @njit(cache=True)
@@ -301,60 +339,65 @@ def add_row_sums_sample(dout2, db):
         db[f] += (s0 + s1) + (s2 + s3)
 
 
-def conv_sample(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw,
-                groups, OH, OW, path):
-    """conv2 (F, OH·OW) = conv(x[n]) + bias; col is this thread's column buffer.
+# One sample's forward and backward are kernels of their own, called from the per-thread
+# workers by address (per_thread.call): a worker then holds none of their code, and LLVM
+# optimises the GEMM calls and the chunk loop once, in the kernel, instead of once more in
+# every worker that calls them (im2col and col2im are a level further down, by address too).
+# Each takes (t, n, conv): thread t, sample n, and the layer's tuple from forward_sample or
+# backward_sample below.
 
-    path (``forward_path(...)``): None or True, im2col + GEMM (True: the same-width im2col, see
-    unfold_path); or ``direct_conv.address(dtype)`` for a layer direct_conv.applies to: its
-    direct kernel computes conv2 then (b zeros for a layer without bias) and col is unused.
-    Why None and an int address rather than flags: compiled code picks the path from the
-    argument's *type* (as pool.pool_planes does), so a worker compiled for a direct layer holds
-    no im2col or GEMM code (lenet's forward worker: 2 s to compile here instead of 8) and one
-    for another layer no direct call. This body runs with the JIT off, where path is not an
-    address.
-    """
-    run = _direct if isinstance(path, int) and not isinstance(path, bool) else _im2col_gemm
-    run(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups,
-        OH, OW, path)
-
-
-@overload(conv_sample, jit_options={"cache": True})
-def _conv_sample_nopython(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr,
-                          dh, dw, groups, OH, OW, path):
-    # the paths themselves are the implementations: a wrapper calling them would be one more
-    # function whose module LLVM optimises again with theirs inside (1 s more here)
-    return _direct if isinstance(path, types.Integer) else _im2col_gemm
-
-
-def _im2col_gemm(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw,
-                 groups, OH, OW, path):
-    """conv_sample by im2col into col and a GEMM per group (path: im2col's same_width)."""
+@per_thread.by_address
+def _im2col_gemm_sample(t, n, conv):
+    """Sample n's forward by im2col into the thread's (or the sample's) column slot and a GEMM
+    per group: dest[n or t] (F, OH, OW) = conv(x[n]) + bias. at: the im2col loop's address."""
+    (x, w2, b, has_bias, cols, keep, dest, dest_per_sample, KH, KW, sh, sw, pt, pb, pl, pr,
+     dh, dw, groups, at) = conv
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    F, OH, OW = dest.shape[1], dest.shape[2], dest.shape[3]
+    conv2 = (dest[n] if dest_per_sample else dest[t]).reshape(F, OH * OW)
     if is_pointwise(KH, KW, sh, sw, pt, pb, pl, pr):
         col = x[n].reshape(C, H * W)
     else:
-        im2col_sample(x[n], col, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW, path)
+        col = cols[n] if keep else cols[t]
+        run_loop(at, x[n], col, (KH, KW, sh, sw, pt, pl, dh, dw, OH, OW))
     gemm_forward_sample(w2, col, conv2, groups)
     if has_bias:
         add_bias_sample(conv2, b)
 
 
-def _direct(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups,
-            OH, OW, path):
-    """conv_sample by the direct kernel at address ``path`` (compiled code only)."""
-    direct_conv.call(path, (x, n, w2, b, conv2, KH, KW, OH, OW))
+@per_thread.by_address
+def _direct_sample(t, n, conv):
+    """Sample n's forward by the direct kernel at address ``at`` (direct_conv.address); b is
+    zeros for a layer without bias, and no columns are used."""
+    (x, w2, b, _, _, _, dest, dest_per_sample, KH, KW, _, _, _, _, _, _, _, _, _, at) = conv
+    F, OH, OW = dest.shape[1], dest.shape[2], dest.shape[3]
+    conv2 = (dest[n] if dest_per_sample else dest[t]).reshape(F, OH * OW)
+    direct_conv.call(at, (x, n, w2, b, conv2, KH, KW, OH, OW))
 
 
-@njit(cache=True)
-def conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dwT, db, col, dcol, KH, KW, sh, sw,
-                         pt, pb, pl, pr, dh, dw, groups, OH, OW, unfold, input_grad,
-                         same_width):
-    """Add sample n's share of dW and db into this thread's partials and, if ``input_grad``,
-    write dx[n]. ``unfold``: col must be filled by im2col first (False when it was kept);
-    same_width: im2col_sample's.
+def forward_sample(x, w, b, has_bias, cols, keep, dest, dest_per_sample, geo, groups, direct):
+    """(at, conv) for ``per_thread.call(at, t, n, conv)``: sample n's forward on thread t.
 
-    dwT (groups, Cg·KH·KW, F // groups) is the weight gradient transposed: OpenBLAS ran
+    x (N, C, H, W); w (F, Cg, KH, KW); b (F,), zeros without bias; cols (T or N, C·KH·KW,
+    OH·OW) column slots, slot n when ``keep`` else slot t (unused when direct or pointwise);
+    dest (T or N, F, OH, OW) receives the result, in slot n when ``dest_per_sample`` else t.
+    direct: ``uses_direct(...)``, the direct kernel instead of im2col + GEMM.
+    """
+    if direct:
+        at = direct_conv.address(x.dtype)
+    else:
+        at = im2col_address(geo, x.shape[3], dest.shape[3], x.dtype)
+    conv = (x, _as_matrix(w), b, has_bias, cols, keep, dest, dest_per_sample, *geo, groups, at)
+    return per_thread.address(_direct_sample if direct else _im2col_gemm_sample, conv), conv
+
+
+@per_thread.by_address
+def _backward_sample(t, n, conv):
+    """Add sample n's share of dW and db into thread t's partials and, if ``input_grad``, write
+    dx[n]. dconvs[n or t] (F, OH·OW) holds the sample's output gradient; the columns are
+    unfolded again unless ``kept`` from forward (cols[n]).
+
+    dw_part[t] (groups, Cg·KH·KW, F // groups) is the weight gradient transposed: OpenBLAS ran
     ``col @ doutᵀ`` (M = Cg·KH·KW, N = F) at 124-126 GFLOP/s on one core against 95 for
     ``dout @ colᵀ`` at digitcnn's and widecnn's conv2 shapes; weight_grad() transposes the
     summed partials back once per step. Per group and chunk of input channels
@@ -363,7 +406,14 @@ def conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dwT, db, col, dcol, KH,
     split by the chunks, but OpenBLAS's rounding of an entry depends on the shape of the
     product it is part of: widecnn's conv2 gradients differ from one-chunk ones in the last bit.
     """
+    (x, w2, dconvs, dconv_per_sample, has_bias, dx, dw_part, db_part, cols, kept, dcols,
+     KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups, OH, OW, input_grad, unfold_at,
+     fold_at) = conv
+    loop = (KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    dconv2 = dconvs[n] if dconv_per_sample else dconvs[t]
+    dwT, dcol = dw_part[t], dcols[t]
+    col = cols[n] if kept else cols[t]
     pointwise = is_pointwise(KH, KW, sh, sw, pt, pb, pl, pr)
     taps = KH * KW
     Cg = C // groups
@@ -378,10 +428,9 @@ def conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dwT, db, col, dcol, KH,
             r0, r1 = c0 * taps, c1 * taps  # and its rows of w2[group] and dwT[g]
             if pointwise:
                 rows = x2[a:b]  # im2col is the identity
-            elif unfold:
+            elif not kept:
                 rows = col[:(b - a) * taps]
-                im2col_sample(x[n, a:b], rows, KH, KW, sh, sw, pt, pl, dh, dw, OH, OW,
-                              same_width)
+                run_loop(unfold_at, x[n, a:b], rows, loop)
             else:
                 rows = col[a * taps:b * taps]
             gemm(rows, dout_g, dwT[g, r0:r1], False, True, 1.0, 1.0)
@@ -394,39 +443,35 @@ def conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dwT, db, col, dcol, KH,
             else:
                 drows = dcol[:(b - a) * taps]
                 gemm(w_rows, dout_g, drows, True, False, 1.0, 0.0)
-                col2im_sample(drows, dx[n, a:b], KH, KW, sh, sw, pt, pl, dh, dw, OH, OW,
-                              same_width)
+                run_loop(fold_at, drows, dx[n, a:b], loop)
     if has_bias:
-        add_row_sums_sample(dconv2, db)
+        add_row_sums_sample(dconv2, db_part[t])
 
 
-@njit(cache=True)
-def _conv2d_forward_thread(t, args):
-    """Thread t's samples of out (N, F, OH, OW) = conv(x (N, C, H, W)); cols (T, C·KH·KW,
-    OH·OW) one buffer per thread."""
-    (x, w2, b, has_bias, out, cols, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups,
-     path) = args
-    N = x.shape[0]
-    F, OH, OW = out.shape[1], out.shape[2], out.shape[3]
-    T = cols.shape[0]
+def backward_sample(x, w, dconvs, dconv_per_sample, has_bias, dx, dw_part, db_part, cols, kept,
+                    dcols, geo, groups, OH, OW, input_grad):
+    """(at, conv) for ``per_thread.call(at, t, n, conv)``: sample n's backward on thread t.
+
+    dconvs (T or N, F, OH·OW): the output gradient, read from slot n when ``dconv_per_sample``
+    else from slot t (the worker writes it there). dx (N, C, H, W) zeroed, or empty without
+    ``input_grad``; dw_part (T, groups, Cg·KH·KW, F // groups) and db_part (T, F) zeroed
+    partials; cols: the kept forward columns (N slots) when ``kept``, else T scratch slots;
+    dcols (T, C·KH·KW, OH·OW) scratch.
+    """
+    conv = (x, _as_matrix(w), dconvs, dconv_per_sample, has_bias, dx, dw_part, db_part, cols,
+            kept, dcols, *geo, groups, OH, OW, input_grad,
+            im2col_address(geo, x.shape[3], OW, x.dtype),
+            col2im_address(geo, x.shape[3], OW, x.dtype))
+    return per_thread.address(_backward_sample, conv), conv
+
+
+@per_thread.by_address
+def _samples_thread(t, args):
+    """Thread t's samples n of ``sample(t, n, conv)``, the kernel at ``at``: conv2d's worker,
+    forward and backward."""
+    at, conv, N, T = args
     for n in range((t * N) // T, ((t + 1) * N) // T):
-        conv_sample(x, n, w2, b, has_bias, cols[t], out[n].reshape(F, OH * OW), KH, KW, sh, sw,
-                    pt, pb, pl, pr, dh, dw, groups, OH, OW, path)
-
-
-@njit(cache=True)
-def _conv2d_backward_thread(t, args):
-    """Thread t's samples of dx (N, C, H, W), zeroed by the caller (untouched without
-    input_grad), and its partials dw_part[t] (groups, Cg·KH·KW, F // groups), db_part[t] (F,)."""
-    (x, w2, dout, has_bias, dx, dw_part, db_part, cols, dcols, KH, KW, sh, sw, pt, pb, pl, pr,
-     dh, dw, groups, input_grad, same_width) = args
-    N = x.shape[0]
-    F, OH, OW = dout.shape[1], dout.shape[2], dout.shape[3]
-    T = cols.shape[0]
-    for n in range((t * N) // T, ((t + 1) * N) // T):
-        conv_backward_sample(x, n, w2, dout[n].reshape(F, OH * OW), has_bias, dx, dw_part[t],
-                             db_part[t], cols[t], dcols[t], KH, KW, sh, sw, pt, pb, pl, pr,
-                             dh, dw, groups, OH, OW, True, input_grad, same_width)
+        per_thread.call(at, t, n, conv)
 
 
 def _kernel_array(a, dtype):
@@ -456,12 +501,6 @@ def _as_matrix(w):
 def uses_direct(x, w, geo, groups, OW):
     """True when the forward pass runs direct_conv's kernel instead of im2col + GEMM."""
     return direct_conv.applies(w.shape, geo, groups, OW, x.dtype)
-
-
-def forward_path(direct, dtype, geo, W, OW):
-    """conv_sample's ``path``: the direct kernel's address when ``direct``, else
-    unfold_path(geo, W, OW)."""
-    return direct_conv.address(dtype) if direct else unfold_path(geo, W, OW)
 
 
 def _cols_shape(T, C, OH, OW, geo, direct=False):
@@ -505,9 +544,8 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     T = _n_threads(N)
     direct = uses_direct(x, w, geo, groups, OW)
     cols = np.zeros(_cols_shape(T, C, OH, OW, geo, direct), dtype=dtype)
-    per_thread.run(_conv2d_forward_thread, T,
-                   (x, _as_matrix(w), bias, has_bias, out, cols, *geo, groups,
-                    forward_path(direct, dtype, geo, W, OW)))
+    at, conv = forward_sample(x, w, bias, has_bias, cols, False, out, True, geo, groups, direct)
+    per_thread.run(_samples_thread, T, (at, conv, N, T))
     return out, cache
 
 
@@ -534,10 +572,10 @@ def conv2d_backward(dout, cache, input_grad=True):
     db_part = np.zeros((T, F), dtype=dtype)
     if N > 0:
         cols = np.zeros(_cols_shape(T, C, OH, OW, geo), dtype=dtype)
-        dcols = np.zeros_like(cols)
-        per_thread.run(_conv2d_backward_thread, T,
-                       (x, _as_matrix(w), dout, has_bias, dx, dw_part, db_part, cols, dcols,
-                        *geo, groups, input_grad, unfold_path(geo, W, OW)))
+        at, conv = backward_sample(x, w, dout.reshape(N, F, OH * OW), True, has_bias, dx,
+                                   dw_part, db_part, cols, False, np.zeros_like(cols), geo,
+                                   groups, OH, OW, input_grad)
+        per_thread.run(_samples_thread, T, (at, conv, N, T))
     dw = weight_grad(dw_part, w.shape)
     db = db_part.sum(axis=0) if has_bias else None
     return (dx if input_grad else None), dw, db

@@ -52,8 +52,7 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
-from . import precompile
-from .per_thread import call_at, compiled_address
+from .per_thread import call_unpacked_at, fixed_address
 
 __all__ = ["applies", "address", "call", "conv_direct_sample", "FILTERS", "VECTORS"]
 
@@ -240,19 +239,11 @@ def _argument_types(dtype):
             types.Array(dt, 1, "C"), types.Array(dt, 2, "C")) + (types.int64,) * 4
 
 
-_ADDRESSES = {}  # dtype name -> address of conv_direct_sample compiled for it
-
-
 def address(dtype):
     """Address of conv_direct_sample compiled for ``dtype`` (compiled, or loaded from the disk
     cache, on first use), for ``call``. 0 in precompile's helper process, which runs nothing
-    (an int all the same: the type picks the worker's code, conv.conv_sample)."""
-    if precompile.walking:
-        return 0
-    key = np.dtype(dtype).name
-    if key not in _ADDRESSES:
-        _ADDRESSES[key] = compiled_address(conv_direct_sample, _argument_types(dtype))
-    return _ADDRESSES[key]
+    (an int all the same: the forward tuple's types are those of the real step)."""
+    return fixed_address(conv_direct_sample, _argument_types(np.dtype(dtype)))
 
 
 @intrinsic
@@ -269,8 +260,7 @@ def call(typingctx, at, args):
         raise TypingError(f"direct_conv.call: argument types {args.types}, expected {argtypes}")
 
     def codegen(context, builder, signature, llargs):
-        values = [builder.extract_value(llargs[1], i) for i in range(len(argtypes))]
-        call_at(context, builder, llargs[0], list(argtypes), values)
+        call_unpacked_at(context, builder, llargs[0], args, llargs[1])
         return context.get_dummy_value()
 
     return types.void(types.int64, args), codegen

@@ -30,16 +30,14 @@ Training extras (both optional, both off for plain calls):
   col2im, as torch does for an input that does not require grad (a model's first layer).
 """
 import numpy as np
-from numba import njit
 
 from ..numpy_backend.pool import pool_output_size
 from . import linear as _linear
 from . import per_thread
 from .activation import (_relu_backward_parallel, _relu_backward_span, _relu_parallel,
                          _relu_span, launch)
-from .conv import (_as_matrix, _geometry, _kernel_array, _n_threads, conv_backward_sample,
-                   conv_sample, forward_path, is_pointwise, out_size, unfold_path, uses_direct,
-                   weight_grad, weight_grad_partials)
+from .conv import (_geometry, _kernel_array, _n_threads, backward_sample, forward_sample,
+                   is_pointwise, out_size, uses_direct, weight_grad, weight_grad_partials)
 from .pool import is_plain_2x2, pool_planes
 
 # kept columns cost N·C·KH·KW·OH·OW values of memory. digitcnn's conv2 (8.9 MB at batch 64):
@@ -53,44 +51,33 @@ __all__ = ["conv2d_relu_forward", "conv2d_relu_backward",
            "linear_relu_forward", "linear_relu_backward"]
 
 
-@njit(cache=True)
+@per_thread.by_address
 def _conv_relu_pool_forward_thread(t, args):
     """Thread t's samples of out (N, F, PH, PW) = relu(maxpool(conv(x) + b)); index: each
     winner's oh·OW + ow.
 
-    index: (N, F, PH, PW) with ``full_index``, else (T, F, PH, PW) scratch a thread reuses for
-    each of its samples (nothing kept). cols: (T, C·KH·KW, OH·OW), one scratch slot per
-    thread, or with ``keep`` (N, ...), one slot per sample, left filled for backward.
-    convs: (T, F, OH, OW) per-thread conv output.
+    conv: conv.forward_sample's tuple, whose dest is convs (T, F, OH, OW), the per-thread conv
+    output, and sample_at its kernel. index: (N, F, PH, PW) with ``full_index``, else
+    (T, F, PH, PW) scratch a thread reuses for each of its samples (nothing kept).
     """
-    (x, w2, b, has_bias, out, index, full_index, cols, keep, convs, KH, KW, sh, sw, pt, pb,
-     pl, pr, dh, dw, groups, path, pool) = args
-    N = x.shape[0]
-    F, OH, OW = convs.shape[1], convs.shape[2], convs.shape[3]
-    PH, PW = out.shape[2], out.shape[3]
-    T = convs.shape[0]
+    sample_at, conv, convs, out, index, full_index, pool, N, T = args
+    F, PH, PW = out.shape[1], out.shape[2], out.shape[3]
     conv3 = convs[t]
-    conv2 = conv3.reshape(F, OH * OW)
     for n in range((t * N) // T, ((t + 1) * N) // T):
-        col = cols[n] if keep else cols[t]
-        conv_sample(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr,
-                     dh, dw, groups, OH, OW, path)
+        per_thread.call(sample_at, t, n, conv)
         idx = index[n] if full_index else index[t]
         pool_planes(conv3, pool, out[n], idx)
         o = out[n].reshape(F * PH * PW)
         _relu_span(o, o, 0, o.size)
 
 
-@njit(cache=True)
+@per_thread.by_address
 def _conv_relu_pool_backward_thread(t, args):
-    """Thread t's samples of the pooled backward. kept: cols holds every sample's columns from
-    forward (N slots), else T scratch slots."""
-    (x, w2, dout, out, index, has_bias, dx, dw_part, db_part, cols, dcols, dconvs, KH, KW, sh,
-     sw, pt, pb, pl, pr, dh, dw, groups, OH, OW, kept, input_grad, same_width) = args
-    N = x.shape[0]
+    """Thread t's samples of the pooled backward: dout scattered to the winners in dconvs[t]
+    (F, OH·OW), then conv.backward_sample's kernel at sample_at."""
+    sample_at, conv, dconvs, dout, out, index, N, T = args
     F = dconvs.shape[1]
     PH, PW = dout.shape[2], dout.shape[3]
-    T = dconvs.shape[0]
     dconv2 = dconvs[t]
     for n in range((t * N) // T, ((t + 1) * N) // T):
         # a flat element loop: numba's slice assignment costs seconds of compile time
@@ -104,45 +91,32 @@ def _conv_relu_pool_backward_thread(t, args):
                     # scatter; += as overlapping windows can share a winner
                     if not out[n, f, i, j] <= 0:
                         dconv2[f, index[n, f, i, j]] += dout[n, f, i, j]
-        col = cols[n] if kept else cols[t]
-        conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dw_part[t], db_part[t],
-                              col, dcols[t], KH, KW, sh, sw, pt, pb, pl, pr,
-                              dh, dw, groups, OH, OW, not kept, input_grad, same_width)
+        per_thread.call(sample_at, t, n, conv)
 
 
-@njit(cache=True)
+@per_thread.by_address
 def _conv_relu_forward_thread(t, args):
-    """Thread t's samples of out (N, F, OH, OW) = relu(conv(x) + b); cols as in the pooled
-    worker."""
-    (x, w2, b, has_bias, out, cols, keep, T, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups,
-     path) = args
-    N = x.shape[0]
+    """Thread t's samples of out (N, F, OH, OW) = relu(conv(x) + b): conv.forward_sample's
+    kernel at sample_at writes out[n], then ReLU in place."""
+    sample_at, conv, out, N, T = args
     F, OH, OW = out.shape[1], out.shape[2], out.shape[3]
     for n in range((t * N) // T, ((t + 1) * N) // T):
-        conv2 = out[n].reshape(F, OH * OW)
-        col = cols[n] if keep else cols[t]
-        conv_sample(x, n, w2, b, has_bias, col, conv2, KH, KW, sh, sw, pt, pb, pl, pr,
-                     dh, dw, groups, OH, OW, path)
+        per_thread.call(sample_at, t, n, conv)
         o = out[n].reshape(F * OH * OW)
         _relu_span(o, o, 0, o.size)
 
 
-@njit(cache=True)
+@per_thread.by_address
 def _conv_relu_backward_thread(t, args):
-    (x, w2, dout, out, has_bias, dx, dw_part, db_part, cols, dcols, dconvs, KH, KW, sh, sw,
-     pt, pb, pl, pr, dh, dw, groups, kept, input_grad, same_width) = args
-    N = x.shape[0]
-    F, P = dconvs.shape[1], dconvs.shape[2]
-    OH, OW = out.shape[2], out.shape[3]
-    T = dconvs.shape[0]
+    """Thread t's samples of relu(conv) backward: relu_backward into dconvs[t], then
+    conv.backward_sample's kernel at sample_at."""
+    sample_at, conv, dconvs, dout, out, N, T = args
+    P = dconvs.shape[1] * dconvs.shape[2]
     dconv2 = dconvs[t]
     for n in range((t * N) // T, ((t + 1) * N) // T):
-        d = dconv2.reshape(F * P)
-        _relu_backward_span(dout[n].reshape(F * P), out[n].reshape(F * P), d, 0, F * P)
-        col = cols[n] if kept else cols[t]
-        conv_backward_sample(x, n, w2, dconv2, has_bias, dx, dw_part[t], db_part[t],
-                              col, dcols[t], KH, KW, sh, sw, pt, pb, pl, pr,
-                              dh, dw, groups, OH, OW, not kept, input_grad, same_width)
+        d = dconv2.reshape(P)
+        _relu_backward_span(dout[n].reshape(P), out[n].reshape(P), d, 0, P)
+        per_thread.call(sample_at, t, n, conv)
 
 
 def _conv_setup(x, w, b, stride, padding, dilation):
@@ -233,9 +207,9 @@ def conv2d_relu_forward(x, w, b, stride, padding, dilation, groups, workspace=No
         T = _n_threads(N)
         direct = uses_direct(x, w, geo, groups, OW)
         cols, keep = _columns(x, w, geo, OH, OW, workspace, direct)
-        per_thread.run(_conv_relu_forward_thread, T,
-                       (x, _as_matrix(w), bias, has_bias, out, cols, keep, T, *geo, groups,
-                        forward_path(direct, x.dtype, geo, x.shape[3], OW)))
+        at, conv = forward_sample(x, w, bias, has_bias, cols, keep, out, True, geo, groups,
+                                  direct)
+        per_thread.run(_conv_relu_forward_thread, T, (at, conv, out, N, T))
         kept = cols if keep else None
     return out, (x, w, has_bias, geo, groups, out, kept, workspace)
 
@@ -250,10 +224,9 @@ def conv2d_relu_backward(dout, cache, input_grad=True):
                                                               kept, workspace)
     dx = _input_grad_buffer(x, input_grad)
     if N > 0:
-        per_thread.run(_conv_relu_backward_thread, T,
-                       (x, _as_matrix(w), dout, out, has_bias, dx, dw_part, db_part, cols,
-                        dcols, dconvs, *geo, groups, kept is not None, input_grad,
-                        unfold_path(geo, x.shape[3], OW)))
+        at, conv = backward_sample(x, w, dconvs, False, has_bias, dx, dw_part, db_part, cols,
+                                   kept is not None, dcols, geo, groups, OH, OW, input_grad)
+        per_thread.run(_conv_relu_backward_thread, T, (at, conv, dconvs, dout, out, N, T))
     return _finish(dx, dw_part, db_part, w, has_bias, input_grad)
 
 
@@ -294,10 +267,11 @@ def _pooled_forward(conv, workspace, full_index):
     convs = _buffer(workspace, "convs", (T, F, OH, OW), x.dtype)
     direct = uses_direct(x, w, geo, groups, OW)
     cols, keep = _columns(x, w, geo, OH, OW, workspace, direct)
+    at, conv = forward_sample(x, w, bias, has_bias, cols, keep, convs, False, geo, groups,
+                              direct)
     per_thread.run(_conv_relu_pool_forward_thread, T,
-                   (x, _as_matrix(w), bias, has_bias, out, index, full_index, cols, keep, convs,
-                    *geo, groups, forward_path(direct, x.dtype, geo, x.shape[3], OW),
-                    _pool_argument(pool, OH, OW, PH, PW)))
+                   (at, conv, convs, out, index, full_index,
+                    _pool_argument(pool, OH, OW, PH, PW), N, T))
     return out, index, (cols if keep else None)
 
 
@@ -320,10 +294,10 @@ def conv2d_relu_maxpool2d_backward(dout, cache, input_grad=True):
                                                               kept, workspace)
     dx = _input_grad_buffer(x, input_grad)
     if N > 0:
+        at, conv = backward_sample(x, w, dconvs, False, has_bias, dx, dw_part, db_part, cols,
+                                   kept is not None, dcols, geo, groups, OH, OW, input_grad)
         per_thread.run(_conv_relu_pool_backward_thread, T,
-                       (x, _as_matrix(w), dout, out, index, has_bias, dx, dw_part, db_part,
-                        cols, dcols, dconvs, *geo, groups, OH, OW, kept is not None,
-                        input_grad, unfold_path(geo, x.shape[3], OW)))
+                       (at, conv, dconvs, dout, out, index, N, T))
     return _finish(dx, dw_part, db_part, w, has_bias, input_grad)
 
 

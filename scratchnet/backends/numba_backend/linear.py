@@ -68,7 +68,7 @@ def _forward_block(x, w, b, has_bias, out, t, blocks):
         gemm(x[c0:c1], w, out[c0:c1], False, True, 1.0, beta)
 
 
-@njit(cache=True)
+@per_thread.by_address
 def _forward_thread(t, args):
     """Thread t's block of the forward pass (per_thread.run's worker)."""
     x, w, b, has_bias, out, blocks = args
@@ -92,7 +92,7 @@ def _backward_block(dout, x, w, dx, dw, db, t, blocks, has_bias, input_grad):
         gemm(dout[r0:r1], w, dx[r0:r1], False, False, 1.0, 0.0)
 
 
-@njit(cache=True)
+@per_thread.by_address
 def _backward_thread(t, args):
     """Thread t's block of the backward pass (per_thread.run's worker)."""
     dout, x, w, dx, dw, db, has_bias, input_grad, blocks = args

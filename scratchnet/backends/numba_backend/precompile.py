@@ -1,23 +1,26 @@
-"""Compile a training step's backward and optimizer kernels in a helper process, ahead of use.
+"""Compile a training step's kernels in two processes at once, ahead of use.
 
 Why: with an empty Numba cache the first training step compiles every kernel it meets, one
-after another, on one core: 21–30 s for the conv models on the 2-core target (DESIGN.md,
-"Compile time"), while the other core idles. The backward pass's kernels are about 40 % of
-that work and none of them is needed before the forward pass and the loss are done.
+after another, on one core (17-20 s of compile time for the conv models on the 2-core target,
+DESIGN.md, "Compile time"), while the other core idles.
 
 How (``compile_ahead(model, x, optimizer)``, called before the first step):
 
 1. The process forks. The child walks ``model(x)``, ``backward_to_params(model, ·)`` and
    ``optimizer.step()`` with every scratchnet kernel call intercepted: nothing compiles and
    nothing runs, each call only notes (kernel, argument types). The Python code between kernels
-   still runs, so the types are exactly those the real step will use. The kernels the backward
-   pass and the optimizer call, and the forward pass does not, are the child's *claims*.
-2. The child sends its claims through a pipe, then compiles them in call order and sends each
-   compiled result, serialised the way Numba's own disk cache serialises it.
-3. The parent goes on with its step, compiling the forward kernels itself. When a kernel meets
-   argument types it has no code for (Numba then calls the dispatcher's ``_compile_for_args``;
-   per_thread.py asks before compiling a worker), a hook checks the claims: for a claimed
-   kernel it takes the disk cache's copy if there is one, else waits for the child's result,
+   still runs, so the types are exactly those the real step will use. It sends this list, in
+   call order, through a pipe.
+2. The two processes then share the list from its two ends. The parent goes on with its step
+   and compiles kernels as it meets them, from the front (the forward pass first); the child
+   compiles from the back (the optimizer, then the backward pass, last layer first, then as
+   much of the forward pass as the parent has not reached) and sends each compiled result,
+   serialised the way Numba's own disk cache serialises it. Whoever first creates a kernel's
+   claim file (``O_EXCL``, atomic) compiles that kernel; the other never does.
+3. When the parent meets argument types it has no code for (Numba then calls the dispatcher's
+   ``_compile_for_args``; per_thread.py asks before compiling a worker or a kernel it calls by
+   address), a hook takes the disk cache's copy if there is one; else it claims the kernel and
+   lets Numba compile it, or, when the child holds the claim, waits for the child's result,
    installs it (Numba's cache-load path) and writes it to the disk cache.
 
 Only the parent writes the disk cache: Numba's index files are not safe against two processes
@@ -28,6 +31,7 @@ internals differ) ends the session and the parent compiles the rest itself, as i
 without it: this changes when kernels compile, never what they compute.
 """
 import atexit
+import hashlib
 import json
 import os
 import pickle
@@ -51,7 +55,8 @@ __all__ = ["compile_ahead"]
 # itself (the slowest single kernel here compiles in ~10 s on a busy machine)
 WAIT_LIMIT_S = 120
 
-# True in the child while it walks the step (per_thread.run then only notes its worker)
+# True in the child while it walks the step (per_thread.run and per_thread.address then only
+# note their kernels)
 walking = False
 _note = None  # the child's note(dispatcher, argtypes) while walking
 _session = None  # the parent's _Session while the child is working
@@ -65,12 +70,15 @@ def enabled():
             and os.environ.get("SCRATCHNET_COMPILE_AHEAD", "1") != "0")
 
 
-def compile_ahead(model, x, optimizer=None):
-    """Start compiling ``model``'s backward kernels (and ``optimizer``'s) in a helper process.
+def compile_ahead(model, x, optimizer=None, loss=None):
+    """Start a helper process that compiles a training step's kernels with this one.
 
     Call it before the first training step on batch ``x`` (the real batch: its size picks
-    serial or parallel kernels). Returns at once; does nothing when the same model already had
-    a helper for this input shape in this process, or when ``enabled()`` is False.
+    serial or parallel kernels). ``loss``: the step's loss as a function of the model's output
+    that returns the gradient backward starts from (so the loss kernels are shared out too);
+    without it the walk starts backward from zeros. Returns at once; does nothing when the same
+    model already had a helper for this input shape in this process, or when ``enabled()`` is
+    False.
     """
     global _session
     key = (id(model), tuple(np.shape(x)), str(np.asarray(x).dtype))
@@ -94,7 +102,7 @@ def compile_ahead(model, x, optimizer=None):
         return
     if pid == 0:  # the child: never returns
         os.close(read_fd)
-        _child(model, x, optimizer, dispatchers, write_fd, folder)
+        _child(model, x, optimizer, loss, dispatchers, write_fd, folder)
     os.close(write_fd)
     _session = _Session(read_fd, pid, dispatchers, folder)
 
@@ -148,16 +156,19 @@ def _skip(*args, **kwargs):
 
 # ---- the child -----------------------------------------------------------------------------
 
-def _child(model, x, optimizer, dispatchers, fd, folder):
-    """Walk the step, send the claims, compile them, send the results; exit without cleanup
-    (``os._exit``: the parent's atexit handlers and buffered output are the parent's)."""
+def _child(model, x, optimizer, loss, dispatchers, fd, folder):
+    """Walk the step, send the list, compile from its back what the parent has not claimed,
+    send the results; exit without cleanup (``os._exit``: the parent's atexit handlers and
+    buffered output are the parent's)."""
     code = 1
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        claims = _walk(model, x, optimizer, dispatchers)
-        _send(fd, {"claims": list(claims)})
-        for i, (key, (dispatcher, argtypes)) in enumerate(claims.items()):
+        kernels = _walk(model, x, optimizer, loss, dispatchers)
+        _send(fd, {"claims": list(kernels)})
+        for i, (key, (dispatcher, argtypes)) in reversed(list(enumerate(kernels.items()))):
+            if not _claim(folder, key):
+                continue  # the parent compiles this one
             try:
                 if dispatcher._cache.load_overload(argtypes, dispatcher.targetctx) is not None:
                     _send(fd, {"key": key, "cached": True})  # the parent loads it itself
@@ -175,26 +186,42 @@ def _child(model, x, optimizer, dispatchers, fd, folder):
         code = 0
     except BaseException:  # the parent compiles what it did not get
         _debug(traceback.format_exc())
-        shutil.rmtree(folder, ignore_errors=True)
     finally:
         os._exit(code)
 
 
-def _walk(model, x, optimizer, dispatchers):
-    """{key: (dispatcher, argtypes)} of the kernels the backward pass and the optimizer call
-    that the forward pass does not, in call order. Nothing is compiled or run: compiled code
-    is dropped first, and a call without code goes to ``_compile_for_args``, replaced here."""
+def _claim(folder, key):
+    """True for the first of the two processes to ask for ``key``: that one compiles it."""
+    name = hashlib.sha1(key.encode()).hexdigest() + ".claim"
+    try:
+        os.close(os.open(os.path.join(folder, name), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _walk(model, x, optimizer, loss, dispatchers):
+    """{key: (dispatcher, argtypes)} of the kernels the step calls, in call order. Nothing is
+    compiled or run: compiled code is dropped first, and a call without code goes to
+    ``_compile_for_args``, replaced here."""
     global walking, _note
     from ...nn.module import backward_to_params
 
-    forward, claims, phase = set(), {}, ["forward"]
+    kernels = {}
+    in_loss = [False]
+    in_body = [0]  # > 0 while a kernel's Python body runs: its calls are not the step's
 
     def note(dispatcher, argtypes):
-        key = _key(dispatcher, argtypes)
-        if phase[0] == "forward":
-            forward.add(key)
-        elif key not in forward:
-            claims.setdefault(key, (dispatcher, argtypes))
+        kernels.setdefault(_key(dispatcher, argtypes), (dispatcher, argtypes))
+
+    def body(dispatcher):
+        def run(*args, **kwargs):
+            in_body[0] += 1
+            try:
+                return dispatcher.py_func(*args, **kwargs)
+            finally:
+                in_body[0] -= 1
+        return run
 
     def intercept(dispatcher):
         def compile_for_args(*args, **kwargs):
@@ -202,8 +229,11 @@ def _walk(model, x, optimizer, dispatchers):
                 # a scalar helper whose value the Python side uses (an output size): run its
                 # Python body
                 return dispatcher.py_func
-            note(dispatcher, _argtypes(dispatcher, args))
-            return _skip
+            if in_body[0] == 0:  # (compiled code types a kernel's own calls differently)
+                note(dispatcher, _argtypes(dispatcher, args))
+            # the loss's kernels return values the code after them unpacks: run their Python
+            # bodies (a batch of class scores: milliseconds). The layers' write in place.
+            return body(dispatcher) if in_loss[0] else _skip
         return compile_for_args
 
     for d in dispatchers:
@@ -215,15 +245,29 @@ def _walk(model, x, optimizer, dispatchers):
     try:
         with np.errstate(all="ignore"):
             out = model(x)
-            phase[0] = "backward"
-            backward_to_params(model, np.zeros_like(out))
+            dout = np.zeros_like(out)
+            if loss is not None:
+                in_loss[0] = True
+                try:  # on scores of zeros: the model's own output was never computed
+                    dout = loss(np.zeros_like(out))
+                except Exception:  # the parent compiles the loss's kernels then
+                    _debug(traceback.format_exc())
+                finally:
+                    in_loss[0] = False
+            backward_to_params(model, dout)
             if optimizer is not None:
                 optimizer.step()
     finally:
         walking, _note = False, None
         for d in dispatchers:
             del d._compile_for_args
-    return claims
+    return kernels
+
+
+def note_kernel(function, argtypes):
+    """per_thread.address's and fixed_address's stand-in while the child walks: note
+    ``function`` for ``argtypes``."""
+    _note(function, argtypes)
 
 
 def note_run(worker, T, args):
@@ -247,12 +291,13 @@ def _send(fd, message):
 # ---- the parent ----------------------------------------------------------------------------
 
 class _Session:
-    """The parent's side: hooks on every dispatcher until all claims are settled."""
+    """The parent's side: hooks on every dispatcher until every kernel of the child's list is
+    compiled here or installed."""
 
     def __init__(self, fd, pid, dispatchers, folder):
         self.fd, self.pid, self.folder, self.buffer = fd, pid, folder, b""
-        self.claims = None  # key -> None (pending) or "settled"
-        self.results = {}  # key -> serialised CompileResult, received, not yet installed
+        self.claims = None  # the child's list of keys, once received
+        self.results = {}  # key -> serialised CompileResult (None: failed), not yet installed
         self.dispatchers = dispatchers
         for d in dispatchers:
             d._compile_for_args = self._hook(d)
@@ -275,18 +320,13 @@ class _Session:
             self.close()
 
     def deliver(self, dispatcher, argtypes):
-        """Install code for (dispatcher, argtypes) from the disk cache or, when the child
-        claimed that kernel, from the child (waiting for it). Otherwise leave it to Numba."""
+        """Before (dispatcher, argtypes) compiles here: install its code from the disk cache,
+        or claim it (Numba then compiles it as usual), or, when the child holds its claim,
+        install the child's result (waiting for it)."""
         key = _key(dispatcher, argtypes)
-        if self.claims is not None and self.claims.get(key, "settled") == "settled":
-            return
-        # compiled by an earlier run: no need to wait for the claims or the child
+        # compiled by an earlier run: no need to claim it or to wait for the child
         cres = dispatcher._cache.load_overload(argtypes, dispatcher.targetctx)
-        if cres is None:
-            if self.claims is None and not self._read_claims():
-                return
-            if self.claims.get(key, "settled") == "settled":
-                return
+        if cres is None and not _claim(self.folder, key):
             t0 = time.perf_counter()
             payload = self._wait_for(key)
             _debug(f"parent waited {time.perf_counter() - t0:.2f} s for {key}")
@@ -296,48 +336,65 @@ class _Session:
                 dispatcher._cache.save_overload(argtypes, _Serialised(cres, payload))
         if cres is not None:
             _install(dispatcher, argtypes, cres)
-        if self.claims is not None and key in self.claims:
-            self.claims[key] = "settled"
-            if all(v == "settled" for v in self.claims.values()):
-                self.close()
+        self._read_ready()
+        if self.claims is not None and self.claims <= self._compiled() | {key}:
+            self.close()  # nothing left that the child could hand over
 
-    def _read_claims(self):
-        message = self._read_message()
-        if message is None or "claims" not in message:
-            self.close()
-            return False
-        self.claims = dict.fromkeys(message["claims"])
-        return True
+    def _compiled(self):
+        """Keys of every signature compiled (or installed) here so far."""
+        return {_key(d, sig) for d in self.dispatchers for sig in list(d.overloads)}
 
     def _wait_for(self, key):
         """The child's serialised result for ``key``; None when it failed or is gone."""
         while key not in self.results:
-            message = self._read_message()
-            if message is None:
+            if not self._take(self._read_message(WAIT_LIMIT_S)):
                 self.close()
                 return None
-            path = message.get("file")
-            if path is None:
-                self.results[message["key"]] = None
-                continue
-            with open(path, "rb") as f:
-                self.results[message["key"]] = f.read()
-            os.remove(path)
         return self.results.pop(key)
 
-    def _read_message(self):
+    def _read_ready(self):
+        """Take the messages the child has sent already, without waiting. A child gone before
+        it sent its list (its walk failed) ends the session."""
+        while self.fd is not None and self._take(self._read_message(0)):
+            pass
+        if self.claims is None and self.fd is not None and self._gone():
+            self.close()
+
+    def _gone(self):
+        """True when the child has exited (then reaped here: its pid is no longer ours)."""
+        if os.waitpid(self.pid, os.WNOHANG) == (0, 0):
+            return False
+        self.pid = None
+        return True
+
+    def _take(self, message):
+        """Record one message (the list or a result); False when there was none."""
+        if message is None:
+            return False
+        if "claims" in message:
+            self.claims = set(message["claims"])
+        elif "file" in message:
+            with open(message["file"], "rb") as f:
+                self.results[message["key"]] = f.read()
+            os.remove(message["file"])
+        else:  # cached, or the child failed: the parent loads or compiles it itself
+            self.results[message["key"]] = None
+        return True
+
+    def _read_message(self, timeout):
+        """The next message, waiting at most ``timeout`` seconds; None if there is none."""
         while b"\n" not in self.buffer:
-            chunk = self._read_chunk()
+            chunk = self._read_chunk(timeout)
             if not chunk:
                 return None
             self.buffer += chunk
         line, self.buffer = self.buffer.split(b"\n", 1)
         return json.loads(line)
 
-    def _read_chunk(self):
+    def _read_chunk(self, timeout):
         if self.fd is None:
             return b""
-        deadline = time.monotonic() + WAIT_LIMIT_S
+        deadline = time.monotonic() + timeout
         while True:
             ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
             if ready:
@@ -356,11 +413,12 @@ class _Session:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            os.waitpid(self.pid, 0)
+            if self.pid is not None:  # (None: reaped by _gone)
+                try:
+                    os.kill(self.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                os.waitpid(self.pid, 0)
             shutil.rmtree(self.folder, ignore_errors=True)
         atexit.unregister(self.close)
 

@@ -3,5 +3,5 @@
 __all__ = ["compile_ahead"]
 
 
-def compile_ahead(model, x, optimizer=None):
+def compile_ahead(model, x, optimizer=None, loss=None):
     """Nothing to do: the NumPy backend runs no compiled kernels (see numba_backend/precompile.py)."""
