@@ -582,9 +582,9 @@ def cmd_train(args):
               f"({recipe.describe()}), {config['backend']} backend, {config['dtype']}; "
               f"run folder {out}", flush=True)
         if config["backend"] == "numba":
-            # the first step compiles every kernel it touches (14-18 s for a conv model on a
+            # the first step compiles every kernel it touches (9-11 s for a conv model on a
             # 2-core machine with an empty cache); without a word it looks like a hang
-            print("numba: the first step compiles the kernels it needs (up to ~20 s the first "
+            print("numba: the first step compiles the kernels it needs (about 10 s the first "
                   "time; cached on disk after that)", flush=True)
 
         def on_epoch(record):

@@ -33,11 +33,11 @@ LLVM fuse each multiply-add where the CPU has FMA: with separate multiplies and 
 accumulators, 3 input vectors and a product did not fit the 16 registers and spilled (2x
 slower). The block's array of 12 vectors lives on the stack and LLVM keeps it in registers.
 
-Called through its address (``address``, ``call``), not inlined: a worker that calls it holds
-one call instead of this kernel's code, so the kernel compiles once, as its own function, and
-not again inside each worker's module (1-1.5 s of compile time per worker here). One indirect
-call per sample costs nothing next to the sample's 7-10 µs. conv.conv_sample compiles this call
-into the workers of direct layers only.
+Called through its address (``address``, ``call``), not inlined: its caller (conv.py's
+``_direct_sample``, itself called by address from the workers) holds one call instead of this
+kernel's code, so the kernel compiles once, as its own function, and not again inside each
+caller's module (1-1.5 s of compile time per worker here). One indirect call per sample costs
+nothing next to the sample's 7-10 µs.
 
 Numbers: not bitwise the GEMM's (OpenBLAS orders and fuses its sums its own way) but within
 float rounding of them; the parity tests hold it to torch's tolerances. Fused and plain
@@ -65,7 +65,8 @@ VECTOR_BYTES = 32  # AVX2's 256-bit registers
 MAX_RECOMPUTED = 0.25
 # the largest layers taken (module docstring): from 64 filters (digitcnn's conv2) or 150
 # (widecnn's conv1) OpenBLAS runs the GEMM near its peak; 32 (digitcnn's conv1) gained a layer
-# 3 µs a sample and cost its model a second forward worker's compile time
+# 3 µs a sample and cost its model a second forward worker's compile time (2.8 s; now that
+# workers call the convolution by address it would cost the direct kernel's, ~1.8 s)
 MAX_FILTERS = 20
 MAX_TAPS = 256
 
