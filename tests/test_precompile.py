@@ -127,6 +127,42 @@ def test_a_failing_helper_leaves_the_compiling_to_the_process(tmp_path):
     assert "parent waited" not in log
 
 
+TRAINING_LOOP = '''
+import numpy as np
+from scratchnet import backend, models, optim, tasks, training
+backend.set_backend("numba")
+model = models.build("multimlp")
+task = tasks.for_model(models.OUTPUTS["multimlp"])
+opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+rng = np.random.default_rng(0)
+x = rng.standard_normal((32, *model.input_shape)).astype(np.float32)
+y = rng.integers(0, 10, (32, 2))
+backend.ops().compile_ahead(model, x, opt, training._loss_gradient(task, y))
+model.train()
+out = model(x)
+task.loss(out, y)
+opt.zero_grad()
+from scratchnet.nn.module import backward_to_params
+backward_to_params(model, task.backward())
+opt.step()
+from scratchnet.backends.numba_backend import precompile
+print("closed" if precompile._session is None else "open")
+'''
+
+
+@pytest.mark.skipif(not precompile.enabled(), reason="needs os.fork on Linux and the JIT on")
+def test_the_helper_walks_a_two_head_model_and_its_task_loss(tmp_path):
+    """The training loop's loss (a two-digit task: the model returns a pair of logits) is
+    walked too: the helper compiles kernels, nothing in the walk fails, the session ends."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"),
+           "SCRATCHNET_COMPILE_AHEAD": "1", "SCRATCHNET_PRECOMPILE_DEBUG": "1"}
+    out = subprocess.run([sys.executable, "-c", TRAINING_LOOP], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-1] == "closed"
+    assert "child compiled" in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
+
+
 def test_numpy_backend_and_switch_off_do_nothing(monkeypatch):
     model = models.build("mlp")
     x = np.zeros((4, *model.input_shape), np.float32)

@@ -245,11 +245,11 @@ def _walk(model, x, optimizer, loss, dispatchers):
     try:
         with np.errstate(all="ignore"):
             out = model(x)
-            dout = np.zeros_like(out)
+            dout = _zeros_like(out)
             if loss is not None:
                 in_loss[0] = True
                 try:  # on scores of zeros: the model's own output was never computed
-                    dout = loss(np.zeros_like(out))
+                    dout = loss(_zeros_like(out))
                 except Exception:  # the parent compiles the loss's kernels then
                     _debug(traceback.format_exc())
                 finally:
@@ -262,6 +262,13 @@ def _walk(model, x, optimizer, loss, dispatchers):
         for d in dispatchers:
             del d._compile_for_args
     return kernels
+
+
+def _zeros_like(out):
+    """Zeros shaped like a model's output: an array, or a tuple of them (a two-head model)."""
+    if isinstance(out, tuple):
+        return tuple(_zeros_like(o) for o in out)
+    return np.zeros_like(out)
 
 
 def note_kernel(function, argtypes):
