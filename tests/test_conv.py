@@ -405,10 +405,12 @@ def per_thread_address(loop, dtype, first_ndim, second_ndim):
 
     from scratchnet.backends.numba_backend.per_thread import fixed_address
 
-    dt = from_dtype(np.dtype(dtype))
-    return fixed_address(loop, (types.Array(dt, first_ndim, "C"),
-                                types.Array(dt, second_ndim, "C"),
-                                types.UniTuple(types.int64, 10)))
+    def argtypes(dtype):
+        dt = from_dtype(np.dtype(dtype))
+        return (types.Array(dt, first_ndim, "C"), types.Array(dt, second_ndim, "C"),
+                types.UniTuple(types.int64, 10))
+
+    return fixed_address(loop, dtype, argtypes)
 
 
 def test_run_loop_checks_argument_types():

@@ -229,20 +229,26 @@ def im2col_address(geo, W, OW, dtype):
     """The address, for ``run_loop``, of the layer's im2col loop compiled for ``dtype``: the
     same-width one when ``same_width``, else the row one."""
     loop = im2col_spans if same_width(geo, W, OW) else im2col_rows
-    return per_thread.fixed_address(loop, _loop_types(dtype, image_first=True))
+    return per_thread.fixed_address(loop, dtype, _image_first)
 
 
 def col2im_address(geo, W, OW, dtype):
     """As im2col_address, for the layer's col2im loop (asked for by backward only: the forward
     pass does not compile it)."""
     loop = col2im_spans if same_width(geo, W, OW) else col2im_rows
-    return per_thread.fixed_address(loop, _loop_types(dtype, image_first=False))
+    return per_thread.fixed_address(loop, dtype, _columns_first)
 
 
-def _loop_types(dtype, image_first):
+def _image_first(dtype):
+    """im2col's argument types: (image (C, H, W), columns (C·KH·KW, OH·OW), geo)."""
     dt = numba.from_dtype(np.dtype(dtype))
-    image, matrix = types.Array(dt, 3, "C"), types.Array(dt, 2, "C")
-    return (image, matrix, _LOOP_GEO) if image_first else (matrix, image, _LOOP_GEO)
+    return types.Array(dt, 3, "C"), types.Array(dt, 2, "C"), _LOOP_GEO
+
+
+def _columns_first(dtype):
+    """col2im's argument types: (columns, image, geo)."""
+    image, columns, geo = _image_first(dtype)
+    return columns, image, geo
 
 
 _LOOP_GEO = types.UniTuple(types.int64, 10)

@@ -50,9 +50,9 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.core.errors import TypingError
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
-from .per_thread import call_unpacked_at, fixed_address
+from .per_thread import call_fixed, fixed_address
 
 __all__ = ["applies", "address", "call", "conv_direct_sample", "FILTERS", "VECTORS"]
 
@@ -244,24 +244,25 @@ def address(dtype):
     """Address of conv_direct_sample compiled for ``dtype`` (compiled, or loaded from the disk
     cache, on first use), for ``call``. 0 in precompile's helper process, which runs nothing
     (an int all the same: the forward tuple's types are those of the real step)."""
-    return fixed_address(conv_direct_sample, _argument_types(np.dtype(dtype)))
+    return fixed_address(conv_direct_sample, dtype, _argument_types)
 
 
-@intrinsic
-def call(typingctx, at, args):
-    """conv_direct_sample(*args), compiled at address ``at`` (``address``).
+def call(at, args):
+    """conv_direct_sample(*args), compiled at address ``at`` (``address``). Compiled code only:
+    with the JIT off ``applies`` is False and the direct path is never taken."""
+    raise NotImplementedError("direct_conv.call runs in compiled code only")
 
-    args: (x, n, w2, b, conv2, KH, KW, OH, OW) with exactly the types the address was compiled
-    for (checked here: a call through an address has no dispatcher to check them).
-    """
+
+@overload(call, jit_options={"cache": True})
+def _call_nopython(at, args):
+    # args: (x, n, w2, b, conv2, KH, KW, OH, OW) with exactly the types the address was
+    # compiled for (a call through an address has no dispatcher to check them)
     if not isinstance(args, types.BaseTuple) or not isinstance(args.types[0], types.Array):
         raise TypingError("direct_conv.call: args must be conv_direct_sample's argument tuple")
     argtypes = _argument_types(np.dtype(str(args.types[0].dtype)))
     if tuple(args.types) != argtypes:
         raise TypingError(f"direct_conv.call: argument types {args.types}, expected {argtypes}")
 
-    def codegen(context, builder, signature, llargs):
-        call_unpacked_at(context, builder, llargs[0], args, llargs[1])
-        return context.get_dummy_value()
-
-    return types.void(types.int64, args), codegen
+    def impl(at, args):
+        call_fixed(at, args)
+    return impl

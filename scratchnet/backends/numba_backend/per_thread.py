@@ -103,12 +103,6 @@ def call_at(context, builder, address, argtypes, values):
     context.call_conv.call_function(builder, function, types.void, argtypes, values)
 
 
-def call_unpacked_at(context, builder, address, args_type, args_value):
-    """Codegen: ``call_at`` with the elements of the tuple ``args_value`` as the arguments."""
-    values = [builder.extract_value(args_value, i) for i in range(len(args_type.types))]
-    call_at(context, builder, address, list(args_type.types), values)
-
-
 @intrinsic
 def _entry_and_env(typingctx, address, args):
     """(entry, env) for ``_launch``: env points to a copy of (address, args) on the caller's
@@ -163,9 +157,14 @@ def _address(function, ints, args):
     address = _ADDRESSES.get(key)
     if address is None:
         argtypes = (types.int64,) * ints + (numba.typeof(args),)
-        precompile.before_compile(function, argtypes)  # the helper process may have it
-        address = _ADDRESSES[key] = compiled_address(function, argtypes)
+        address = _ADDRESSES[key] = _compiled(function, argtypes)
     return address
+
+
+def _compiled(function, argtypes):
+    """compiled_address, after asking precompile.py's helper process whether it has the code."""
+    precompile.before_compile(function, argtypes)
+    return compiled_address(function, argtypes)
 
 
 def run(worker, T, args):
@@ -210,51 +209,42 @@ def _call_nopython(at, t, n, args):
             raise TypingError(f"per_thread.call: {name} must be int64, got {value}")
 
     def impl(at, t, n, args):
-        _call_address(at, t, n, args)
+        call_fixed(at, (t, n, args))
     return impl
 
 
-@intrinsic
-def _call_address(typingctx, at, t, n, args):
-    """Call the compiled function at address ``at`` as ``function(t, n, args)``."""
-    def codegen(context, builder, signature, llargs):
-        call_at(context, builder, llargs[0], [types.int64, types.int64, args], llargs[1:])
-        return context.get_dummy_value()
-
-    return types.void(types.int64, types.int64, types.int64, args), codegen
-
-
-# function -> {argtypes: address}, for fixed_address
+# (function, dtype) -> address, for fixed_address
 _FIXED = {}
 
 
-def fixed_address(function, argtypes):
-    """Address of ``function`` compiled for the Numba types ``argtypes`` (or loaded from the
-    disk cache), once per process, for ``call_fixed``: a kernel whose argument types follow
-    from a dtype (direct_conv's, conv.py's im2col and col2im loops).
+def fixed_address(function, dtype, argtypes_of):
+    """Address of ``function`` compiled for the Numba types ``argtypes_of(dtype)`` (or loaded
+    from the disk cache), for ``call_fixed``: a kernel whose argument types follow from a dtype
+    (direct_conv's, conv.py's im2col and col2im loops). Kept per (function, dtype): a layer
+    asks on every call, and building the types costs ~20 µs where the lookup costs ~1.
 
     With the JIT off, ``function`` itself; in precompile's helper process 0 (noted).
     """
-    argtypes = tuple(argtypes)
     if numba.config.DISABLE_JIT:
         return function
     if precompile.walking:
-        precompile.note_kernel(function, argtypes)
+        precompile.note_kernel(function, tuple(argtypes_of(dtype)))
         return 0
-    known = _FIXED.setdefault(function, {})
-    if argtypes not in known:
-        precompile.before_compile(function, argtypes)
-        known[argtypes] = compiled_address(function, argtypes)
-    return known[argtypes]
+    key = (function, np.dtype(dtype))
+    address = _FIXED.get(key)
+    if address is None:
+        address = _FIXED[key] = _compiled(function, tuple(argtypes_of(dtype)))
+    return address
 
 
 @intrinsic
 def call_fixed(typingctx, at, args):
-    """Codegen only: ``function(*args)`` for the function compiled at ``at`` by
-    ``fixed_address``. Nothing is checked here: each caller checks that ``args`` has exactly
-    the types the address was compiled for (direct_conv.call, conv.run_loop)."""
+    """Codegen only: ``function(*args)`` for the function compiled at address ``at``. Nothing
+    is checked here: each caller checks that ``args`` has exactly the types the address was
+    compiled for (``call``, direct_conv.call, conv.run_loop)."""
     def codegen(context, builder, signature, llargs):
-        call_unpacked_at(context, builder, llargs[0], args, llargs[1])
+        values = [builder.extract_value(llargs[1], i) for i in range(len(args.types))]
+        call_at(context, builder, llargs[0], list(args.types), values)
         return context.get_dummy_value()
 
     return types.void(types.int64, args), codegen

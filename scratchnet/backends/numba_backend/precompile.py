@@ -165,7 +165,7 @@ def _child(model, x, optimizer, loss, dispatchers, fd, folder):
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         kernels = _walk(model, x, optimizer, loss, dispatchers)
-        _send(fd, {"claims": list(kernels)})
+        _send(fd, {"kernels": list(kernels)})
         for i, (key, (dispatcher, argtypes)) in reversed(list(enumerate(kernels.items()))):
             if not _claim(folder, key):
                 continue  # the parent compiles this one
@@ -303,7 +303,7 @@ class _Session:
 
     def __init__(self, fd, pid, dispatchers, folder):
         self.fd, self.pid, self.folder, self.buffer = fd, pid, folder, b""
-        self.claims = None  # the child's list of keys, once received
+        self.kernels = None  # the child's list of keys, once received
         self.results = {}  # key -> serialised CompileResult (None: failed), not yet installed
         self.dispatchers = dispatchers
         for d in dispatchers:
@@ -344,7 +344,7 @@ class _Session:
         if cres is not None:
             _install(dispatcher, argtypes, cres)
         self._read_ready()
-        if self.claims is not None and self.claims <= self._compiled() | {key}:
+        if self.kernels is not None and self.kernels <= self._compiled() | {key}:
             self.close()  # nothing left that the child could hand over
 
     def _compiled(self):
@@ -364,7 +364,7 @@ class _Session:
         it sent its list (its walk failed) ends the session."""
         while self.fd is not None and self._take(self._read_message(0)):
             pass
-        if self.claims is None and self.fd is not None and self._gone():
+        if self.kernels is None and self.fd is not None and self._gone():
             self.close()
 
     def _gone(self):
@@ -378,8 +378,8 @@ class _Session:
         """Record one message (the list or a result); False when there was none."""
         if message is None:
             return False
-        if "claims" in message:
-            self.claims = set(message["claims"])
+        if "kernels" in message:
+            self.kernels = set(message["kernels"])
         elif "file" in message:
             with open(message["file"], "rb") as f:
                 self.results[message["key"]] = f.read()
