@@ -33,6 +33,18 @@ def assert_close(ours, theirs, dtype, name="value", factor=1.0):
     assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.1e}"
 
 
+# Whole-model parity tests build their weights after ``scratchnet.manual_seed(WEIGHT_SEED)``,
+# so a test's weights never depend on which tests ran before it. Why that matters in float32:
+# even with break_ties, a few of the ~10^5 activations of a conv model sit within round-off of
+# a kink (a ReLU input within 1e-6 of 0, two max-pool candidates as close), and the two
+# libraries' last-bit rounding may put one on either side, sending a valid but different
+# subgradient to the input (multicnn, batch 12, numpy backend: 2 of 150 seeds failed on an AMD
+# Zen 4 machine, one through a sign flip at conv2's ReLU, one through a max-pool near-tie after
+# it). With weights left to the order of tests, an unrelated new test could turn that into a
+# failure on one machine and not on another.
+WEIGHT_SEED = 0
+
+
 def break_ties(x, dtype, seed=0, amplitude=0.05):
     """x with small fixed noise added in float32, unchanged in float64; cast to ``dtype``.
 

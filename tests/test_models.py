@@ -6,7 +6,7 @@ import torch
 import scratchnet as sn
 from reference import convert
 from reference import models as ref_models
-from tests.helpers import BACKENDS, TORCH_DTYPE, assert_close, break_ties
+from tests.helpers import BACKENDS, TORCH_DTYPE, WEIGHT_SEED, assert_close, break_ties
 
 MODEL_NAMES = sn.models.names()
 # two-headed models have their own parity tests in test_multidigit.py
@@ -27,6 +27,7 @@ def shaped_input(model, images, dtype):
 
 def twins(name, dtype):
     """A scratchnet model and its torch twin holding the same weights, in eval mode."""
+    sn.manual_seed(WEIGHT_SEED)
     model = sn.models.build(name, dtype=dtype)
     twin = ref_models.build(name, dtype=TORCH_DTYPE[dtype])
     convert.copy_to_torch(model, twin)

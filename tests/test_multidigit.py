@@ -18,7 +18,8 @@ from scratchnet.data.multidigit import (compose, load_multidigit, load_multidigi
                                         save_multidigit_npz, tutorial_files)
 from scratchnet.models.multidigit import (MultiCNN, MultiMLP, TwoDigitLoss, TwoHeads,
                                           split_pair_labels)
-from tests.helpers import BACKENDS, DTYPES, TORCH_DTYPE, assert_close, break_ties
+from tests.helpers import (BACKENDS, DTYPES, TORCH_DTYPE, WEIGHT_SEED, assert_close,
+                           break_ties)
 
 MODELS = {"multimlp": MultiMLP, "multicnn": MultiCNN}
 
@@ -343,6 +344,7 @@ def two_digit_batch():
 
 
 def twins(name, dtype):
+    sn.manual_seed(WEIGHT_SEED)
     model = MODELS[name]().to(dtype)
     twin = ref_multidigit.MODELS[name]().to(TORCH_DTYPE[dtype])
     convert.copy_to_torch(model, twin)
