@@ -156,6 +156,11 @@ def _address(function, ints, args):
     key = (function, ints, _dispatcher.compute_fingerprint(args))
     address = _ADDRESSES.get(key)
     if address is None:
+        # Numba starts its thread pool when Python calls a parallel kernel or asks for the
+        # thread count; _launch runs from compiled code, which does neither, and a launch on a
+        # pool never started crashes the process. A process's first run() or call() always
+        # comes here (the table starts empty), so the pool is started before any launch.
+        numba.get_num_threads()
         argtypes = (types.int64,) * ints + (numba.typeof(args),)
         address = _ADDRESSES[key] = _compiled(function, argtypes)
     return address
