@@ -53,12 +53,13 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 
 from .per_thread import call_fixed, fixed_address
+from .simd import (VECTOR_BYTES, element_pointer, fmuladd, lanes, splat, vector_pointer,
+                   vector_type)
 
 __all__ = ["applies", "address", "call", "conv_direct_sample", "FILTERS", "VECTORS"]
 
 FILTERS = 4  # filters per block
 VECTORS = 3  # output vectors per block: 12 accumulators + 3 input vectors + 1 weight = 16 ymm
-VECTOR_BYTES = 32  # AVX2's 256-bit registers
 # the most of a row's vector slots that may recompute outputs of the vector before: digitcnn's
 # conv2 (OW = 11: 16 slots for 11 outputs) ran 20 % slower here than im2col + GEMM, its conv1
 # (OW = 26: 32 for 26) 25 % faster
@@ -69,11 +70,6 @@ MAX_RECOMPUTED = 0.25
 # workers call the convolution by address it would cost the direct kernel's, ~1.8 s)
 MAX_FILTERS = 20
 MAX_TAPS = 256
-
-
-def lanes(dtype):
-    """Values per vector register: 8 float32, 4 float64."""
-    return VECTOR_BYTES // np.dtype(dtype).itemsize
 
 
 def applies(w_shape, geo, groups, OW, dtype):
@@ -92,33 +88,8 @@ def applies(w_shape, geo, groups, OW, dtype):
             and OW >= V and slots - OW <= MAX_RECOMPUTED * slots)
 
 
-def _vector_type(context, array_type):
-    element = context.get_value_type(array_type.dtype)
-    return ir.VectorType(element, lanes(str(array_type.dtype)))
-
-
-def _fmuladd(builder, vector):
-    """LLVM's llvm.fmuladd on ``vector``: a·b + c, fused where the CPU has FMA."""
-    suffix = f"v{vector.count}f{64 if isinstance(vector.element, ir.DoubleType) else 32}"
-    return cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(vector, [vector] * 3), "llvm.fmuladd." + suffix)
-
-
 def _block_type(vector):
     return ir.ArrayType(vector, FILTERS * VECTORS)
-
-
-def _element_pointer(context, builder, array_type, array, index):
-    """Address of array.flat[index] (C-contiguous 1-D array)."""
-    data = context.make_array(array_type)(context, builder, array).data
-    return builder.gep(data, [index])
-
-
-def _splat(builder, vector, scalar):
-    i32 = ir.IntType(32)
-    one = builder.insert_element(ir.Constant(vector, ir.Undefined), scalar, ir.Constant(i32, 0))
-    return builder.shuffle_vector(one, ir.Constant(vector, ir.Undefined),
-                                  ir.Constant(ir.VectorType(i32, vector.count), [0] * vector.count))
 
 
 def _accumulator(builder, block, i):
@@ -130,7 +101,7 @@ def _new_block(typingctx, like):
     """A zeroed block of FILTERS × VECTORS accumulators, dtype of the 1-D array ``like``, on
     the caller's stack (an opaque pointer for ``_tap`` and ``_flush``)."""
     def codegen(context, builder, signature, args):
-        block_type = _block_type(_vector_type(context, like))
+        block_type = _block_type(vector_type(context, like))
         block = cgutils.alloca_once(builder, block_type)
         builder.store(ir.Constant(block_type, None), block)
         return builder.bitcast(block, cgutils.voidptr_t)
@@ -146,21 +117,21 @@ def _tap(typingctx, block, wf, w_at, w_stride, xf, x0, x1, x2):
 
     def codegen(context, builder, signature, args):
         block_ptr, w_array, w_at_v, w_stride_v, x_array, *x_at = args
-        vector = _vector_type(context, xf)
+        vector = vector_type(context, xf)
         block_ptr = builder.bitcast(block_ptr, _block_type(vector).as_pointer())
-        fmuladd = _fmuladd(builder, vector)
+        multiply_add = fmuladd(builder, vector)
         align = VECTOR_BYTES // vector.count  # an element's: the loads are unaligned
-        inputs = [builder.load(builder.bitcast(_element_pointer(context, builder, xf, x_array, at),
-                                               vector.as_pointer()),
+        inputs = [builder.load(vector_pointer(context, builder, xf, x_array, at, vector),
                                align=align)
                   for at in x_at]
         for i in range(FILTERS):
             w_index = builder.add(w_at_v, builder.mul(w_stride_v, ir.Constant(w_at_v.type, i)))
-            weight = _splat(builder, vector, builder.load(
-                _element_pointer(context, builder, wf, w_array, w_index)))
+            weight = splat(builder, vector, builder.load(
+                element_pointer(context, builder, wf, w_array, w_index)))
             for j in range(VECTORS):
                 acc = _accumulator(builder, block_ptr, i * VECTORS + j)
-                builder.store(builder.call(fmuladd, [weight, inputs[j], builder.load(acc)]), acc)
+                sum_ = builder.call(multiply_add, [weight, inputs[j], builder.load(acc)])
+                builder.store(sum_, acc)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -173,17 +144,16 @@ def _flush(typingctx, block, b, f0, of, P, o0, o1, o2):
 
     def codegen(context, builder, signature, args):
         block_ptr, b_array, f0_v, out_array, P_v, *o_at = args
-        vector = _vector_type(context, of)
+        vector = vector_type(context, of)
         block_ptr = builder.bitcast(block_ptr, _block_type(vector).as_pointer())
         for i in range(FILTERS):
             f = builder.add(f0_v, ir.Constant(f0_v.type, i))
-            bias = _splat(builder, vector, builder.load(
-                _element_pointer(context, builder, b, b_array, f)))
+            bias = splat(builder, vector, builder.load(
+                element_pointer(context, builder, b, b_array, f)))
             for j in range(VECTORS):
                 acc = _accumulator(builder, block_ptr, i * VECTORS + j)
                 at = builder.add(builder.mul(f, P_v), o_at[j])
-                out = builder.bitcast(_element_pointer(context, builder, of, out_array, at),
-                                      vector.as_pointer())
+                out = vector_pointer(context, builder, of, out_array, at, vector)
                 builder.store(builder.fadd(builder.load(acc), bias), out,
                               align=VECTOR_BYTES // vector.count)
                 builder.store(ir.Constant(vector, None), acc)
