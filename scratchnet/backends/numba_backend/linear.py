@@ -16,7 +16,7 @@ import numba
 import numpy as np
 from numba import njit
 
-from . import per_thread
+from . import per_thread, sparse_linear
 from .blas import gemm
 
 __all__ = ["linear_forward", "linear_backward"]
@@ -106,6 +106,10 @@ def linear_forward(x, w, b):
     N = x.shape[0]
     has_bias = b is not None
     bias = np.ascontiguousarray(b) if has_bias else np.zeros(w.shape[0], dtype=x.dtype)
+    if sparse_linear.applies(x, w, bias):
+        out = sparse_linear.forward(x, w, bias)
+        if out is not None:  # None: w holds an inf or NaN, which 0·w must turn into NaN
+            return out, (x, w, b)
     # zeros, not empty: blas.gemm's pure-Python fallback (NUMBA_DISABLE_JIT=1) reads c even
     # when beta is 0, and 0·NaN garbage would be NaN
     out = np.zeros((N, w.shape[0]), dtype=x.dtype)
