@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import scratchnet as sn
 from scratchnet import backend
 
 from . import machine, timing
@@ -28,15 +29,32 @@ CASES = [
     ("relu", "digitcnn relu after conv1, 32×26×26, batch 64", {"x": (64, 32, 26, 26)}),
     ("linear", "digitcnn fc1 1600→64, batch 64", {"x": (64, 1600), "w": (64, 1600)}),
     ("linear", "widecnn fc1 3136→1024, batch 50", {"x": (50, 3136), "w": (1024, 3136)}),
+    # the inference batch of mlp128's first layer on its tutorial's input (81 % exact zeros,
+    # which the numba backend skips: sparse_linear.py), then on normalised pixels (no zeros)
+    ("linear", "mlp128 fc1 784→128, batch 1000, MNIST pixels in [0, 1]",
+     {"x": (1000, 784), "w": (128, 784), "input": "mnist"}),
+    ("linear", "mlp128 fc1 784→128, batch 1000, MNIST normalised (no zeros)",
+     {"x": (1000, 784), "w": (128, 784), "input": "mnist-normalised"}),
     ("log_softmax", "lenet output, 10 classes, batch 50", {"x": (50, 10)}),
     ("nll_loss", "lenet loss, 10 classes, batch 50", {"x": (50, 10)}),
     ("cross_entropy", "digitcnn loss, 10 classes, batch 64", {"x": (64, 10)}),
 ]
-QUICK_CASES = [1, 4, 6, 7, 11]  # indices into CASES: one of each op kind digitcnn uses
+QUICK_CASES = [1, 4, 6, 7, 13]  # indices into CASES: one of each op kind digitcnn uses
+
+
+def _mnist_rows(n, normalised):
+    """n MNIST test images as (n, 784) float32: pixels / 255, or normalised (mean 0.1307,
+    std 0.3081)."""
+    images, _ = sn.data.load_mnist("test")
+    mean_std = (0.1307, 0.3081) if normalised else (None, None)
+    return sn.data.normalize(images[:n], *mean_std, np.float32, input_shape=(784,))
 
 
 def _arrays(op, shapes, rng):
-    x = rng.standard_normal(shapes["x"], dtype=np.float32)
+    if "input" in shapes:
+        x = _mnist_rows(shapes["x"][0], shapes["input"] == "mnist-normalised")
+    else:
+        x = rng.standard_normal(shapes["x"], dtype=np.float32)
     if op == "nll_loss":  # log-probabilities, as a model ending in log_softmax gives
         x = x - np.log(np.exp(x).sum(axis=1, keepdims=True))
     arrays = {"x": x}

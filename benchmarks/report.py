@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 
+from scratchnet.backends.numba_backend import sparse_linear
+
 SHORT = {"scratchnet-numba": "numba", "scratchnet-numpy": "numpy", "torch-cpu": "torch",
          "torch-cuda": "torch-cuda"}
 
@@ -74,6 +76,28 @@ def _throughput(res, part, sides):
             row.append("—" if g is None else f"{g:.1f}{pct}")
         rows.append(row)
     return _table(header, rows)
+
+
+def _input_note(res):
+    """A line saying which models' inference inputs hold exact zeros and which layers of the
+    numba backend skipped them (torch does not); None when no input holds zeros."""
+    shares = {name: m["input_nonzero"]["infer"] for name, m in res["models"].items()
+              if "input_nonzero" in m}
+    sparse = {name: share for name, share in shares.items() if share < 1}
+    if not sparse:
+        return None
+    listed = ", ".join(f"{name} {100 * share:.0f} %" for name, share in sparse.items())
+    others = " (every other model's: 100 %)" if len(sparse) < len(shares) else ""
+    skipped = [f"{name} ({n} layer{'s' if n > 1 else ''})" for name, m in res["models"].items()
+               if (n := m.get("sparse_layers_infer", 0))]
+    return (f"Nonzero share of the inference input: {listed}{others}; those models read "
+            f"pixels in [0, 1], where MNIST's background is exactly 0. The numba backend's "
+            f"linear layers skip an input's zeros when at most "
+            f"{100 * sparse_linear.MAX_DENSITY:.0f} % of it is nonzero, at "
+            f"{sparse_linear.MIN_ROWS} rows or more and {sparse_linear.block_outputs('float32')} "
+            f"outputs or more (float32; `sparse_linear.py`); torch multiplies by them. Layers that "
+            f"did so here: {', '.join(skipped) or 'none'}. The per-op table times mlp128's first "
+            f"layer on both kinds of input.")
 
 
 def _parity(res):
@@ -157,8 +181,10 @@ def markdown(res):
     if any("train" in m for m in res["models"].values()):
         parts += ["## Training step throughput (tutorial batch size)",
                   _throughput(res, "train", sides),
-                  "## Inference throughput (batch 1000)", _throughput(res, "infer", sides),
-                  "## Correctness guard (first batch, float32, vs torch)", _parity(res)]
+                  "## Inference throughput (batch 1000)", _throughput(res, "infer", sides)]
+        note = _input_note(res)
+        parts += [note] if note else []
+        parts += ["## Correctness guard (first batch, float32, vs torch)", _parity(res)]
     if res.get("ops"):
         parts += ["## Per-op time (median ms per call; speed-up = torch time / scratchnet "
                   "time, each backend paired with torch)", _ops(res)]

@@ -8,6 +8,10 @@ their median reported, which cancels most of the machine's drift.
 """
 import statistics
 
+import numpy as np
+
+from scratchnet.backends.numba_backend import sparse_linear
+
 from . import flops, frameworks, parity, timing, workload
 
 N_BATCHES = 16  # distinct batches cycled through; enough that no single batch's quirks matter
@@ -47,6 +51,20 @@ def _time(sides, inputs, work, items_per_step, rounds, round_seconds, baseline="
         results[c.name] = pair[c.name]
         found[c.name] = ratios(pair, baseline)[c.name]
     return results, found
+
+
+def _sparse_layers(side, x):
+    """How many linear layers of a numba-backend side skip the zeros of input x
+    (sparse_linear.forward calls in one inference)."""
+    calls = []
+    real = sparse_linear.forward
+    sparse_linear.forward = lambda *args: calls.append(1) or real(*args)
+    try:
+        side.enter()
+        side.infer(x)
+    finally:
+        sparse_linear.forward = real
+    return len(calls)
 
 
 def ratios(results, baseline="torch-cpu"):
@@ -93,8 +111,14 @@ def run(model_name, side_names, threads, rounds, round_seconds, seed=0):
                                           batch, rounds, round_seconds)
 
     xi, yi = workload.mnist_batches(model_name, workload.INFERENCE_BATCH, 2, "test", seed)
+    # pixels in [0, 1] leave MNIST's background exactly 0, which scratchnet may skip (report)
+    result["input_nonzero"] = {"train": np.count_nonzero(xs) / xs.size,
+                               "infer": np.count_nonzero(xi) / xi.size}
     for s in sides:
         s.train(False)
+    numba_side = next((s for s in sides if s.name == "scratchnet-numba"), None)
+    if numba_side is not None:
+        result["sparse_layers_infer"] = _sparse_layers(numba_side, xi[0])
     inputs = [frameworks.stack_inputs(s, xi, yi) for s in sides]
     result["infer"], infer_ratios = _time(sides, inputs, lambda s, x, y: s.infer(x),
                                           workload.INFERENCE_BATCH, rounds, round_seconds)

@@ -11,8 +11,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import scratchnet as sn
-from benchmarks import (flops, isolated, ops, parity, readme_tables, time_to_accuracy, timing,
-                        training_step, workload)
+from benchmarks import (flops, isolated, ops, parity, readme_tables, report, time_to_accuracy,
+                        timing, training_step, workload)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -100,6 +100,23 @@ def test_guard_passes_matching_backends_and_refuses_a_wrong_one(monkeypatch):
                                round_seconds=0.001)
     assert "scratchnet-numpy" in result["refused"]
     assert "scratchnet-numpy" not in result["train"] and "torch-cpu" in result["train"]
+
+
+def test_report_says_which_inputs_hold_zeros_and_which_layers_skip_them():
+    """mlp128 reads pixels in [0, 1] (~19 % nonzero) and its first layer (128 outputs) skips
+    the zeros at batch 1000; mlp's (10 outputs) does not; the report's note says both."""
+    res = {"models": {}}
+    for name in ("mlp128", "mlp"):
+        res["models"][name] = training_step.run(name, ["scratchnet-numba", "torch-cpu"],
+                                                threads=1, rounds=1, round_seconds=0.001)
+        assert 0.15 < res["models"][name]["input_nonzero"]["infer"] < 0.25
+    assert res["models"]["mlp128"]["sparse_layers_infer"] == 1
+    assert res["models"]["mlp"]["sparse_layers_infer"] == 0
+    note = report._input_note(res)
+    assert "mlp128 19 %, mlp 19 %" in note and "here: mlp128 (1 layer)." in note
+    res["models"]["mlp"]["input_nonzero"]["infer"] = 1.0
+    res["models"]["mlp128"]["input_nonzero"]["infer"] = 1.0
+    assert report._input_note(res) is None
 
 
 def test_time_to_accuracy_trains_both_frameworks_alike(monkeypatch):
