@@ -96,8 +96,9 @@ def _input_note(res):
             f"{100 * sparse_linear.MAX_DENSITY:.0f} % of it is nonzero, at "
             f"{sparse_linear.MIN_ROWS} rows or more and {sparse_linear.block_outputs('float32')} "
             f"outputs or more (float32; `sparse_linear.py`); torch multiplies by them. Layers that "
-            f"did so here: {', '.join(skipped) or 'none'}. The per-op table times mlp128's first "
-            f"layer on both kinds of input.")
+            f"did so here: {', '.join(skipped) or 'none'} (the GFLOP/s columns count every "
+            f"multiply-add, skipped ones too). The per-op table times mlp128's first layer on "
+            f"both kinds of input.")
 
 
 def _parity(res):
