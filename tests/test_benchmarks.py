@@ -113,7 +113,7 @@ def test_report_says_which_inputs_hold_zeros_and_which_layers_skip_them():
     assert res["models"]["mlp128"]["sparse_layers_infer"] == 1
     assert res["models"]["mlp"]["sparse_layers_infer"] == 0
     note = report._input_note(res)
-    assert "mlp128 19 %, mlp 19 %" in note and "here: mlp128 (1 layer)." in note
+    assert "mlp128 19 %, mlp 19 %" in note and "did so here: mlp128 (1 layer) " in note
     res["models"]["mlp"]["input_nonzero"]["infer"] = 1.0
     res["models"]["mlp128"]["input_nonzero"]["infer"] = 1.0
     assert report._input_note(res) is None
