@@ -54,7 +54,7 @@ from numba.extending import intrinsic, overload
 
 from .per_thread import call_fixed, fixed_address
 from .simd import (VECTOR_BYTES, element_pointer, fmuladd, lanes, splat, vector_pointer,
-                   vector_type)
+                   vector_type, zeroed_block)
 
 __all__ = ["applies", "address", "call", "conv_direct_sample", "FILTERS", "VECTORS"]
 
@@ -101,10 +101,7 @@ def _new_block(typingctx, like):
     """A zeroed block of FILTERS × VECTORS accumulators, dtype of the 1-D array ``like``, on
     the caller's stack (an opaque pointer for ``_tap`` and ``_flush``)."""
     def codegen(context, builder, signature, args):
-        block_type = _block_type(vector_type(context, like))
-        block = cgutils.alloca_once(builder, block_type)
-        builder.store(ir.Constant(block_type, None), block)
-        return builder.bitcast(block, cgutils.voidptr_t)
+        return zeroed_block(context, builder, like, FILTERS * VECTORS)
 
     return types.voidptr(like), codegen
 

@@ -12,7 +12,7 @@ from llvmlite import ir
 from numba.core import cgutils
 
 __all__ = ["VECTOR_BYTES", "lanes", "vector_type", "fmuladd", "splat", "element_pointer",
-           "vector_pointer"]
+           "vector_pointer", "zeroed_block"]
 
 VECTOR_BYTES = 32  # AVX2's 256-bit registers
 
@@ -54,3 +54,13 @@ def vector_pointer(context, builder, array_type, array, index, vector):
     loads and stores: pass ``align`` = one element's size)."""
     return builder.bitcast(element_pointer(context, builder, array_type, array, index),
                            vector.as_pointer())
+
+
+def zeroed_block(context, builder, array_type, count):
+    """``count`` zeroed vectors of ``array_type``'s dtype on the caller's stack, as an opaque
+    pointer (an intrinsic's result; the intrinsics that take it bitcast it back to
+    ``[count x vector]*``, and LLVM keeps the block in registers)."""
+    block_type = ir.ArrayType(vector_type(context, array_type), count)
+    block = cgutils.alloca_once(builder, block_type)
+    builder.store(ir.Constant(block_type, None), block)
+    return builder.bitcast(block, cgutils.voidptr_t)

@@ -47,7 +47,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import per_thread
-from .simd import VECTOR_BYTES, fmuladd, lanes, splat, vector_pointer, vector_type
+from .simd import (VECTOR_BYTES, fmuladd, lanes, splat, vector_pointer, vector_type,
+                   zeroed_block)
 
 __all__ = ["applies", "block_outputs", "density", "forward"]
 
@@ -118,10 +119,7 @@ def _new_accumulators(typingctx, like):
     """ACCUMULATORS zeroed vectors of the 1-D array ``like``'s dtype on the caller's stack (an
     opaque pointer for ``_axpy`` and ``_flush``; LLVM keeps them in registers)."""
     def codegen(context, builder, signature, args):
-        block_type = _accumulators_type(vector_type(context, like))
-        block = cgutils.alloca_once(builder, block_type)
-        builder.store(ir.Constant(block_type, None), block)
-        return builder.bitcast(block, cgutils.voidptr_t)
+        return zeroed_block(context, builder, like, ACCUMULATORS)
 
     return types.voidptr(like), codegen
 
