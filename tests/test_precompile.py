@@ -131,12 +131,12 @@ TRAINING_LOOP = '''
 import numpy as np
 from scratchnet import backend, models, optim, tasks, training
 backend.set_backend("numba")
-model = models.build("multimlp")
-task = tasks.for_model(models.OUTPUTS["multimlp"])
+model = models.build(NAME)
+task = tasks.for_model(models.OUTPUTS[NAME])
 opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 rng = np.random.default_rng(0)
-x = rng.standard_normal((32, *model.input_shape)).astype(np.float32)
-y = rng.integers(0, 10, (32, 2))
+x = (INPUT).astype(np.float32)
+y = LABELS
 backend.ops().compile_ahead(model, x, opt, training._loss_gradient(task, y))
 model.train()
 out = model(x)
@@ -151,12 +151,23 @@ print("closed" if precompile._session is None else "open")
 
 
 @pytest.mark.skipif(not precompile.enabled(), reason="needs os.fork on Linux and the JIT on")
-def test_the_helper_walks_a_two_head_model_and_its_task_loss(tmp_path):
-    """The training loop's loss (a two-digit task: the model returns a pair of logits) is
-    walked too: the helper compiles kernels, nothing in the walk fails, the session ends."""
+@pytest.mark.parametrize("name,input,labels", [
+    # the training loop's loss for a two-digit task: the model returns a pair of logits
+    ("multimlp", "rng.standard_normal((32, *model.input_shape))",
+     "rng.integers(0, 10, (32, 2))"),
+    # a batch of mostly-zero pixels large enough for sparse_linear's path, whose choice runs
+    # a small kernel the walk cannot skip (its count decides what the layer does next)
+    ("mlp128", "rng.random((512, 784)) * (rng.random((512, 784)) < 0.2)",
+     "rng.integers(0, 10, 512)"),
+])
+def test_the_helper_walks_the_training_loops_step(tmp_path, name, input, labels):
+    """The training loop's step, loss included, is walked: the helper compiles kernels,
+    nothing in the walk fails, the session ends."""
+    code = (TRAINING_LOOP.replace("NAME", repr(name)).replace("INPUT", input)
+            .replace("LABELS", labels))
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"),
            "SCRATCHNET_COMPILE_AHEAD": "1", "SCRATCHNET_PRECOMPILE_DEBUG": "1"}
-    out = subprocess.run([sys.executable, "-c", TRAINING_LOOP], cwd=ROOT, env=env,
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split()[-1] == "closed"
