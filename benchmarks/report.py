@@ -8,8 +8,6 @@ import os
 
 import numpy as np
 
-from scratchnet.backends.numba_backend import sparse_linear
-
 SHORT = {"scratchnet-numba": "numba", "scratchnet-numpy": "numpy", "torch-cpu": "torch",
          "torch-cuda": "torch-cuda"}
 
@@ -90,12 +88,14 @@ def _input_note(res):
     others = " (every other model's: 100 %)" if len(sparse) < len(shares) else ""
     skipped = [f"{name} ({n} layer{'s' if n > 1 else ''})" for name, m in res["models"].items()
                if (n := m.get("sparse_layers_infer", 0))]
+    rule = next((m["sparse_rule"] for m in res["models"].values() if "sparse_rule" in m), None)
+    when = ("" if rule is None else
+            f" when at most {100 * rule['max_density']:.0f} % of it is nonzero, at "
+            f"{rule['min_rows']} rows or more and {rule['min_outputs_float32']} outputs or more "
+            f"(float32; `sparse_linear.py`)")
     return (f"Nonzero share of the inference input: {listed}{others}; those models read "
             f"pixels in [0, 1], where MNIST's background is exactly 0. The numba backend's "
-            f"linear layers skip an input's zeros when at most "
-            f"{100 * sparse_linear.MAX_DENSITY:.0f} % of it is nonzero, at "
-            f"{sparse_linear.MIN_ROWS} rows or more and {sparse_linear.block_outputs('float32')} "
-            f"outputs or more (float32; `sparse_linear.py`); torch multiplies by them. Layers that "
+            f"linear layers skip an input's zeros{when}; torch multiplies by them. Layers that "
             f"did so here: {', '.join(skipped) or 'none'} (the GFLOP/s columns count every "
             f"multiply-add, skipped ones too). The per-op table times mlp128's first layer on "
             f"both kinds of input.")

@@ -119,6 +119,10 @@ def run(model_name, side_names, threads, rounds, round_seconds, seed=0):
     numba_side = next((s for s in sides if s.name == "scratchnet-numba"), None)
     if numba_side is not None:
         result["sparse_layers_infer"] = _sparse_layers(numba_side, xi[0])
+        # the rule those layers followed, for the report (which may be rendered by later code)
+        result["sparse_rule"] = {"max_density": sparse_linear.MAX_DENSITY,
+                                 "min_rows": sparse_linear.MIN_ROWS,
+                                 "min_outputs_float32": sparse_linear.block_outputs("float32")}
     inputs = [frameworks.stack_inputs(s, xi, yi) for s in sides]
     result["infer"], infer_ratios = _time(sides, inputs, lambda s, x, y: s.infer(x),
                                           workload.INFERENCE_BATCH, rounds, round_seconds)
