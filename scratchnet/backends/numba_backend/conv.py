@@ -22,8 +22,11 @@ arithmetic. Which loop and which forward kernel a layer uses is chosen in Python
 
 The forward pass of a layer that ``direct_conv.applies`` to (stride 1, no padding, one group,
 few filters, rows that fill vectors: lenet's two convolutions) runs direct_conv's
-register-blocked kernel instead of im2col + GEMM (``forward_sample(..., direct)``) and needs
-no columns; its backward pass is the one here.
+register-blocked kernel instead of im2col + GEMM (``forward_sample(..., "direct")``) and needs
+no columns; its backward pass is the one here. A layer that ``filter_vector_conv.applies`` to
+(stride 1, no padding, one group, 64 filters or a multiple, AVX-512: digitcnn's and mitxcnn's
+conv2) runs that module's kernels for the forward pass and the weight gradient, which need no
+columns either (``"filter_vectors"``); its input gradient stays the GEMM + col2im here.
 
 Column layout: row ``(c·KH + kh)·KW + kw``, column ``oh·OW + ow``; the rows of group ``g`` are
 the contiguous block ``[g·Cg·KH·KW, (g+1)·Cg·KH·KW)``, so each group is a plain sub-matrix.
@@ -34,7 +37,7 @@ from numba import njit, types
 from numba.core.errors import TypingError
 from numba.extending import overload
 
-from . import direct_conv, per_thread
+from . import direct_conv, filter_vector_conv, per_thread
 from .blas import gemm
 
 __all__ = ["conv2d_forward", "conv2d_backward"]
@@ -381,20 +384,35 @@ def _direct_sample(t, n, conv):
     direct_conv.call(at, (x, n, w2, b, conv2, KH, KW, OH, OW))
 
 
-def forward_sample(x, w, b, has_bias, cols, keep, dest, dest_per_sample, geo, groups, direct):
+@per_thread.by_address
+def _filter_vector_sample(t, n, conv):
+    """Sample n's forward by filter_vector_conv's kernel at address ``at``; wt is the weights
+    transposed, (C·KH·KW, F); b is zeros for a layer without bias; no columns are used."""
+    (x, wt, b, _, _, _, dest, dest_per_sample, KH, KW, _, _, _, _, _, _, _, _, _, at) = conv
+    F, OH, OW = dest.shape[1], dest.shape[2], dest.shape[3]
+    conv2 = (dest[n] if dest_per_sample else dest[t]).reshape(F, OH * OW)
+    filter_vector_conv.call(at, (x, n, wt, b, conv2, KH, KW, OH, OW))
+
+
+def forward_sample(x, w, b, has_bias, cols, keep, dest, dest_per_sample, geo, groups, method):
     """(at, conv) for ``per_thread.call(at, t, n, conv)``: sample n's forward on thread t.
 
     x (N, C, H, W); w (F, Cg, KH, KW); b (F,), zeros without bias; cols (T or N, C·KH·KW,
-    OH·OW) column slots, slot n when ``keep`` else slot t (unused when direct or pointwise);
-    dest (T or N, F, OH, OW) receives the result, in slot n when ``dest_per_sample`` else t.
-    direct: ``uses_direct(...)``, the direct kernel instead of im2col + GEMM.
+    OH·OW) column slots, slot n when ``keep`` else slot t (used by "im2col" only, and not for
+    a pointwise layer); dest (T or N, F, OH, OW) receives the result, in slot n when
+    ``dest_per_sample`` else t. method: ``forward_method(...)``.
     """
-    if direct:
-        at = direct_conv.address(x.dtype)
+    w2 = _as_matrix(w)
+    if method == "direct":
+        at, sample = direct_conv.address(x.dtype), _direct_sample
+    elif method == "filter_vectors":
+        w2 = np.ascontiguousarray(w2.T)
+        at, sample = filter_vector_conv.forward_address(x.dtype), _filter_vector_sample
     else:
         at = im2col_address(geo, x.shape[3], dest.shape[3], x.dtype)
-    conv = (x, _as_matrix(w), b, has_bias, cols, keep, dest, dest_per_sample, *geo, groups, at)
-    return per_thread.address(_direct_sample if direct else _im2col_gemm_sample, conv), conv
+        sample = _im2col_gemm_sample
+    conv = (x, w2, b, has_bias, cols, keep, dest, dest_per_sample, *geo, groups, at)
+    return per_thread.address(sample, conv), conv
 
 
 @per_thread.by_address
@@ -414,8 +432,11 @@ def _backward_sample(t, n, conv):
     """
     (x, w2, dconvs, dconv_per_sample, has_bias, dx, dw_part, db_part, cols, kept, dcols,
      KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups, OH, OW, input_grad, unfold_at,
-     fold_at) = conv
+     fold_at, dconvsT, given_transposed, weight_grad_at) = conv
     loop = (KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
+    if weight_grad_at != 0:
+        _filter_vector_backward(t, n, conv)
+        return
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     dconv2 = dconvs[n] if dconv_per_sample else dconvs[t]
     dwT, dcol = dw_part[t], dcols[t]
@@ -455,7 +476,7 @@ def _backward_sample(t, n, conv):
 
 
 def backward_sample(x, w, dconvs, dconv_per_sample, has_bias, dx, dw_part, db_part, cols, kept,
-                    dcols, geo, groups, OH, OW, input_grad):
+                    dcols, geo, groups, OH, OW, input_grad, dconvsT=None, given_transposed=False):
     """(at, conv) for ``per_thread.call(at, t, n, conv)``: sample n's backward on thread t.
 
     dconvs (T or N, F, OH·OW): the output gradient, read from slot n when ``dconv_per_sample``
@@ -463,12 +484,56 @@ def backward_sample(x, w, dconvs, dconv_per_sample, has_bias, dx, dw_part, db_pa
     ``input_grad``; dw_part (T, groups, Cg·KH·KW, F // groups) and db_part (T, F) zeroed
     partials; cols: the kept forward columns (N slots) when ``kept``, else T scratch slots;
     dcols (T, C·KH·KW, OH·OW) scratch.
+
+    dconvsT: for a layer whose weight gradient is filter_vector_conv's (``uses_filter_vectors``),
+    (T, OH·OW, F) slots for the gradient transposed, which its kernel reads. With
+    ``given_transposed`` the worker has written slot t itself (and dconvs is not read);
+    otherwise the sample kernel transposes dconvs' slot into it. None for any other layer.
     """
+    weight_grad_at = 0
+    if dconvsT is None:
+        dconvsT = np.zeros((1, 0, 0), dtype=x.dtype)
+    else:
+        weight_grad_at = filter_vector_conv.weight_grad_address(x.dtype)
     conv = (x, _as_matrix(w), dconvs, dconv_per_sample, has_bias, dx, dw_part, db_part, cols,
             kept, dcols, *geo, groups, OH, OW, input_grad,
             im2col_address(geo, x.shape[3], OW, x.dtype),
-            col2im_address(geo, x.shape[3], OW, x.dtype))
+            col2im_address(geo, x.shape[3], OW, x.dtype), dconvsT, bool(given_transposed),
+            weight_grad_at)
     return per_thread.address(_backward_sample, conv), conv
+
+
+@njit(cache=True)
+def _filter_vector_backward(t, n, conv):
+    """_backward_sample for a layer where filter_vector_conv applies (stride 1, no padding,
+    one group): dwT += the kernel's weight gradient from doutᵀ; dx[n] = col2im(w2ᵀ @ dout);
+    db += doutᵀ's column sums. doutᵀ is thread t's dconvsT slot (transposed here from the
+    (F, OH·OW) gradient unless the worker wrote it so)."""
+    (x, w2, dconvs, dconv_per_sample, has_bias, dx, dw_part, db_part, cols, kept, dcols,
+     KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups, OH, OW, input_grad, unfold_at,
+     fold_at, dconvsT, given_transposed, weight_grad_at) = conv
+    doutT = dconvsT[t]
+    if not given_transposed:
+        filter_vector_conv.transpose_plane(dconvs[n] if dconv_per_sample else dconvs[t], doutT)
+    filter_vector_conv.call(weight_grad_at, (x, n, doutT, dw_part[t, 0], KH, KW, OH, OW))
+    if input_grad:
+        dcol = dcols[t]
+        gemm(w2, doutT, dcol, True, True, 1.0, 0.0)
+        run_loop(fold_at, dcol, dx[n], (KH, KW, sh, sw, pt, pl, dh, dw, OH, OW))
+    if has_bias:
+        add_column_sums_sample(doutT, db_part[t])
+
+
+@njit(cache=True)
+def add_column_sums_sample(doutT, db):
+    """db[f] += Σ_p doutT[p, f], summed in float64; doutT (P, F) C-contiguous, db (F,)."""
+    P, F = doutT.shape
+    sums = np.zeros(F, np.float64)
+    for p in range(P):
+        for f in range(F):
+            sums[f] += doutT[p, f]
+    for f in range(F):
+        db[f] += sums[f]
 
 
 @per_thread.by_address
@@ -509,12 +574,35 @@ def uses_direct(x, w, geo, groups, OW):
     return direct_conv.applies(w.shape, geo, groups, OW, x.dtype)
 
 
-def _cols_shape(T, C, OH, OW, geo, direct=False):
-    """Per-thread column buffers; none are needed when im2col is the identity or the forward
-    pass is direct."""
-    if direct or is_pointwise(*geo[:8]):
+def uses_filter_vectors(x, w, geo, groups):
+    """True when the forward pass and the weight gradient run filter_vector_conv's kernels."""
+    return filter_vector_conv.applies(w.shape, geo, groups, x.dtype)
+
+
+def forward_method(x, w, geo, groups, OW):
+    """The forward kernel a layer runs: "direct" (direct_conv.py), "filter_vectors"
+    (filter_vector_conv.py) or "im2col" (im2col + GEMM); the first two need no columns."""
+    if uses_direct(x, w, geo, groups, OW):
+        return "direct"
+    if uses_filter_vectors(x, w, geo, groups):
+        return "filter_vectors"
+    return "im2col"
+
+
+def _cols_shape(T, C, OH, OW, geo, columns=True):
+    """Per-thread column buffers; none are needed when im2col is the identity or the pass
+    needs no columns (``columns`` False)."""
+    if not columns or is_pointwise(*geo[:8]):
         return (T, 0, 0)
     return (T, C * geo[0] * geo[1], OH * OW)
+
+
+def transposed_gradient_slots(x, w, geo, groups, T, OH, OW):
+    """(T, OH·OW, F) zeroed slots for backward_sample's dconvsT when the layer's weight
+    gradient is filter_vector_conv's, else None."""
+    if not uses_filter_vectors(x, w, geo, groups):
+        return None
+    return np.zeros((T, OH * OW, w.shape[0]), dtype=x.dtype)
 
 
 def conv2d_forward(x, w, b, stride, padding, dilation, groups):
@@ -548,9 +636,9 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     if N == 0:
         return out, cache
     T = _n_threads(N)
-    direct = uses_direct(x, w, geo, groups, OW)
-    cols = np.zeros(_cols_shape(T, C, OH, OW, geo, direct), dtype=dtype)
-    at, conv = forward_sample(x, w, bias, has_bias, cols, False, out, True, geo, groups, direct)
+    method = forward_method(x, w, geo, groups, OW)
+    cols = np.zeros(_cols_shape(T, C, OH, OW, geo, method == "im2col"), dtype=dtype)
+    at, conv = forward_sample(x, w, bias, has_bias, cols, False, out, True, geo, groups, method)
     per_thread.run(_samples_thread, T, (at, conv, N, T))
     return out, cache
 
@@ -577,10 +665,12 @@ def conv2d_backward(dout, cache, input_grad=True):
     dw_part = weight_grad_partials(T, w, groups, dtype)
     db_part = np.zeros((T, F), dtype=dtype)
     if N > 0:
-        cols = np.zeros(_cols_shape(T, C, OH, OW, geo), dtype=dtype)
+        dconvsT = transposed_gradient_slots(x, w, geo, groups, T, OH, OW)
+        cols = np.zeros(_cols_shape(T, C, OH, OW, geo, dconvsT is None), dtype=dtype)
+        dcols = np.zeros(_cols_shape(T, C, OH, OW, geo), dtype=dtype)
         at, conv = backward_sample(x, w, dout.reshape(N, F, OH * OW), True, has_bias, dx,
-                                   dw_part, db_part, cols, False, np.zeros_like(cols), geo,
-                                   groups, OH, OW, input_grad)
+                                   dw_part, db_part, cols, False, dcols, geo,
+                                   groups, OH, OW, input_grad, dconvsT)
         per_thread.run(_samples_thread, T, (at, conv, N, T))
     dw = weight_grad(dw_part, w.shape)
     db = db_part.sum(axis=0) if has_bias else None

@@ -36,8 +36,9 @@ from . import linear as _linear
 from . import per_thread
 from .activation import (_relu_backward_parallel, _relu_backward_span, _relu_parallel,
                          _relu_span, launch)
-from .conv import (_geometry, _kernel_array, _n_threads, backward_sample, forward_sample,
-                   is_pointwise, out_size, uses_direct, weight_grad, weight_grad_partials)
+from .conv import (_geometry, _kernel_array, _n_threads, backward_sample, forward_method,
+                   forward_sample, is_pointwise, out_size, transposed_gradient_slots,
+                   weight_grad, weight_grad_partials)
 from .pool import is_plain_2x2, pool_planes
 
 # kept columns cost N·C·KH·KW·OH·OW values of memory. digitcnn's conv2 (8.9 MB at batch 64):
@@ -52,45 +53,69 @@ __all__ = ["conv2d_relu_forward", "conv2d_relu_backward",
 
 
 @per_thread.by_address
+def _pool_relu_sample(t, n, pooling):
+    """out[n] = relu(maxpool(convs[t])); the winners' indices into index[n] (``full_index``)
+    or index[t]."""
+    convs, out, index, full_index, pool = pooling
+    F, PH, PW = out.shape[1], out.shape[2], out.shape[3]
+    pool_planes(convs[t], pool, out[n], index[n] if full_index else index[t])
+    o = out[n].reshape(F * PH * PW)
+    _relu_span(o, o, 0, o.size)
+
+
+@per_thread.by_address
 def _conv_relu_pool_forward_thread(t, args):
     """Thread t's samples of out (N, F, PH, PW) = relu(maxpool(conv(x) + b)); index: each
     winner's oh·OW + ow.
 
     conv: conv.forward_sample's tuple, whose dest is convs (T, F, OH, OW), the per-thread conv
-    output, and sample_at its kernel. index: (N, F, PH, PW) with ``full_index``, else
+    output, and sample_at its kernel. pooling: _pool_relu_sample's (convs, out, index,
+    full_index, pool) and pool_at its address; index (N, F, PH, PW) with ``full_index``, else
     (T, F, PH, PW) scratch a thread reuses for each of its samples (nothing kept).
+
+    The pool is called by address too, not inlined here: with it inline, the filter-vector
+    convolution's forward ran at one thread's speed on two threads (3.0 against 1.7 ms per
+    batch of 64 at digitcnn's conv2), though each piece alone scaled, and a worker holding
+    only calls did not; the cause was not found (no hardware counters in this VM).
     """
-    sample_at, conv, convs, out, index, full_index, pool, N, T = args
-    F, PH, PW = out.shape[1], out.shape[2], out.shape[3]
-    conv3 = convs[t]
+    sample_at, conv, pool_at, pooling, N, T = args
     for n in range((t * N) // T, ((t + 1) * N) // T):
         per_thread.call(sample_at, t, n, conv)
-        idx = index[n] if full_index else index[t]
-        pool_planes(conv3, pool, out[n], idx)
-        o = out[n].reshape(F * PH * PW)
-        _relu_span(o, o, 0, o.size)
+        per_thread.call(pool_at, t, n, pooling)
+
+
+@per_thread.by_address
+def _scatter_sample(t, n, scatter):
+    """Sample n's pooled output gradient scattered to the winners in dconvs[t] (F, OH·OW), or
+    with ``transposed`` in dconvsT[t] (OH·OW, F) for a layer whose weight gradient reads it so
+    (filter_vector_conv)."""
+    dconvs, dconvsT, transposed, dout, out, index = scatter
+    F, PH, PW = out.shape[1], out.shape[2], out.shape[3]
+    dconv2 = dconvsT[t] if transposed else dconvs[t]
+    # a flat element loop: numba's slice assignment costs seconds of compile time
+    dflat = dconv2.reshape(dconv2.size)
+    for i in range(dflat.size):
+        dflat[i] = 0
+    for f in range(F):
+        for i in range(PH):
+            for j in range(PW):
+                # relu_backward's mask (out <= 0 passes nothing), then the pool's scatter;
+                # += as overlapping windows can share a winner
+                if not out[n, f, i, j] <= 0:
+                    if transposed:
+                        dconv2[index[n, f, i, j], f] += dout[n, f, i, j]
+                    else:
+                        dconv2[f, index[n, f, i, j]] += dout[n, f, i, j]
 
 
 @per_thread.by_address
 def _conv_relu_pool_backward_thread(t, args):
-    """Thread t's samples of the pooled backward: dout scattered to the winners in dconvs[t]
-    (F, OH·OW), then conv.backward_sample's kernel at sample_at."""
-    sample_at, conv, dconvs, dout, out, index, N, T = args
-    F = dconvs.shape[1]
-    PH, PW = dout.shape[2], dout.shape[3]
-    dconv2 = dconvs[t]
+    """Thread t's samples of the pooled backward: _scatter_sample (at scatter_at), then
+    conv.backward_sample's kernel at sample_at. Both by address: see
+    _conv_relu_pool_forward_thread."""
+    sample_at, conv, scatter_at, scatter, N, T = args
     for n in range((t * N) // T, ((t + 1) * N) // T):
-        # a flat element loop: numba's slice assignment costs seconds of compile time
-        dflat = dconv2.reshape(dconv2.size)
-        for i in range(dflat.size):
-            dflat[i] = 0
-        for f in range(F):
-            for i in range(PH):
-                for j in range(PW):
-                    # relu_backward's mask (out <= 0 passes nothing), then the pool's
-                    # scatter; += as overlapping windows can share a winner
-                    if not out[n, f, i, j] <= 0:
-                        dconv2[f, index[n, f, i, j]] += dout[n, f, i, j]
+        per_thread.call(scatter_at, t, n, scatter)
         per_thread.call(sample_at, t, n, conv)
 
 
@@ -147,15 +172,16 @@ def _buffer(workspace, name, shape, dtype):
     return buf
 
 
-def _columns(x, w, geo, OH, OW, workspace, direct):
+def _columns(x, w, geo, OH, OW, workspace, method):
     """(cols, keep): column slots for the forward pass.
 
     With a workspace (the layer is training) and a small enough result: one slot per sample,
     kept for backward. Otherwise one scratch slot per thread. Empty when im2col is the identity
-    or the forward pass is direct (it needs no columns; backward unfolds then).
+    or the forward kernel is not im2col + GEMM (``method``: it needs no columns; backward
+    unfolds then, if it needs them).
     """
     N, C, dtype = x.shape[0], x.shape[1], x.dtype
-    if direct or is_pointwise(*geo[:8]):
+    if method != "im2col" or is_pointwise(*geo[:8]):
         return np.zeros((1, 0, 0), dtype=dtype), False
     rows = C * geo[0] * geo[1]
     keep = (workspace is not None
@@ -165,19 +191,24 @@ def _columns(x, w, geo, OH, OW, workspace, direct):
 
 
 def _backward_buffers(x, w, geo, groups, OH, OW, T, kept_cols, workspace):
-    """Per-thread scratch for backward (T slots) plus the weight/bias partials."""
+    """Per-thread scratch for backward (T slots) plus the weight/bias partials; dconvsT is
+    conv.transposed_gradient_slots' (None unless filter_vector_conv computes dW, which needs
+    no columns)."""
     C, F, dtype = x.shape[1], w.shape[0], x.dtype
+    dconvsT = transposed_gradient_slots(x, w, geo, groups, T, OH, OW)
+    rows = C * geo[0] * geo[1]
     if kept_cols is not None:
         cols = kept_cols
-    elif is_pointwise(*geo[:8]):
+    elif is_pointwise(*geo[:8]) or dconvsT is not None:
         cols = np.zeros((1, 0, 0), dtype=dtype)
     else:
-        cols = _buffer(workspace, "cols", (T, C * geo[0] * geo[1], OH * OW), dtype)
-    dcols = _buffer(workspace, "dcols", (T,) + cols.shape[1:], dtype)
+        cols = _buffer(workspace, "cols", (T, rows, OH * OW), dtype)
+    dcols = (np.zeros((1, 0, 0), dtype=dtype) if is_pointwise(*geo[:8])
+             else _buffer(workspace, "dcols", (T, rows, OH * OW), dtype))
     dconvs = _buffer(workspace, "dconvs", (T, F, OH * OW), dtype)
     dw_part = weight_grad_partials(T, w, groups, dtype)
     db_part = np.zeros((T, F), dtype=dtype)
-    return cols, dcols, dconvs, dw_part, db_part
+    return cols, dcols, dconvs, dconvsT, dw_part, db_part
 
 
 def _input_grad_buffer(x, input_grad):
@@ -205,10 +236,10 @@ def conv2d_relu_forward(x, w, b, stride, padding, dilation, groups, workspace=No
     kept = None
     if N > 0:
         T = _n_threads(N)
-        direct = uses_direct(x, w, geo, groups, OW)
-        cols, keep = _columns(x, w, geo, OH, OW, workspace, direct)
+        method = forward_method(x, w, geo, groups, OW)
+        cols, keep = _columns(x, w, geo, OH, OW, workspace, method)
         at, conv = forward_sample(x, w, bias, has_bias, cols, keep, out, True, geo, groups,
-                                  direct)
+                                  method)
         per_thread.run(_conv_relu_forward_thread, T, (at, conv, out, N, T))
         kept = cols if keep else None
     return out, (x, w, has_bias, geo, groups, out, kept, workspace)
@@ -220,12 +251,13 @@ def conv2d_relu_backward(dout, cache, input_grad=True):
     N, OH, OW = x.shape[0], out.shape[2], out.shape[3]
     dout = _kernel_array(dout, x.dtype)
     T = _n_threads(N)
-    cols, dcols, dconvs, dw_part, db_part = _backward_buffers(x, w, geo, groups, OH, OW, T,
-                                                              kept, workspace)
+    cols, dcols, dconvs, dconvsT, dw_part, db_part = _backward_buffers(
+        x, w, geo, groups, OH, OW, T, kept, workspace)
     dx = _input_grad_buffer(x, input_grad)
     if N > 0:
         at, conv = backward_sample(x, w, dconvs, False, has_bias, dx, dw_part, db_part, cols,
-                                   kept is not None, dcols, geo, groups, OH, OW, input_grad)
+                                   kept is not None, dcols, geo, groups, OH, OW, input_grad,
+                                   dconvsT)
         per_thread.run(_conv_relu_backward_thread, T, (at, conv, dconvs, dout, out, N, T))
     return _finish(dx, dw_part, db_part, w, has_bias, input_grad)
 
@@ -265,13 +297,13 @@ def _pooled_forward(conv, workspace, full_index):
     if N == 0:
         return out, index, None
     convs = _buffer(workspace, "convs", (T, F, OH, OW), x.dtype)
-    direct = uses_direct(x, w, geo, groups, OW)
-    cols, keep = _columns(x, w, geo, OH, OW, workspace, direct)
+    method = forward_method(x, w, geo, groups, OW)
+    cols, keep = _columns(x, w, geo, OH, OW, workspace, method)
     at, conv = forward_sample(x, w, bias, has_bias, cols, keep, convs, False, geo, groups,
-                              direct)
+                              method)
+    pooling = (convs, out, index, full_index, _pool_argument(pool, OH, OW, PH, PW))
     per_thread.run(_conv_relu_pool_forward_thread, T,
-                   (at, conv, convs, out, index, full_index,
-                    _pool_argument(pool, OH, OW, PH, PW), N, T))
+                   (at, conv, per_thread.address(_pool_relu_sample, pooling), pooling, N, T))
     return out, index, (cols if keep else None)
 
 
@@ -290,14 +322,19 @@ def conv2d_relu_maxpool2d_backward(dout, cache, input_grad=True):
         _, index, _ = _pooled_forward(conv, None, True)
     dout = _kernel_array(dout, x.dtype)
     T = _n_threads(N)
-    cols, dcols, dconvs, dw_part, db_part = _backward_buffers(x, w, geo, groups, OH, OW, T,
-                                                              kept, workspace)
+    cols, dcols, dconvs, dconvsT, dw_part, db_part = _backward_buffers(
+        x, w, geo, groups, OH, OW, T, kept, workspace)
     dx = _input_grad_buffer(x, input_grad)
     if N > 0:
+        transposed = dconvsT is not None
         at, conv = backward_sample(x, w, dconvs, False, has_bias, dx, dw_part, db_part, cols,
-                                   kept is not None, dcols, geo, groups, OH, OW, input_grad)
+                                   kept is not None, dcols, geo, groups, OH, OW, input_grad,
+                                   dconvsT, given_transposed=transposed)
+        if not transposed:
+            dconvsT = np.zeros((1, 0, 0), dtype=x.dtype)
+        scatter = (dconvs, dconvsT, transposed, dout, out, index)
         per_thread.run(_conv_relu_pool_backward_thread, T,
-                       (at, conv, dconvs, dout, out, index, N, T))
+                       (at, conv, per_thread.address(_scatter_sample, scatter), scatter, N, T))
     return _finish(dx, dw_part, db_part, w, has_bias, input_grad)
 
 

@@ -1,0 +1,168 @@
+"""The filter-vector convolution kernels (filter_vector_conv.py): which layers take them, and
+that their forward pass and weight gradient are torch's at every output, for short and exact
+blocks of pixels, taps and filters, writing nothing outside their outputs.
+
+The kernels run on any x86-64 CPU (LLVM splits the 512-bit operations where AVX-512 is
+missing), so the kernel tests below run everywhere; only the layers' choice of them
+(``applies``) depends on the CPU, and the tests through the layers say when it was not taken.
+"""
+import numpy as np
+import pytest
+import torch.nn.functional as F
+
+from scratchnet.backend import ops
+from scratchnet.backends.numba_backend import filter_vector_conv as fvc
+from scratchnet.backends.numba_backend import simd
+from scratchnet.backends.numba_backend.conv import forward_method
+from tests.helpers import DTYPES, assert_close, to_torch
+
+NO_PAD = (1, 1, 0, 0, 0, 0, 1, 1)  # sh, sw, pt, pb, pl, pr, dh, dw
+CONV_ARGS = ((1, 1), (0, 0, 0, 0), (1, 1), 1)
+POOL_ARGS = ((2, 2), (2, 2), (0, 0), (1, 1), False)
+
+
+def cases(dtype):
+    """(N, C, H, W, F, (KH, KW), bias) for ``dtype``; F counts in filter blocks (64 float32,
+    32 float64)."""
+    B = fvc.filter_block(dtype)
+    return [
+        (3, 32, 13, 13, B, (3, 3), True),      # digitcnn's conv2 shape: 121 pixels (17 blocks
+                                               # of 7 and a short one), 288 taps (41 and 1)
+        (2, 32, 12, 12, B, (4, 4), True),      # multicnn's conv2 shape
+        (1, 3, 7, 9, 2 * B, (2, 3), False),    # two filter blocks, no bias, 18 taps
+        (2, 1, 4, 10, B, (2, 2), True),        # 4 taps (one short block), 27 pixels
+        (1, 2, 3, 3, B, (3, 3), True),         # one output pixel
+        (0, 2, 5, 5, B, (3, 3), True),         # empty batch
+    ]
+
+
+def case_id(case):
+    N, C, H, W, Fo, k, bias = case
+    return f"N{N}-C{C}-{H}x{W}-F{Fo}-k{k[0]}x{k[1]}-b{int(bias)}"
+
+
+ALL_CASES = [(dtype, case) for dtype in DTYPES for case in cases(dtype)]
+IDS = [f"{np.dtype(d).name}-{case_id(c)}" for d, c in ALL_CASES]
+
+
+def _arrays(case, dtype, seed=0):
+    N, C, H, W, Fo, (KH, KW), bias = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((Fo, C, KH, KW)).astype(dtype)
+    b = rng.standard_normal(Fo).astype(dtype) if bias else None
+    return x, w, b
+
+
+def _sentinel_buffer(shape, dtype, margin):
+    """(buffer, view): a view of ``shape`` inside a NaN-filled buffer with ``margin`` values of
+    7 on both sides."""
+    size = int(np.prod(shape))
+    buffer = np.full(size + 2 * margin, np.nan, dtype=dtype)
+    buffer[:margin] = buffer[-margin:] = 7.0
+    return buffer, buffer[margin:margin + size].reshape(shape)
+
+
+@pytest.mark.parametrize("dtype,case", ALL_CASES, ids=IDS)
+def test_forward_kernel_matches_torch(dtype, case):
+    """Every output written (the output starts as NaN), nothing outside it, torch's values."""
+    x, w, b = _arrays(case, dtype)
+    Fo, C, KH, KW = w.shape
+    OH, OW = x.shape[2] - KH + 1, x.shape[3] - KW + 1
+    wt = np.ascontiguousarray(w.reshape(Fo, -1).T)
+    bias = b if b is not None else np.zeros(Fo, dtype=dtype)
+    margin = 64
+    for n in range(x.shape[0]):
+        buffer, out = _sentinel_buffer((Fo, OH * OW), dtype, margin)
+        fvc.conv_forward_sample(x, n, wt, bias, out, KH, KW, OH, OW)
+        assert np.all(buffer[:margin] == 7.0) and np.all(buffer[-margin:] == 7.0)
+        want = F.conv2d(to_torch(x[n:n + 1]), to_torch(w), None if b is None else to_torch(b))
+        assert_close(out.reshape(Fo, OH, OW), want[0], dtype, "out")
+
+
+@pytest.mark.parametrize("dtype,case", ALL_CASES, ids=IDS)
+def test_weight_grad_kernel_matches_torch(dtype, case):
+    """dWᵀ accumulated over the samples (added into what is there: it starts at 1), the
+    transposition of each sample's gradient, and nothing written outside dWᵀ."""
+    x, w, b = _arrays(case, dtype)
+    Fo, C, KH, KW = w.shape
+    N, OH, OW = x.shape[0], x.shape[2] - KH + 1, x.shape[3] - KW + 1
+    dout = np.random.default_rng(1).standard_normal((N, Fo, OH, OW)).astype(dtype)
+    margin = 64
+    buffer, dwT = _sentinel_buffer((C * KH * KW, Fo), dtype, margin)
+    dwT[...] = 1.0
+    doutT = np.empty((OH * OW, Fo), dtype=dtype)
+    for n in range(N):
+        fvc.transpose_plane(dout[n].reshape(Fo, OH * OW), doutT)
+        np.testing.assert_array_equal(doutT, dout[n].reshape(Fo, -1).T)
+        fvc.weight_grad_sample(x, n, doutT, dwT, KH, KW, OH, OW)
+    assert np.all(buffer[:margin] == 7.0) and np.all(buffer[-margin:] == 7.0)
+    tx, tw = to_torch(x), to_torch(w, requires_grad=True)
+    F.conv2d(tx, tw).backward(to_torch(dout))
+    want = tw.grad.numpy().reshape(Fo, -1).T + 1.0
+    assert_close(dwT, want, dtype, "dwT")
+
+
+def _layer_takes_kernels(x, w):
+    taken = forward_method(x, w, w.shape[2:] + NO_PAD, 1, x.shape[3] - w.shape[3] + 1)
+    return taken == "filter_vectors"
+
+
+@pytest.mark.parametrize("dtype,case", ALL_CASES, ids=IDS)
+def test_layers_through_kernels_match_torch(dtype, case, rng):
+    """conv2d, conv2d + ReLU and conv2d + ReLU + max-pool (with and without a workspace) on
+    these layers: outputs and all three gradients against torch."""
+    x, w, b = _arrays(case, dtype)
+    if not _layer_takes_kernels(x, w):
+        pytest.skip("this CPU has no AVX-512: the layers run im2col + GEMM (tested elsewhere)")
+    o = ops("numba")
+    tx, tw = to_torch(x, requires_grad=True), to_torch(w, requires_grad=True)
+    tb = None if b is None else to_torch(b, requires_grad=True)
+    pooled = x.shape[2] - w.shape[2] + 1 >= 2 and x.shape[3] - w.shape[3] + 1 >= 2
+    layers = [("conv", o.conv2d_forward, o.conv2d_backward, lambda t: t, {}),
+              ("conv+relu", o.conv2d_relu_forward, o.conv2d_relu_backward, F.relu, {})]
+    if pooled:
+        for workspace in (None, {}):
+            layers.append(("conv+relu+pool", o.conv2d_relu_maxpool2d_forward,
+                           o.conv2d_relu_maxpool2d_backward,
+                           lambda t: F.max_pool2d(F.relu(t), 2),
+                           {"workspace": workspace}))
+    for name, forward, backward, after, extra in layers:
+        for t in (tx, tw, tb):
+            if t is not None:
+                t.grad = None
+        ref = after(F.conv2d(tx, tw, tb))
+        args = CONV_ARGS + (POOL_ARGS if "pool" in name else ())
+        out, cache = forward(x, w, b, *args, **extra)
+        assert_close(out, ref, dtype, f"{name} out")
+        dout = rng.standard_normal(out.shape).astype(dtype)
+        ref.backward(to_torch(dout))
+        dx, dw, db = backward(dout, cache)
+        assert_close(dx, tx.grad, dtype, f"{name} dx")
+        assert_close(dw, tw.grad, dtype, f"{name} dw")
+        if b is not None:
+            assert_close(db, tb.grad, dtype, f"{name} db")
+        if extra.get("workspace") is not None:
+            assert "cols" not in extra["workspace"]  # no columns, forward or backward
+
+
+def test_which_layers_take_the_kernels():
+    """The rule in filter_vector_conv.applies, on the models' layers and on each condition."""
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+
+    def applies(F_, C, K, geo=NO_PAD, groups=1, dtype=f32):
+        return fvc.applies((F_, C, K, K), (K, K) + geo, groups, dtype)
+
+    wide = simd.has_wide_vectors()
+    assert applies(64, 32, 3) == wide  # digitcnn's and mitxcnn's conv2
+    assert applies(64, 32, 4) == wide  # multicnn's conv2
+    assert applies(32, 32, 3, dtype=f64) == wide  # 32 float64 filters fill a block
+    assert applies(128, 32, 3) == wide
+    assert not applies(32, 1, 3)  # their conv1: 32 float32 filters, half a block
+    assert not applies(96, 32, 3)  # not a whole number of blocks
+    assert not applies(64, 150, 5, geo=(1, 1, 2, 2, 2, 2, 1, 1))  # widecnn conv2: padding
+    assert not applies(64, 150, 5)  # ... and 960 KB of weights
+    assert not applies(64, 32, 3, geo=(2, 2, 0, 0, 0, 0, 1, 1))  # stride
+    assert not applies(64, 32, 3, geo=(1, 1, 0, 0, 0, 0, 2, 2))  # dilation
+    assert not applies(64, 32, 3, groups=2)
+    assert not applies(64, 32, 1)  # 1×1: im2col is the identity already
