@@ -235,3 +235,33 @@ def test_pool_planes_2x2_kernel_equals_general_scan(dtype):
     assert fused._pool_argument(plain, 9, 8, 4, 4) == ()
     assert fused._pool_argument(plain, 9, 9, 5, 5) == (2, 2, 2, 2, 0, 0, 1, 1)  # ceil_mode
     assert fused._pool_argument(((3, 3), (2, 2), (1, 1), (1, 1)), 9, 9, 5, 5) != ()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("W", [5, 6, 8, 9, 14, 16, 17, 26, 33])
+def test_pool_2x2_vector_groups_equal_general_scan(dtype, W):
+    """The plain 2×2 kernel's vector groups (8 or 4 float32 outputs, 4 or 2 float64; the
+    last group of a row overlapping the one before; rows too short for a group one at a
+    time) give the general scan's maxima and winners: ties between and inside windows
+    (integer inputs), ±0, infinities, and NaN in some groups (those go one at a time)."""
+    from scratchnet.backends.numba_backend import pool
+
+    rng = np.random.default_rng(W)
+    x = rng.integers(-2, 3, size=(5, 7, W)).astype(dtype)
+    x[1] = rng.standard_normal((7, W))
+    x[2, 0, 0] = x[2, 3, W - 1] = np.nan
+    x[3, 1, :] = -0.0
+    x[3, 2, : W // 2] = np.inf
+    x[4, :, :] = -np.inf
+    x[4, 5, W - 2] = np.nan
+    OH, OW = 3, W // 2
+    got = (np.empty((5, OH, OW), dtype), np.empty((5, OH, OW), np.int64))
+    want = (np.empty((5, OH, OW), dtype), np.empty((5, OH, OW), np.int64))
+    pool.pool_planes(x, (), *got)
+    pool.pool_planes(x, (2, 2, 2, 2, 0, 0, 1, 1), *want)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(np.signbit(got[0]), np.signbit(want[0]))
+    np.testing.assert_array_equal(got[1], want[1])
+    t_out, t_index = F.max_pool2d(to_torch(x[None]), 2, return_indices=True)
+    np.testing.assert_array_equal(got[0], t_out[0].numpy())
+    np.testing.assert_array_equal(got[1], t_index[0].numpy())
