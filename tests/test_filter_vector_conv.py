@@ -12,12 +12,11 @@ import torch.nn.functional as F
 
 from scratchnet.backend import ops
 from scratchnet.backends.numba_backend import filter_vector_conv as fvc
-from scratchnet.backends.numba_backend import simd
+from scratchnet.backends.numba_backend import fused, simd
 from scratchnet.backends.numba_backend.conv import forward_method
 from tests.helpers import DTYPES, assert_close, to_torch
 
 NO_PAD = (1, 1, 0, 0, 0, 0, 1, 1)  # sh, sw, pt, pb, pl, pr, dh, dw
-CONV_ARGS = ((1, 1), (0, 0, 0, 0), (1, 1), 1)
 POOL_ARGS = ((2, 2), (2, 2), (0, 0), (1, 1), False)
 
 
@@ -103,36 +102,53 @@ def test_weight_grad_kernel_matches_torch(dtype, case):
     assert_close(dwT, want, dtype, "dwT")
 
 
-def _layer_takes_kernels(x, w):
-    taken = forward_method(x, w, w.shape[2:] + NO_PAD, 1, x.shape[3] - w.shape[3] + 1)
-    return taken == "filter_vectors"
+def padded_cases(dtype):
+    """(N, C, H, W, F, (KH, KW), bias, (pt, pb, pl, pr)): layers the callers pad for."""
+    B = fvc.filter_block(dtype)
+    return [
+        (3, 6, 14, 14, B, (5, 5), True, (2, 2, 2, 2)),    # widecnn's conv2, fewer channels
+        (2, 3, 5, 7, B, (3, 3), False, (1, 0, 2, 1)),     # unequal sides, no bias
+        (1, 2, 3, 3, 2 * B, (2, 2), True, (3, 3, 3, 3)),  # padding wider than the kernel
+        (0, 2, 5, 5, B, (3, 3), True, (1, 1, 1, 1)),      # empty batch
+    ]
 
 
-@pytest.mark.parametrize("dtype,case", ALL_CASES, ids=IDS)
-def test_layers_through_kernels_match_torch(dtype, case, rng):
-    """conv2d, conv2d + ReLU and conv2d + ReLU + max-pool (with and without a workspace) on
-    these layers: outputs and all three gradients against torch."""
-    x, w, b = _arrays(case, dtype)
-    if not _layer_takes_kernels(x, w):
-        pytest.skip("this CPU has no AVX-512: the layers run im2col + GEMM (tested elsewhere)")
+PADDED_CASES = [(dtype, case) for dtype in DTYPES for case in padded_cases(dtype)]
+PADDED_IDS = [f"{np.dtype(d).name}-{case_id(c[:7])}-p{'.'.join(map(str, c[7]))}"
+              for d, c in PADDED_CASES]
+
+
+def _layer_takes_kernels(x, w, padding=(0, 0, 0, 0)):
+    geo = w.shape[2:] + (1, 1) + tuple(padding) + (1, 1)
+    OW = x.shape[3] + padding[2] + padding[3] - w.shape[3] + 1
+    return forward_method(x, w, geo, 1, OW) == "filter_vectors"
+
+
+def _check_layers(x, w, b, padding, dtype, rng, workspaces):
+    """conv2d, conv2d + ReLU and conv2d + ReLU + max-pool (once per workspace in
+    ``workspaces``) on x: outputs and all three gradients against torch, on x zero-padded by
+    ``padding`` (pt, pb, pl, pr)."""
     o = ops("numba")
     tx, tw = to_torch(x, requires_grad=True), to_torch(w, requires_grad=True)
     tb = None if b is None else to_torch(b, requires_grad=True)
-    pooled = x.shape[2] - w.shape[2] + 1 >= 2 and x.shape[3] - w.shape[3] + 1 >= 2
+    pt, pb, pl, pr = padding
+    OH = x.shape[2] + pt + pb - w.shape[2] + 1
+    OW = x.shape[3] + pl + pr - w.shape[3] + 1
     layers = [("conv", o.conv2d_forward, o.conv2d_backward, lambda t: t, {}),
               ("conv+relu", o.conv2d_relu_forward, o.conv2d_relu_backward, F.relu, {})]
-    if pooled:
-        for workspace in (None, {}):
+    if OH >= 2 and OW >= 2:
+        for workspace in workspaces:
             layers.append(("conv+relu+pool", o.conv2d_relu_maxpool2d_forward,
                            o.conv2d_relu_maxpool2d_backward,
                            lambda t: F.max_pool2d(F.relu(t), 2),
                            {"workspace": workspace}))
+    conv_args = ((1, 1), tuple(padding), (1, 1), 1)
     for name, forward, backward, after, extra in layers:
         for t in (tx, tw, tb):
             if t is not None:
                 t.grad = None
-        ref = after(F.conv2d(tx, tw, tb))
-        args = CONV_ARGS + (POOL_ARGS if "pool" in name else ())
+        ref = after(F.conv2d(F.pad(tx, (pl, pr, pt, pb)), tw, tb))
+        args = conv_args + (POOL_ARGS if "pool" in name else ())
         out, cache = forward(x, w, b, *args, **extra)
         assert_close(out, ref, dtype, f"{name} out")
         dout = rng.standard_normal(out.shape).astype(dtype)
@@ -144,6 +160,34 @@ def test_layers_through_kernels_match_torch(dtype, case, rng):
             assert_close(db, tb.grad, dtype, f"{name} db")
         if extra.get("workspace") is not None:
             assert "cols" not in extra["workspace"]  # no columns, forward or backward
+
+
+@pytest.mark.parametrize("dtype,case", ALL_CASES, ids=IDS)
+def test_layers_through_kernels_match_torch(dtype, case, rng):
+    """The layers on these kernels, with and without a workspace, against torch."""
+    x, w, b = _arrays(case, dtype)
+    if not _layer_takes_kernels(x, w):
+        pytest.skip("this CPU has no AVX-512: the layers run im2col + GEMM (tested elsewhere)")
+    _check_layers(x, w, b, (0, 0, 0, 0), dtype, rng, (None, {}))
+
+
+@pytest.mark.parametrize("dtype,case", PADDED_CASES, ids=PADDED_IDS)
+def test_padded_layers_match_torch(dtype, case, rng, monkeypatch):
+    """A padded layer runs the kernels on zero-padded copies of its samples: kept from forward
+    for backward (a workspace), padded again in backward (no workspace, or too large to keep),
+    and a workspace reused for a second batch (the copies' zero borders stay zero)."""
+    x, w, b = _arrays(case[:7], dtype)
+    padding = case[7]
+    if not _layer_takes_kernels(x, w, padding):
+        pytest.skip("this CPU has no AVX-512: the layers run im2col + GEMM (tested elsewhere)")
+    workspace = {}
+    _check_layers(x, w, b, padding, dtype, rng, (None, workspace))
+    x2 = rng.standard_normal(x.shape).astype(dtype)
+    _check_layers(x2, w, b, padding, dtype, rng, (workspace,))
+    if x.shape[0] > 0:
+        assert workspace["padded"].shape[0] == x.shape[0]  # one copy per sample, kept
+    monkeypatch.setattr(fused, "KEEP_COLUMNS_MAX_BYTES", 0)
+    _check_layers(x, w, b, padding, dtype, rng, ({},))
 
 
 def test_which_layers_take_the_kernels():
@@ -160,8 +204,9 @@ def test_which_layers_take_the_kernels():
     assert applies(128, 32, 3) == wide
     assert not applies(32, 1, 3)  # their conv1: 32 float32 filters, half a block
     assert not applies(96, 32, 3)  # not a whole number of blocks
-    assert not applies(64, 150, 5, geo=(1, 1, 2, 2, 2, 2, 1, 1))  # widecnn conv2: padding
-    assert not applies(64, 150, 5)  # ... and 960 KB of weights
+    assert applies(64, 150, 5, geo=(1, 1, 2, 2, 2, 2, 1, 1)) == wide  # widecnn's conv2: 960 KB
+    assert not applies(64, 300, 5)  # 1.9 MB of weights
+    assert not applies(64, 150, 5, dtype=f64)  # widecnn's conv2 in float64: 1.9 MB too
     assert not applies(64, 32, 3, geo=(2, 2, 0, 0, 0, 0, 1, 1))  # stride
     assert not applies(64, 32, 3, geo=(1, 1, 0, 0, 0, 0, 2, 2))  # dilation
     assert not applies(64, 32, 3, groups=2)

@@ -24,9 +24,11 @@ The forward pass of a layer that ``direct_conv.applies`` to (stride 1, no paddin
 few filters, rows that fill vectors: lenet's two convolutions) runs direct_conv's
 register-blocked kernel instead of im2col + GEMM (``forward_sample(..., "direct")``) and needs
 no columns; its backward pass is the one here. A layer that ``filter_vector_conv.applies`` to
-(stride 1, no padding, one group, 64 filters or a multiple, AVX-512: digitcnn's and mitxcnn's
+(stride 1, one group, 64 filters or a multiple, AVX-512: digitcnn's, mitxcnn's and widecnn's
 conv2) runs that module's kernels for the forward pass and the weight gradient, which need no
-columns either (``"filter_vectors"``); its input gradient stays the GEMM + col2im here.
+columns either (``"filter_vectors"``); its input gradient stays the GEMM + col2im here. For a
+padded such layer the column slots hold each sample zero-padded instead (``padded_shape``):
+the kernels run unpadded on that copy.
 
 Column layout: row ``(c·KH + kh)·KW + kw``, column ``oh·OW + ow``; the rows of group ``g`` are
 the contiguous block ``[g·Cg·KH·KW, (g+1)·Cg·KH·KW)``, so each group is a plain sub-matrix.
@@ -387,11 +389,28 @@ def _direct_sample(t, n, conv):
 @per_thread.by_address
 def _filter_vector_sample(t, n, conv):
     """Sample n's forward by filter_vector_conv's kernel at address ``at``; wt is the weights
-    transposed, (C·KH·KW, F); b is zeros for a layer without bias; no columns are used."""
-    (x, wt, b, _, _, _, dest, dest_per_sample, KH, KW, _, _, _, _, _, _, _, _, _, at) = conv
+    transposed, (C·KH·KW, F); b is zeros for a layer without bias. No columns are used: for a
+    padded layer cols[n or t] (C, (H + pt + pb)·(W + pl + pr)) receives the sample padded."""
+    (x, wt, b, _, cols, keep, dest, dest_per_sample, KH, KW, _, _, pt, pb, pl, pr, _, _, _,
+     at) = conv
     F, OH, OW = dest.shape[1], dest.shape[2], dest.shape[3]
     conv2 = (dest[n] if dest_per_sample else dest[t]).reshape(F, OH * OW)
-    filter_vector_conv.call(at, (x, n, wt, b, conv2, KH, KW, OH, OW))
+    if pt + pb + pl + pr == 0:
+        filter_vector_conv.call(at, (x, n, wt, b, conv2, KH, KW, OH, OW))
+    else:
+        xp = _padded_sample(x, n, cols[n] if keep else cols[t], pt, pb, pl, pr, True)
+        filter_vector_conv.call(at, (xp, 0, wt, b, conv2, KH, KW, OH, OW))
+
+
+@njit(cache=True)
+def _padded_sample(x, n, slot, pt, pb, pl, pr, copy):
+    """slot (C, Hp·Wp) seen as (1, C, Hp, Wp), Hp = H + pt + pb and Wp = W + pl + pr, holding
+    x[n] zero-padded: copied there when ``copy``, else already there (kept from forward)."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    xp = slot.reshape(1, C, H + pt + pb, W + pl + pr)
+    if copy:
+        filter_vector_conv.pad_sample(x, n, xp[0], pt, pl)
+    return xp
 
 
 def forward_sample(x, w, b, has_bias, cols, keep, dest, dest_per_sample, geo, groups, method):
@@ -399,7 +418,7 @@ def forward_sample(x, w, b, has_bias, cols, keep, dest, dest_per_sample, geo, gr
 
     x (N, C, H, W); w (F, Cg, KH, KW); b (F,), zeros without bias; cols (T or N, C·KH·KW,
     OH·OW) column slots, slot n when ``keep`` else slot t (used by "im2col" only, and not for
-    a pointwise layer); dest (T or N, F, OH, OW) receives the result, in slot n when
+    a pointwise layer; for "filter_vectors" on a padded layer, ``padded_shape`` slots); dest (T or N, F, OH, OW) receives the result, in slot n when
     ``dest_per_sample`` else t. method: ``forward_method(...)``.
     """
     w2 = _as_matrix(w)
@@ -482,7 +501,8 @@ def backward_sample(x, w, dconvs, dconv_per_sample, has_bias, dx, dw_part, db_pa
     dconvs (T or N, F, OH·OW): the output gradient, read from slot n when ``dconv_per_sample``
     else from slot t (the worker writes it there). dx (N, C, H, W) zeroed, or empty without
     ``input_grad``; dw_part (T, groups, Cg·KH·KW, F // groups) and db_part (T, F) zeroed
-    partials; cols: the kept forward columns (N slots) when ``kept``, else T scratch slots;
+    partials; cols: the kept forward columns (N slots) when ``kept``, else T scratch slots
+    (for a filter-vector layer: its padded samples, ``padded_shape``, or nothing unpadded);
     dcols (T, C·KH·KW, OH·OW) scratch.
 
     dconvsT: for a layer whose weight gradient is filter_vector_conv's (``uses_filter_vectors``),
@@ -505,8 +525,7 @@ def backward_sample(x, w, dconvs, dconv_per_sample, has_bias, dx, dw_part, db_pa
 
 @njit(cache=True)
 def _filter_vector_backward(t, n, conv):
-    """_backward_sample for a layer where filter_vector_conv applies (stride 1, no padding,
-    one group): dwT += the kernel's weight gradient from doutᵀ; dx[n] = col2im(w2ᵀ @ dout);
+    """_backward_sample for a layer where filter_vector_conv applies (stride 1, one group): dwT += the kernel's weight gradient from doutᵀ; dx[n] = col2im(w2ᵀ @ dout);
     db += doutᵀ's column sums. doutᵀ is thread t's dconvsT slot (transposed here from the
     (F, OH·OW) gradient unless the worker wrote it so)."""
     (x, w2, dconvs, dconv_per_sample, has_bias, dx, dw_part, db_part, cols, kept, dcols,
@@ -515,7 +534,11 @@ def _filter_vector_backward(t, n, conv):
     doutT = dconvsT[t]
     if not given_transposed:
         filter_vector_conv.transpose_plane(dconvs[n] if dconv_per_sample else dconvs[t], doutT)
-    filter_vector_conv.call(weight_grad_at, (x, n, doutT, dw_part[t, 0], KH, KW, OH, OW))
+    if pt + pb + pl + pr == 0:
+        filter_vector_conv.call(weight_grad_at, (x, n, doutT, dw_part[t, 0], KH, KW, OH, OW))
+    else:  # on the sample padded: kept from forward in cols[n], else padded again into cols[t]
+        xp = _padded_sample(x, n, cols[n] if kept else cols[t], pt, pb, pl, pr, not kept)
+        filter_vector_conv.call(weight_grad_at, (xp, 0, doutT, dw_part[t, 0], KH, KW, OH, OW))
     if input_grad:
         dcol = dcols[t]
         gemm(w2, doutT, dcol, True, True, 1.0, 0.0)
@@ -589,6 +612,23 @@ def forward_method(x, w, geo, groups, OW):
     return "im2col"
 
 
+def padded_shape(slots, x, geo):
+    """(slots, C, (H + pt + pb)·(W + pl + pr)): zero-padded copies of samples, which
+    filter_vector_conv's kernels read for a padded layer; (1, 0, 0) for an unpadded one."""
+    _, C, H, W = x.shape
+    _, _, _, _, pt, pb, pl, pr, _, _ = geo
+    if pt + pb + pl + pr == 0:
+        return (1, 0, 0)
+    return (slots, C, (H + pt + pb) * (W + pl + pr))
+
+
+def _slots_shape(T, x, w, geo, OH, OW, method):
+    """The per-thread slots a forward ``method`` needs: columns, padded samples or none."""
+    if method == "filter_vectors":
+        return padded_shape(T, x, geo)
+    return _cols_shape(T, x.shape[1], OH, OW, geo, method == "im2col")
+
+
 def _cols_shape(T, C, OH, OW, geo, columns=True):
     """Per-thread column buffers; none are needed when im2col is the identity or the pass
     needs no columns (``columns`` False)."""
@@ -637,7 +677,7 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
         return out, cache
     T = _n_threads(N)
     method = forward_method(x, w, geo, groups, OW)
-    cols = np.zeros(_cols_shape(T, C, OH, OW, geo, method == "im2col"), dtype=dtype)
+    cols = np.zeros(_slots_shape(T, x, w, geo, OH, OW, method), dtype=dtype)
     at, conv = forward_sample(x, w, bias, has_bias, cols, False, out, True, geo, groups, method)
     per_thread.run(_samples_thread, T, (at, conv, N, T))
     return out, cache
@@ -666,7 +706,8 @@ def conv2d_backward(dout, cache, input_grad=True):
     db_part = np.zeros((T, F), dtype=dtype)
     if N > 0:
         dconvsT = transposed_gradient_slots(x, w, geo, groups, T, OH, OW)
-        cols = np.zeros(_cols_shape(T, C, OH, OW, geo, dconvsT is None), dtype=dtype)
+        cols = np.zeros(_cols_shape(T, C, OH, OW, geo) if dconvsT is None
+                        else padded_shape(T, x, geo), dtype=dtype)
         dcols = np.zeros(_cols_shape(T, C, OH, OW, geo), dtype=dtype)
         at, conv = backward_sample(x, w, dout.reshape(N, F, OH * OW), True, has_bias, dx,
                                    dw_part, db_part, cols, False, dcols, geo,

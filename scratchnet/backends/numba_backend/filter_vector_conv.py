@@ -1,12 +1,14 @@
 """Convolution kernels whose vectors run along the filters, for layers of 64 filters and more.
 
-Which layers (``applies``): stride 1, no padding or dilation, one group, a CPU with AVX-512
+Which layers (``applies``): stride 1, no dilation, one group, a CPU with AVX-512
 (``simd.has_wide_vectors``), F a multiple of ``FILTER_BLOCK`` (64 float32 filters, 32 float64)
 and the weights small enough to stay in the core's L2 (``MAX_WEIGHT_BYTES``). In the models:
-the 32 → 64, 3×3 second convolution of digitcnn and mitxcnn (88 % of their training FLOPs) and
-multicnn's 4×4 one. There im2col + OpenBLAS ran the forward GEMM (M = 64, N = 121, K = 288)
-at 78-84 GFLOP/s on one core of this Zen 4, plus the unfold; torch's oneDNN ran the whole
-layer at 87. This kernel needs no columns and ran it at 97-104 GFLOP/s.
+the 32 → 64, 3×3 second convolution of digitcnn and mitxcnn (88 % of their training FLOPs),
+multicnn's 4×4 one and widecnn's padded 150 → 64, 5×5 one (88 % of its). At digitcnn's conv2
+im2col + OpenBLAS ran the forward GEMM (M = 64, N = 121, K = 288) at 78-84 GFLOP/s on one core
+of a Zen 4, plus the unfold; torch's oneDNN ran the whole layer at 87. This kernel needs no
+columns and ran it at 97-104 GFLOP/s. A padded layer's callers copy each sample into a
+zero-bordered buffer first (``pad_sample``; conv.py) and run the kernels unpadded on that.
 
 Forward, output (f, p) = Σ_r w[f, r] · x[n, c, oh + kh, ow + kw] + b[f] over the taps
 r = (c·KH + kh)·KW + kw in order, p = oh·OW + ow. A block of ``PIXELS`` (7) output pixels ×
@@ -45,15 +47,15 @@ from .simd import (WIDE_VECTOR_BYTES, element_pointer, fmuladd, has_wide_vectors
 
 __all__ = ["applies", "filter_block", "forward_address", "weight_grad_address", "call",
            "conv_forward_sample", "weight_grad_sample", "transpose_plane", "tap_offsets",
-           "pixel_offsets", "PIXELS",
-           "VECTORS"]
+           "pixel_offsets", "pad_sample", "PIXELS", "VECTORS"]
 
 PIXELS = 7  # pixels (forward) or taps (weight gradient) per block
 VECTORS = 4  # wide vectors of filters per block: 28 accumulators + 4 loaded vectors = 32 zmm
-# a layer's transposed weights (taps, F) are read once per block of pixels: from L2, where
-# they fit (digitcnn's conv2: 72 KB); widecnn's conv2 (3,750 taps, 960 KB) would stream them
-# from L3 every 7 pixels
-MAX_WEIGHT_BYTES = 256 << 10
+# a layer's transposed weights (taps, F) are read once per block of pixels, from the core's
+# 1 MB L2 (digitcnn's conv2: 72 KB). widecnn's conv2 (3,750 taps, 960 KB, beside its 194 KB
+# padded sample) ran at 210 GFLOP/s on one core of a Zen 5 all the same, forward and weight
+# gradient alike, against 98 for im2col + OpenBLAS
+MAX_WEIGHT_BYTES = 1 << 20
 
 
 def filter_block(dtype):
@@ -69,7 +71,7 @@ def applies(w_shape, geo, groups, dtype):
     return (not numba.config.DISABLE_JIT and has_wide_vectors() and groups == 1
             and KH * KW > 1 and F > 0 and F % filter_block(dtype) == 0
             and F * C * KH * KW * np.dtype(dtype).itemsize <= MAX_WEIGHT_BYTES
-            and (sh, sw, dh, dw) == (1, 1, 1, 1) and (pt, pb, pl, pr) == (0, 0, 0, 0))
+            and (sh, sw, dh, dw) == (1, 1, 1, 1) and min(pt, pb, pl, pr) >= 0)
 
 
 def _wide(context, array_type):
@@ -269,6 +271,18 @@ def weight_grad_sample(x, n, doutT, dwT, KH, KW, OH, OW):
             for p in range(P):
                 _multiply_add(block, df, p * F + f0, xf, shifts, bases[p])
             _add_rows(block, wf, F, f0, r0, min(PIXELS, R - r0))
+
+
+@njit(cache=True)
+def pad_sample(x, n, xp, pt, pl):
+    """xp[:, pt:pt + H, pl:pl + W] = x[n] (C, H, W): the sample zero-padded, for a padded layer,
+    whose kernels then run unpadded on xp (C, H + pt + pb, W + pl + pr). The border is not
+    written: the callers' buffers are allocated zeroed and hold only such copies."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    for c in range(C):
+        for i in range(H):
+            for j in range(W):
+                xp[c, pt + i, pl + j] = x[n, c, i, j]
 
 
 @njit(cache=True)

@@ -37,8 +37,8 @@ from . import per_thread
 from .activation import (_relu_backward_parallel, _relu_backward_span, _relu_parallel,
                          _relu_span, launch)
 from .conv import (_geometry, _kernel_array, _n_threads, backward_sample, forward_method,
-                   forward_sample, is_pointwise, out_size, transposed_gradient_slots,
-                   weight_grad, weight_grad_partials)
+                   forward_sample, is_pointwise, out_size, padded_shape,
+                   transposed_gradient_slots, weight_grad, weight_grad_partials)
 from .pool import is_plain_2x2, pool_planes
 
 # kept columns cost N·C·KH·KW·OH·OW values of memory. digitcnn's conv2 (8.9 MB at batch 64):
@@ -178,28 +178,38 @@ def _columns(x, w, geo, OH, OW, workspace, method):
     With a workspace (the layer is training) and a small enough result: one slot per sample,
     kept for backward. Otherwise one scratch slot per thread. Empty when im2col is the identity
     or the forward kernel is not im2col + GEMM (``method``: it needs no columns; backward
-    unfolds then, if it needs them).
+    unfolds then, if it needs them), except that filter_vector_conv's slots hold a padded
+    layer's samples zero-padded (``conv.padded_shape``), kept for backward alike.
     """
     N, C, dtype = x.shape[0], x.shape[1], x.dtype
-    if method != "im2col" or is_pointwise(*geo[:8]):
+    if method == "filter_vectors":
+        shape, name = padded_shape(N, x, geo), "padded"
+    elif method == "im2col" and not is_pointwise(*geo[:8]):
+        shape, name = (N, C * geo[0] * geo[1], OH * OW), "cols"
+    else:
+        shape = (1, 0, 0)
+    if shape[1] == 0:
         return np.zeros((1, 0, 0), dtype=dtype), False
-    rows = C * geo[0] * geo[1]
     keep = (workspace is not None
-            and N * rows * OH * OW * dtype.itemsize <= KEEP_COLUMNS_MAX_BYTES)
+            and N * shape[1] * shape[2] * dtype.itemsize <= KEEP_COLUMNS_MAX_BYTES)
     slots = N if keep else _n_threads(N)
-    return _buffer(workspace, "cols", (slots, rows, OH * OW), dtype), keep
+    return _buffer(workspace, name, (slots,) + shape[1:], dtype), keep
 
 
 def _backward_buffers(x, w, geo, groups, OH, OW, T, kept_cols, workspace):
     """Per-thread scratch for backward (T slots) plus the weight/bias partials; dconvsT is
     conv.transposed_gradient_slots' (None unless filter_vector_conv computes dW, which needs
-    no columns)."""
+    no columns: only the padded samples of a padded layer)."""
     C, F, dtype = x.shape[1], w.shape[0], x.dtype
     dconvsT = transposed_gradient_slots(x, w, geo, groups, T, OH, OW)
     rows = C * geo[0] * geo[1]
     if kept_cols is not None:
         cols = kept_cols
-    elif is_pointwise(*geo[:8]) or dconvsT is not None:
+    elif dconvsT is not None:  # the padded samples, if the layer is padded
+        shape = padded_shape(T, x, geo)
+        cols = (_buffer(workspace, "padded", shape, dtype) if shape[1]
+                else np.zeros(shape, dtype=dtype))
+    elif is_pointwise(*geo[:8]):
         cols = np.zeros((1, 0, 0), dtype=dtype)
     else:
         cols = _buffer(workspace, "cols", (T, rows, OH * OW), dtype)
