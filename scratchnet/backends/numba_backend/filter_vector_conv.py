@@ -46,6 +46,7 @@ from .simd import (WIDE_VECTOR_BYTES, element_pointer, fmuladd, has_wide_vectors
                    vector_pointer, vector_type, zeroed_block)
 
 __all__ = ["applies", "filter_block", "forward_address", "weight_grad_address", "call",
+           "new_block", "multiply_add", "add_rows",
            "conv_forward_sample", "weight_grad_sample", "transpose_plane", "tap_offsets",
            "pixel_offsets", "pad_sample", "PIXELS", "VECTORS"]
 
@@ -87,7 +88,7 @@ def _accumulator(builder, block, i, j):
 
 
 @intrinsic
-def _new_block(typingctx, like):
+def new_block(typingctx, like):
     """A zeroed block of PIXELS × VECTORS wide accumulators, dtype of the 1-D array ``like``."""
     def codegen(context, builder, signature, args):
         return zeroed_block(context, builder, like, PIXELS * VECTORS, WIDE_VECTOR_BYTES)
@@ -96,7 +97,7 @@ def _new_block(typingctx, like):
 
 
 @intrinsic
-def _multiply_add(typingctx, block, vf, v_at, sf, s_at, s_add):
+def multiply_add(typingctx, block, vf, v_at, sf, s_at, s_add):
     """accumulator (i, j) += sf[s_at[i] + s_add] · vf[v_at + j·V : ... + V] for i < PIXELS and
     j < VECTORS: PIXELS broadcast scalars times VECTORS contiguous vectors."""
     sig = types.void(block, vf, v_at, sf, s_at, s_add)
@@ -162,7 +163,7 @@ def _store_transposed(typingctx, block, b, f0, of, P, pixels):
 
 
 @intrinsic
-def _add_rows(typingctx, block, of, F, f0, r0, count):
+def add_rows(typingctx, block, of, F, f0, r0, count):
     """Add the block into rows r0 .. r0 + count - 1 of the (R, F) array ``of`` and zero it:
     of[(r0 + i)·F + f0 + j·V : ... + V] += accumulator (i, j) for i < count (<= PIXELS)."""
     sig = types.void(block, of, F, f0, r0, count)
@@ -211,7 +212,7 @@ def conv_forward_sample(x, n, wt, b, conv2, KH, KW, OH, OW):
     shifts = tap_offsets(C, H, W, KH, KW)
     bases = np.empty(PIXELS, np.int64)  # each pixel's first input, x[n, 0, oh, ow]
     pixels = np.empty(PIXELS, np.int64)
-    block = _new_block(xf)
+    block = new_block(xf)
     for f0 in range(0, F, block_filters):
         for p0 in range(0, P, PIXELS):
             for i in range(PIXELS):
@@ -220,7 +221,7 @@ def conv_forward_sample(x, n, wt, b, conv2, KH, KW, OH, OW):
                 pixels[i] = p
                 bases[i] = oh * W + (p - oh * OW)
             for r in range(R):
-                _multiply_add(block, wf, r * F + f0, xf, bases, shifts[r])
+                multiply_add(block, wf, r * F + f0, xf, bases, shifts[r])
             _store_transposed(block, b, f0, of, P, pixels)
 
 
@@ -262,15 +263,15 @@ def weight_grad_sample(x, n, doutT, dwT, KH, KW, OH, OW):
     all_shifts = tap_offsets(C, H, W, KH, KW)
     bases = pixel_offsets(W, OH, OW)  # a flat loop over the pixels: see conv_forward_sample
     shifts = np.empty(PIXELS, np.int64)  # the block's taps' offsets into x[n]
-    block = _new_block(xf)
+    block = new_block(xf)
     for f0 in range(0, F, block_filters):
         for r0 in range(0, R, PIXELS):
             for i in range(PIXELS):
-                # a short last block repeats a tap, added only once (_add_rows' count)
+                # a short last block repeats a tap, added only once (add_rows' count)
                 shifts[i] = all_shifts[min(r0 + i, R - 1)]
             for p in range(P):
-                _multiply_add(block, df, p * F + f0, xf, shifts, bases[p])
-            _add_rows(block, wf, F, f0, r0, min(PIXELS, R - r0))
+                multiply_add(block, df, p * F + f0, xf, shifts, bases[p])
+            add_rows(block, wf, F, f0, r0, min(PIXELS, R - r0))
 
 
 @njit(cache=True)

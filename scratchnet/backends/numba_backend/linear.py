@@ -18,7 +18,7 @@ import numba
 import numpy as np
 from numba import njit
 
-from . import per_thread, sparse_linear
+from . import per_thread, sparse_linear, vector_linear
 from .blas import gemm
 
 __all__ = ["linear_forward", "linear_backward"]
@@ -47,15 +47,20 @@ def _blocks(macs, n):
 
 
 @njit(cache=True)
-def _forward_block(x, w, b, has_bias, out, t, blocks):
+def _forward_block(x, w, b, has_bias, out, t, blocks, vectors_at):
     """Block t of blocks: output features [o0, o1) for every row, or for a narrow head
-    (NARROW_OUTPUTS or fewer features) rows [r0, r1) in NARROW_ROWS-row pieces."""
+    (NARROW_OUTPUTS or fewer features) rows [r0, r1) (in NARROW_ROWS-row pieces for
+    OpenBLAS). vectors_at: vector_linear's forward kernel's address (b zeros without bias),
+    or 0 for OpenBLAS."""
     N, O = out.shape
     narrow = O <= NARROW_OUTPUTS
     if narrow:
         r0, r1, o0, o1 = t * N // blocks, (t + 1) * N // blocks, 0, O
     else:
         r0, r1, o0, o1 = 0, N, t * O // blocks, (t + 1) * O // blocks
+    if vectors_at != 0:
+        vector_linear.call(vectors_at, (x, w, b, out, r0, r1, o0, o1))
+        return
     if has_bias:
         for i in range(r0, r1):  # element loops: a slice assignment compiles seconds slower
             for j in range(o0, o1):
@@ -73,32 +78,40 @@ def _forward_block(x, w, b, has_bias, out, t, blocks):
 @per_thread.by_address
 def _forward_thread(t, args):
     """Thread t's block of the forward pass (per_thread.run's worker)."""
-    x, w, b, has_bias, out, blocks = args
-    _forward_block(x, w, b, has_bias, out, t, blocks)
+    x, w, b, has_bias, out, blocks, vectors_at = args
+    _forward_block(x, w, b, has_bias, out, t, blocks, vectors_at)
 
 
 @njit(cache=True)
-def _backward_block(dout, x, w, dx, dw, db, t, blocks, has_bias, input_grad):
-    """Block t of blocks: dW and db for features [o0, o1), dx for rows [r0, r1)."""
+def _backward_block(dout, x, w, dx, dw, db, t, blocks, has_bias, input_grad, vectors_at):
+    """Block t of blocks: dW and db for features [o0, o1), dx for rows [r0, r1).
+    vectors_at: vector_linear's accumulate_rows' address (dw and dx zeroed), or 0 for
+    OpenBLAS."""
     N, O = dout.shape
     o0, o1 = t * O // blocks, (t + 1) * O // blocks
-    gemm(dout[:, o0:o1], x, dw[o0:o1], True, False, 1.0, 0.0)
+    r0, r1 = t * N // blocks, (t + 1) * N // blocks
+    dflat = dout.reshape(dout.size)
+    if vectors_at != 0:  # dW = doutᵀ·x: scalars dout[n, o] at o + n·O
+        vector_linear.call(vectors_at, (dflat, 1, O, x, dw, o0, o1))
+    else:
+        gemm(dout[:, o0:o1], x, dw[o0:o1], True, False, 1.0, 0.0)
     if has_bias:
         for j in range(o0, o1):
             s = 0.0  # float64, as the conv kernels sum their bias gradients
             for i in range(N):
                 s += dout[i, j]
             db[j] = s
-    if input_grad:
-        r0, r1 = t * N // blocks, (t + 1) * N // blocks
+    if input_grad and vectors_at != 0:  # dx = dout·w: scalars dout[n, o] at n·O + o
+        vector_linear.call(vectors_at, (dflat, O, 1, w, dx, r0, r1))
+    elif input_grad:
         gemm(dout[r0:r1], w, dx[r0:r1], False, False, 1.0, 0.0)
 
 
 @per_thread.by_address
 def _backward_thread(t, args):
     """Thread t's block of the backward pass (per_thread.run's worker)."""
-    dout, x, w, dx, dw, db, has_bias, input_grad, blocks = args
-    _backward_block(dout, x, w, dx, dw, db, t, blocks, has_bias, input_grad)
+    dout, x, w, dx, dw, db, has_bias, input_grad, blocks, vectors_at = args
+    _backward_block(dout, x, w, dx, dw, db, t, blocks, has_bias, input_grad, vectors_at)
 
 
 def linear_forward(x, w, b):
@@ -117,10 +130,12 @@ def linear_forward(x, w, b):
     out = np.zeros((N, w.shape[0]), dtype=x.dtype)
     O = w.shape[0]
     blocks = _blocks(x.size * O, N if O <= NARROW_OUTPUTS else O)
+    vectors_at = (vector_linear.forward_address(x.dtype)
+                  if x.dtype == w.dtype and vector_linear.applies(x.shape[1], x.dtype) else 0)
     if blocks == 1:
-        _forward_block(x, w, bias, has_bias, out, 0, 1)
+        _forward_block(x, w, bias, has_bias, out, 0, 1, vectors_at)
     else:
-        per_thread.run(_forward_thread, blocks, (x, w, bias, has_bias, out, blocks))
+        per_thread.run(_forward_thread, blocks, (x, w, bias, has_bias, out, blocks, vectors_at))
     return out, (x, w, b)
 
 
@@ -138,9 +153,12 @@ def linear_backward(dout, cache, input_grad=True):
     dw = np.zeros(w.shape, dtype=dout.dtype)
     db = np.zeros(w.shape[0], dtype=dout.dtype)
     has_bias = b is not None
+    vectors_at = (vector_linear.accumulate_address(x.dtype)
+                  if dout.dtype == x.dtype == w.dtype
+                  and vector_linear.applies(x.shape[1], x.dtype) else 0)
     if blocks == 1:
-        _backward_block(dout, x, w, dx, dw, db, 0, 1, has_bias, input_grad)
+        _backward_block(dout, x, w, dx, dw, db, 0, 1, has_bias, input_grad, vectors_at)
     else:
         per_thread.run(_backward_thread, blocks,
-                       (dout, x, w, dx, dw, db, has_bias, input_grad, blocks))
+                       (dout, x, w, dx, dw, db, has_bias, input_grad, blocks, vectors_at))
     return (dx if input_grad else None), dw, (db if has_bias else None)

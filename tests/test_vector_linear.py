@@ -1,0 +1,165 @@
+"""The register-blocked linear kernels (vector_linear.py): which calls take them, and that the
+forward pass and both gradient products are torch's for every row, output and feature, over
+short blocks of rows, outputs and columns, writing nothing outside the ranges asked for.
+
+The kernels run on any x86-64 CPU (LLVM splits the 512-bit operations where AVX-512 is
+missing), so the kernel tests run everywhere; only linear.py's choice of them (``applies``)
+depends on the CPU, and the layer tests say when it was not taken.
+"""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scratchnet.backend import ops
+from scratchnet.backends.numba_backend import simd
+from scratchnet.backends.numba_backend import vector_linear as vl
+from tests.helpers import DTYPES, assert_close, to_torch
+
+
+def shapes(dtype):
+    """(N, K, O): rows, input features, outputs. K around the vector width V (16 float32, 8
+    float64) and the column block B (4·V): tails of the dot products, overlapping blocks."""
+    V = simd.lanes(dtype, simd.WIDE_VECTOR_BYTES)
+    B = vl.row_block(dtype)
+    return [
+        (1, B, 1),            # one row, one output, one block
+        (5, B + 1, 7),        # rows and outputs one past a block; a one-feature tail
+        (4, 2 * B, 6),        # exact blocks everywhere
+        (9, B + V + 3, 13),   # a short column block overlapping the one before
+        (32, 784, 128),       # mlp128's first layer at its batch size
+        (3, 2 * B + V, 2),    # three column blocks, the last overlapping by 3·V
+    ]
+
+
+CASES = [(dtype, shape) for dtype in DTYPES for shape in shapes(dtype)]
+IDS = [f"{np.dtype(d).name}-N{n}-K{k}-O{o}" for d, (n, k, o) in CASES]
+
+
+def _arrays(shape, dtype, seed=0):
+    N, K, O = shape
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, K)).astype(dtype)
+    w = rng.standard_normal((O, K)).astype(dtype)
+    b = rng.standard_normal(O).astype(dtype)
+    dout = rng.standard_normal((N, O)).astype(dtype)
+    return x, w, b, dout
+
+
+def _ranges(n):
+    """Sub-ranges [lo, hi) of 0..n a thread could be given: all, a head and a tail."""
+    return sorted({(0, n), (0, max(1, n // 2)), (n // 2, n)} - {(n, n)})
+
+
+@pytest.mark.parametrize("dtype,shape", CASES, ids=IDS)
+def test_forward_rows_matches_torch(dtype, shape):
+    """out[n0:n1, o0:o1] = x·wᵀ + b as torch's F.linear; every other entry left as it was."""
+    x, w, b, _ = _arrays(shape, dtype)
+    N, K, O = shape
+    want = F.linear(to_torch(x), to_torch(w), to_torch(b)).numpy()
+    for n0, n1 in _ranges(N):
+        for o0, o1 in _ranges(O):
+            out = np.full((N, O), np.nan, dtype=dtype)
+            vl.forward_rows(x, w, b, out, n0, n1, o0, o1)
+            assert_close(out[n0:n1, o0:o1], want[n0:n1, o0:o1], dtype, "out")
+            outside = np.ones((N, O), bool)
+            outside[n0:n1, o0:o1] = False
+            assert np.isnan(out[outside]).all()
+
+
+@pytest.mark.parametrize("dtype,shape", CASES, ids=IDS)
+def test_accumulate_rows_gives_both_gradients(dtype, shape):
+    """dW = doutᵀ·x and dx = dout·w, row range by row range, against torch's autograd; rows
+    outside the range keep their zeros and nothing past the array is written."""
+    x, w, b, dout = _arrays(shape, dtype)
+    N, K, O = shape
+    tx, tw = to_torch(x, requires_grad=True), to_torch(w, requires_grad=True)
+    F.linear(tx, tw, to_torch(b)).backward(to_torch(dout))
+    flat = dout.reshape(-1)
+    margin = 64
+    for (rows, row_step, sum_step, B, want) in [
+            (O, 1, O, x, tw.grad.numpy()),       # dW: S(o, n) = dout[n, o]
+            (N, O, 1, w, tx.grad.numpy())]:      # dx: S(n, o) = dout[n, o]
+        for r0, r1 in _ranges(rows):
+            buffer = np.full(rows * K + 2 * margin, 7.0, dtype=dtype)
+            c = buffer[margin:margin + rows * K].reshape(rows, K)
+            c[...] = 0
+            vl.accumulate_rows(flat, row_step, sum_step, B, c, r0, r1)
+            assert_close(c[r0:r1], want[r0:r1], dtype, "rows")
+            assert not c[:r0].any() and not c[r1:].any()
+            assert (buffer[:margin] == 7.0).all() and (buffer[-margin:] == 7.0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_non_finite_values_propagate_like_torch(dtype):
+    """An inf or NaN in x or w reaches the same outputs and gradient entries as in torch."""
+    x, w, b, dout = _arrays((6, 2 * vl.row_block(dtype) + 5, 7), dtype)
+    x[1, 3], x[4, -1] = np.inf, np.nan
+    w[2, 0] = -np.inf
+    out = np.empty((6, 7), dtype=dtype)
+    vl.forward_rows(x, w, b, out, 0, 6, 0, 7)
+    tx, tw = to_torch(x, requires_grad=True), to_torch(w, requires_grad=True)
+    y = F.linear(tx, tw, to_torch(b))
+    y.backward(to_torch(dout))
+    want = y.detach().numpy()
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(out), np.isinf(want))
+    dw = np.zeros_like(w)
+    vl.accumulate_rows(dout.reshape(-1), 1, 7, x, dw, 0, 7)
+    np.testing.assert_array_equal(np.isnan(dw), np.isnan(tw.grad.numpy()))
+    np.testing.assert_array_equal(np.isinf(dw), np.isinf(tw.grad.numpy()))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_which_calls_take_the_kernels(dtype):
+    """The rule in vector_linear.applies: a CPU with AVX-512 and a block of input features."""
+    wide = simd.has_wide_vectors()
+    B = vl.row_block(dtype)
+    assert vl.applies(B, dtype) == wide
+    assert vl.applies(784, dtype) == wide
+    assert not vl.applies(B - 1, dtype)
+    assert not vl.applies(784, np.float16)
+
+
+@pytest.mark.parametrize("dtype,shape", CASES, ids=IDS)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("threads", ["serial", "parallel"])
+def test_linear_ops_through_kernels_match_torch(dtype, shape, bias, threads, monkeypatch):
+    """linear_forward / linear_backward (dx, dW, db) on these kernels, on the calling thread
+    and split across threads, against torch."""
+    x, w, b, dout = _arrays(shape, dtype)
+    if not vl.applies(x.shape[1], dtype):
+        pytest.skip("this CPU has no AVX-512: the layers run OpenBLAS (tested elsewhere)")
+    from scratchnet.backends.numba_backend import linear
+    if threads == "parallel":
+        monkeypatch.setattr(linear, "PARALLEL_MIN_MACS", 0)
+        monkeypatch.setattr(linear, "_MIN_PER_BLOCK", 1)
+    b = b if bias else None
+    o = ops("numba")
+    out, cache = o.linear_forward(x, w, b)
+    dx, dw, db = o.linear_backward(dout, cache)
+    tx, tw = to_torch(x, requires_grad=True), to_torch(w, requires_grad=True)
+    tb = None if b is None else to_torch(b, requires_grad=True)
+    y = F.linear(tx, tw, tb)
+    y.backward(to_torch(dout))
+    assert_close(out, y, dtype, "out")
+    assert_close(dx, tx.grad, dtype, "dx")
+    assert_close(dw, tw.grad, dtype, "dw")
+    if bias:
+        assert_close(db, tb.grad, dtype, "db")
+    else:
+        assert db is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_batch_through_kernels(dtype):
+    """Zero rows: an empty output and zero weight gradients, as torch."""
+    K = vl.row_block(dtype)
+    w = np.ones((3, K), dtype=dtype)
+    o = ops("numba")
+    out, cache = o.linear_forward(np.zeros((0, K), dtype=dtype), w, np.ones(3, dtype=dtype))
+    dx, dw, db = o.linear_backward(np.zeros((0, 3), dtype=dtype), cache)
+    assert out.shape == (0, 3) and dx.shape == (0, K)
+    assert not dw.any() and not db.any()
+    with torch.no_grad():
+        assert tuple(F.linear(torch.zeros(0, K), torch.ones(3, K)).shape) == out.shape
