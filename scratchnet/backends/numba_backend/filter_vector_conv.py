@@ -46,7 +46,7 @@ from .simd import (WIDE_VECTOR_BYTES, element_pointer, fmuladd, has_wide_vectors
                    vector_pointer, vector_type, zeroed_block)
 
 __all__ = ["applies", "filter_block", "forward_address", "weight_grad_address", "call",
-           "new_block", "multiply_add", "add_rows", "store_rows",
+           "new_block", "multiply_add", "add_rows",
            "conv_forward_sample", "weight_grad_sample", "transpose_plane", "tap_offsets",
            "pixel_offsets", "pad_sample", "PIXELS", "VECTORS"]
 
@@ -162,45 +162,34 @@ def _store_transposed(typingctx, block, b, f0, of, P, pixels):
     return sig, codegen
 
 
-def _rows_intrinsic(add):
-    """add_rows (``add``) or store_rows: the block into rows of an (R, F) array."""
-    def rows(typingctx, block, of, F, f0, r0, count):
-        sig = types.void(block, of, F, f0, r0, count)
+@intrinsic
+def add_rows(typingctx, block, of, F, f0, r0, count):
+    """Add the block into rows r0 .. r0 + count - 1 of the (R, F) array ``of`` and zero it:
+    of[(r0 + i)·F + f0 + j·V : ... + V] += accumulator (i, j) for i < count (<= PIXELS)."""
+    sig = types.void(block, of, F, f0, r0, count)
 
-        def codegen(context, builder, signature, args):
-            block_ptr, out_array, F_v, f0_v, r0_v, count_v = args
-            vector = _wide(context, of)
-            block_ptr = _block_pointer(builder, block_ptr, vector)
-            index = f0_v.type
-            align = WIDE_VECTOR_BYTES // vector.count
-            for i in range(PIXELS):
-                row = builder.add(r0_v, ir.Constant(index, i))
-                inside = builder.icmp_signed("<", ir.Constant(index, i), count_v)
-                with builder.if_then(inside, likely=True):
-                    for j in range(VECTORS):
-                        value = builder.load(_accumulator(builder, block_ptr, i, j))
-                        at = builder.add(builder.add(builder.mul(row, F_v), f0_v),
-                                         ir.Constant(index, j * vector.count))
-                        out = vector_pointer(context, builder, of, out_array, at, vector)
-                        if add:
-                            value = builder.fadd(builder.load(out, align=align), value)
-                        builder.store(value, out, align=align)
+    def codegen(context, builder, signature, args):
+        block_ptr, out_array, F_v, f0_v, r0_v, count_v = args
+        vector = _wide(context, of)
+        block_ptr = _block_pointer(builder, block_ptr, vector)
+        index = f0_v.type
+        align = WIDE_VECTOR_BYTES // vector.count
+        for i in range(PIXELS):
+            row = builder.add(r0_v, ir.Constant(index, i))
+            inside = builder.icmp_signed("<", ir.Constant(index, i), count_v)
+            with builder.if_then(inside, likely=True):
                 for j in range(VECTORS):
-                    builder.store(ir.Constant(vector, None),
-                                  _accumulator(builder, block_ptr, i, j))
-            return context.get_dummy_value()
+                    acc = _accumulator(builder, block_ptr, i, j)
+                    at = builder.add(builder.add(builder.mul(row, F_v), f0_v),
+                                     ir.Constant(index, j * vector.count))
+                    out = vector_pointer(context, builder, of, out_array, at, vector)
+                    builder.store(builder.fadd(builder.load(out, align=align), builder.load(acc)),
+                                  out, align=align)
+            for j in range(VECTORS):
+                builder.store(ir.Constant(vector, None), _accumulator(builder, block_ptr, i, j))
+        return context.get_dummy_value()
 
-        return sig, codegen
-    return rows
-
-
-add_rows = intrinsic(_rows_intrinsic(True))
-add_rows.__doc__ = """add_rows(block, of, F, f0, r0, count): add the block into rows r0 .. r0 + count - 1
-of the (R, F) array ``of`` and zero it: of[(r0 + i)·F + f0 + j·V : ... + V] += accumulator
-(i, j) for i < count (<= PIXELS)."""
-store_rows = intrinsic(_rows_intrinsic(False))
-store_rows.__doc__ = """store_rows(block, of, F, f0, r0, count): as add_rows, but the rows' values are
-replaced (=) instead of added to."""
+    return sig, codegen
 
 
 @njit(cache=True)

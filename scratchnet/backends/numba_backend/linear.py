@@ -85,7 +85,8 @@ def _forward_thread(t, args):
 @njit(cache=True)
 def _backward_block(dout, x, w, dx, dw, db, t, blocks, has_bias, input_grad, vectors_at):
     """Block t of blocks: dW and db for features [o0, o1), dx for rows [r0, r1).
-    vectors_at: vector_linear's accumulate_rows' address, or 0 for OpenBLAS."""
+    vectors_at: vector_linear's accumulate_rows' address (dw and dx zeroed), or 0 for
+    OpenBLAS."""
     N, O = dout.shape
     o0, o1 = t * O // blocks, (t + 1) * O // blocks
     r0, r1 = t * N // blocks, (t + 1) * N // blocks

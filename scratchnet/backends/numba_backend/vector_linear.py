@@ -26,9 +26,9 @@ Gradients, ``accumulate_rows``: c[r, :] = Σ_s S(r, s)·B[s, :] with the scalars
 flat array at r·row_step + s·sum_step. dW = doutᵀ·x is S(o, n) = dout[n, o] with B = x;
 dx = dout·w is S(n, o) = dout[n, o] with B = w. A block is filter_vector_conv's: 7 rows of c ×
 4 vectors of columns in 28 accumulators, per s 4 vector loads of B's row s and 7 broadcast
-scalars, summed over s in order, then stored. A last block of columns short of 4 vectors ends
-at the last column instead and overlaps the block before, computing the overlap again with the
-same arithmetic: it stores the same values.
+scalars, summed over s in order. A last block of columns short of 4 vectors ends at the last
+column instead and overlaps the block before: the overlap is zeroed first and computed again
+with the same arithmetic, so it holds the same values.
 
 Numbers: within float rounding of the GEMM's, not bitwise (``llvm.fmuladd``, other summation
 orders); the parity tests hold both to torch's tolerances. Called by address
@@ -45,7 +45,7 @@ from numba import njit, types
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 
-from .filter_vector_conv import PIXELS, VECTORS, multiply_add, new_block, store_rows
+from .filter_vector_conv import PIXELS, VECTORS, add_rows, multiply_add, new_block
 from .per_thread import call_fixed, fixed_address
 from .simd import (WIDE_VECTOR_BYTES, fmuladd, has_wide_vectors, lanes, vector_pointer,
                    vector_type, zeroed_block)
@@ -192,7 +192,8 @@ def forward_rows(x, w, b, out, n0, n1, o0, o1):
 def accumulate_rows(sf, row_step, sum_step, B, c, r0, r1):
     """c[r] = Σ_s sf[r·row_step + s·sum_step]·B[s] for rows r in [r0, r1) of c, overwritten.
 
-    sf: the scalars, flat; B (S, K) and c (R, K) C-contiguous with K >= row_block.
+    sf: the scalars, flat; B (S, K) and c (R, K) C-contiguous with K >= row_block. c's rows
+    r0 .. r1 - 1 must be zero on entry (the blocks add into them).
     """
     S, K = B.shape
     bf = B.reshape(B.size)
@@ -205,10 +206,14 @@ def accumulate_rows(sf, row_step, sum_step, B, c, r0, r1):
         for i in range(PIXELS):
             at[i] = min(r + i, r1 - 1) * row_step
         for k0 in range(0, K, width):
-            k = min(k0, K - width)  # the last block may overlap the one before
+            k = min(k0, K - width)
+            if k < k0:  # the last block overlaps the one before: zero the overlap first
+                for i in range(count):
+                    for j in range(k, k0):
+                        c[r + i, j] = 0
             for s in range(S):
                 multiply_add(block, bf, s * K + k, sf, at, s * sum_step)
-            store_rows(block, cf, K, k, r, count)
+            add_rows(block, cf, K, k, r, count)
 
 
 def _forward_types(dtype):
