@@ -39,7 +39,7 @@ from numba import njit, types
 from numba.core.errors import TypingError
 from numba.extending import overload
 
-from . import direct_conv, filter_vector_conv, per_thread
+from . import direct_conv, filter_vector_conv, per_thread, vector_linear
 from .blas import gemm
 
 __all__ = ["conv2d_forward", "conv2d_backward"]
@@ -451,7 +451,7 @@ def _backward_sample(t, n, conv):
     """
     (x, w2, dconvs, dconv_per_sample, has_bias, dx, dw_part, db_part, cols, kept, dcols,
      KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups, OH, OW, input_grad, unfold_at,
-     fold_at, dconvsT, given_transposed, weight_grad_at) = conv
+     fold_at, dconvsT, given_transposed, weight_grad_at, columns_at) = conv
     loop = (KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
     if weight_grad_at != 0:
         _filter_vector_backward(t, n, conv)
@@ -510,16 +510,18 @@ def backward_sample(x, w, dconvs, dconv_per_sample, has_bias, dx, dw_part, db_pa
     ``given_transposed`` the worker has written slot t itself (and dconvs is not read);
     otherwise the sample kernel transposes dconvs' slot into it. None for any other layer.
     """
-    weight_grad_at = 0
+    weight_grad_at = columns_at = 0
     if dconvsT is None:
         dconvsT = np.zeros((1, 0, 0), dtype=x.dtype)
     else:
         weight_grad_at = filter_vector_conv.weight_grad_address(x.dtype)
+        if input_grad and vector_linear.applies(OH * OW, x.dtype):
+            columns_at = vector_linear.accumulate_address(x.dtype)
     conv = (x, _as_matrix(w), dconvs, dconv_per_sample, has_bias, dx, dw_part, db_part, cols,
             kept, dcols, *geo, groups, OH, OW, input_grad,
             im2col_address(geo, x.shape[3], OW, x.dtype),
             col2im_address(geo, x.shape[3], OW, x.dtype), dconvsT, bool(given_transposed),
-            weight_grad_at)
+            weight_grad_at, columns_at)
     return per_thread.address(_backward_sample, conv), conv
 
 
@@ -530,7 +532,7 @@ def _filter_vector_backward(t, n, conv):
     (F, OH·OW) gradient unless the worker wrote it so)."""
     (x, w2, dconvs, dconv_per_sample, has_bias, dx, dw_part, db_part, cols, kept, dcols,
      KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups, OH, OW, input_grad, unfold_at,
-     fold_at, dconvsT, given_transposed, weight_grad_at) = conv
+     fold_at, dconvsT, given_transposed, weight_grad_at, columns_at) = conv
     doutT = dconvsT[t]
     if not given_transposed:
         filter_vector_conv.transpose_plane(dconvs[n] if dconv_per_sample else dconvs[t], doutT)
@@ -541,7 +543,20 @@ def _filter_vector_backward(t, n, conv):
         filter_vector_conv.call(weight_grad_at, (xp, 0, doutT, dw_part[t, 0], KH, KW, OH, OW))
     if input_grad:
         dcol = dcols[t]
-        gemm(w2, doutT, dcol, True, True, 1.0, 0.0)
+        if columns_at != 0:
+            # dcol = w2ᵀ·dout by vector_linear's kernel (which adds into zeros), reading the
+            # gradient's (F, OH·OW) rows: 25 against 38 µs for OpenBLAS at digitcnn's conv2
+            dout2 = dconvs[n] if dconv_per_sample else dconvs[t]
+            if given_transposed:
+                filter_vector_conv.transpose_plane(doutT, dconvs[t])
+                dout2 = dconvs[t]
+            dflat = dcol.reshape(dcol.size)
+            for i in range(dflat.size):
+                dflat[i] = 0
+            taps = w2.shape[1]
+            vector_linear.call(columns_at, (w2.reshape(w2.size), 1, taps, dout2, dcol, 0, taps))
+        else:
+            gemm(w2, doutT, dcol, True, True, 1.0, 0.0)
         run_loop(fold_at, dcol, dx[n], (KH, KW, sh, sw, pt, pl, dh, dw, OH, OW))
     if has_bias:
         add_column_sums_sample(doutT, db_part[t])
