@@ -53,18 +53,26 @@ def _ranges(n):
 
 @pytest.mark.parametrize("dtype,shape", CASES, ids=IDS)
 def test_forward_rows_matches_torch(dtype, shape):
-    """out[n0:n1, o0:o1] = x·wᵀ + b as torch's F.linear; every other entry left as it was."""
+    """out[n0:n1, o0:o1] = x·wᵀ + b as torch's F.linear, or += with ``add``; every other entry
+    left as it was."""
     x, w, b, _ = _arrays(shape, dtype)
     N, K, O = shape
     want = F.linear(to_torch(x), to_torch(w), to_torch(b)).numpy()
     for n0, n1 in _ranges(N):
         for o0, o1 in _ranges(O):
             out = np.full((N, O), np.nan, dtype=dtype)
-            vl.forward_rows(x, w, b, out, n0, n1, o0, o1)
+            vl.forward_rows(x, w, b, out, n0, n1, o0, o1, 0)
             assert_close(out[n0:n1, o0:o1], want[n0:n1, o0:o1], dtype, "out")
             outside = np.ones((N, O), bool)
             outside[n0:n1, o0:o1] = False
             assert np.isnan(out[outside]).all()
+            # add: out += x·wᵀ + b, each entry once (short blocks repeat a row or output)
+            start = np.random.default_rng(1).standard_normal((N, O)).astype(dtype)
+            out = start.copy()
+            vl.forward_rows(x, w, b, out, n0, n1, o0, o1, 1)
+            assert_close(out[n0:n1, o0:o1], start[n0:n1, o0:o1] + want[n0:n1, o0:o1], dtype,
+                         "out += ")
+            np.testing.assert_array_equal(out[outside], start[outside])
 
 
 @pytest.mark.parametrize("dtype,shape", CASES, ids=IDS)
@@ -97,7 +105,7 @@ def test_non_finite_values_propagate_like_torch(dtype):
     x[1, 3], x[4, -1] = np.inf, np.nan
     w[2, 0] = -np.inf
     out = np.empty((6, 7), dtype=dtype)
-    vl.forward_rows(x, w, b, out, 0, 6, 0, 7)
+    vl.forward_rows(x, w, b, out, 0, 6, 0, 7, 0)
     tx, tw = to_torch(x, requires_grad=True), to_torch(w, requires_grad=True)
     y = F.linear(tx, tw, to_torch(b))
     y.backward(to_torch(dout))
@@ -163,3 +171,50 @@ def test_empty_batch_through_kernels(dtype):
     assert not dw.any() and not db.any()
     with torch.no_grad():
         assert tuple(F.linear(torch.zeros(0, K), torch.ones(3, K)).shape) == out.shape
+
+
+# (N, C, H, W, F, K, stride, padding, groups): im2col layers whose OH·OW >= 64, where conv.py
+# runs the forward product, the weight gradient and the bias gradient on these kernels
+CONV_CASES = [
+    (3, 1, 28, 28, 32, 3, 1, 0, 1),   # digitcnn's and mitxcnn's conv1
+    (2, 1, 12, 12, 7, 5, 1, 2, 1),    # widecnn's conv1 shape, fewer filters
+    (2, 3, 20, 19, 5, 3, 2, 1, 1),    # strided, padded, OH != OW
+    (2, 4, 10, 10, 6, 3, 1, 1, 2),    # two groups (the forward stays on OpenBLAS)
+    (1, 2, 9, 9, 9, 2, 1, 0, 1),      # OH·OW = 64 exactly
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "N{}-C{}-{}x{}-F{}-k{}-s{}-p{}-g{}".format(*c))
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_layers_through_kernels_match_torch(dtype, case, bias, rng):
+    """conv2d, conv2d + ReLU and conv2d + ReLU + max-pool (with a workspace) against torch:
+    outputs, dx, dw and db."""
+    N, C, H, W, Fo, K, stride, pad, groups = case
+    OH = (H + 2 * pad - K) // stride + 1
+    OW = (W + 2 * pad - K) // stride + 1
+    if not vl.applies(OH * OW, dtype):
+        pytest.skip("this CPU has no AVX-512: the layers run OpenBLAS (tested elsewhere)")
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((Fo, C // groups, K, K)).astype(dtype)
+    b = rng.standard_normal(Fo).astype(dtype) if bias else None
+    o = ops("numba")
+    conv_args = ((stride, stride), (pad,) * 4, (1, 1), groups)
+    pool_args = ((2, 2), (2, 2), (0, 0), (1, 1), False)
+    layers = [(o.conv2d_forward, o.conv2d_backward, lambda t: t, (), {}),
+              (o.conv2d_relu_forward, o.conv2d_relu_backward, F.relu, (), {"workspace": {}}),
+              (o.conv2d_relu_maxpool2d_forward, o.conv2d_relu_maxpool2d_backward,
+               lambda t: F.max_pool2d(F.relu(t), 2), pool_args, {"workspace": {}})]
+    for forward, backward, after, extra_args, kwargs in layers:
+        tx, tw = to_torch(x, requires_grad=True), to_torch(w, requires_grad=True)
+        tb = None if b is None else to_torch(b, requires_grad=True)
+        ref = after(F.conv2d(tx, tw, tb, stride, pad, 1, groups))
+        out, cache = forward(x, w, b, *conv_args, *extra_args, **kwargs)
+        assert_close(out, ref, dtype, f"{forward.__name__} out")
+        dout = rng.standard_normal(out.shape).astype(dtype)
+        ref.backward(to_torch(dout))
+        dx, dw, db = backward(dout, cache)
+        assert_close(dx, tx.grad, dtype, f"{forward.__name__} dx")
+        assert_close(dw, tw.grad, dtype, f"{forward.__name__} dw")
+        if bias:
+            assert_close(db, tb.grad, dtype, f"{forward.__name__} db")

@@ -30,6 +30,12 @@ columns either (``"filter_vectors"``); its input gradient stays the GEMM + col2i
 padded such layer the column slots hold each sample zero-padded instead (``padded_shape``):
 the kernels run unpadded on that copy.
 
+Where a layer's OH·OW output pixels fill a block of vector_linear.py's kernels, its products
+run there instead of OpenBLAS (``rows_at``, ``dot_at``, ``columns_at`` in the tuples below):
+the forward GEMM of one group, the weight gradient (dot products along the pixels, added into
+the thread's partial), the bias gradient (dout·1, the same dot products) and a filter-vector
+layer's input-gradient columns.
+
 Column layout: row ``(c·KH + kh)·KW + kw``, column ``oh·OW + ow``; the rows of group ``g`` are
 the contiguous block ``[g·Cg·KH·KW, (g+1)·Cg·KH·KW)``, so each group is a plain sub-matrix.
 """
@@ -362,7 +368,7 @@ def _im2col_gemm_sample(t, n, conv):
     """Sample n's forward by im2col into the thread's (or the sample's) column slot and a GEMM
     per group: dest[n or t] (F, OH, OW) = conv(x[n]) + bias. at: the im2col loop's address."""
     (x, w2, b, has_bias, cols, keep, dest, dest_per_sample, KH, KW, sh, sw, pt, pb, pl, pr,
-     dh, dw, groups, at) = conv
+     dh, dw, groups, at, rows_at) = conv
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     F, OH, OW = dest.shape[1], dest.shape[2], dest.shape[3]
     conv2 = (dest[n] if dest_per_sample else dest[t]).reshape(F, OH * OW)
@@ -371,7 +377,13 @@ def _im2col_gemm_sample(t, n, conv):
     else:
         col = cols[n] if keep else cols[t]
         run_loop(at, x[n], col, (KH, KW, sh, sw, pt, pl, dh, dw, OH, OW))
-    gemm_forward_sample(w2, col, conv2, groups)
+    if rows_at != 0:  # conv2 = w2·col by vector_linear's kernel, which adds into zeros
+        flat = conv2.reshape(conv2.size)
+        for i in range(flat.size):
+            flat[i] = 0
+        vector_linear.call(rows_at, (w2.reshape(w2.size), w2.shape[1], 1, col, conv2, 0, F))
+    else:
+        gemm_forward_sample(w2, col, conv2, groups)
     if has_bias:
         add_bias_sample(conv2, b)
 
@@ -380,7 +392,7 @@ def _im2col_gemm_sample(t, n, conv):
 def _direct_sample(t, n, conv):
     """Sample n's forward by the direct kernel at address ``at`` (direct_conv.address); b is
     zeros for a layer without bias, and no columns are used."""
-    (x, w2, b, _, _, _, dest, dest_per_sample, KH, KW, _, _, _, _, _, _, _, _, _, at) = conv
+    (x, w2, b, _, _, _, dest, dest_per_sample, KH, KW, _, _, _, _, _, _, _, _, _, at, _) = conv
     F, OH, OW = dest.shape[1], dest.shape[2], dest.shape[3]
     conv2 = (dest[n] if dest_per_sample else dest[t]).reshape(F, OH * OW)
     direct_conv.call(at, (x, n, w2, b, conv2, KH, KW, OH, OW))
@@ -392,7 +404,7 @@ def _filter_vector_sample(t, n, conv):
     transposed, (C·KH·KW, F); b is zeros for a layer without bias. No columns are used: for a
     padded layer cols[n or t] (C, (H + pt + pb)·(W + pl + pr)) receives the sample padded."""
     (x, wt, b, _, cols, keep, dest, dest_per_sample, KH, KW, _, _, pt, pb, pl, pr, _, _, _,
-     at) = conv
+     at, _) = conv
     F, OH, OW = dest.shape[1], dest.shape[2], dest.shape[3]
     conv2 = (dest[n] if dest_per_sample else dest[t]).reshape(F, OH * OW)
     if pt + pb + pl + pr == 0:
@@ -430,7 +442,11 @@ def forward_sample(x, w, b, has_bias, cols, keep, dest, dest_per_sample, geo, gr
     else:
         at = im2col_address(geo, x.shape[3], dest.shape[3], x.dtype)
         sample = _im2col_gemm_sample
-    conv = (x, w2, b, has_bias, cols, keep, dest, dest_per_sample, *geo, groups, at)
+    rows_at = 0
+    if method == "im2col" and groups == 1 and vector_linear.applies(dest.shape[2] * dest.shape[3],
+                                                                   x.dtype):
+        rows_at = vector_linear.accumulate_address(x.dtype)
+    conv = (x, w2, b, has_bias, cols, keep, dest, dest_per_sample, *geo, groups, at, rows_at)
     return per_thread.address(sample, conv), conv
 
 
@@ -451,7 +467,7 @@ def _backward_sample(t, n, conv):
     """
     (x, w2, dconvs, dconv_per_sample, has_bias, dx, dw_part, db_part, cols, kept, dcols,
      KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups, OH, OW, input_grad, unfold_at,
-     fold_at, dconvsT, given_transposed, weight_grad_at, columns_at) = conv
+     fold_at, dconvsT, given_transposed, weight_grad_at, columns_at, dot_at) = conv
     loop = (KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
     if weight_grad_at != 0:
         _filter_vector_backward(t, n, conv)
@@ -466,6 +482,7 @@ def _backward_sample(t, n, conv):
     Fg = w2.shape[0] // groups
     step = channels_per_chunk(Cg, taps, OH * OW, dcol.itemsize)
     x2 = x[n].reshape(C, H * W)
+    no_bias = np.zeros(Fg, dtype=dwT.dtype)
     for g in range(groups):
         dout_g = dconv2[g * Fg:(g + 1) * Fg]
         for c0 in range(0, Cg, step):
@@ -479,7 +496,11 @@ def _backward_sample(t, n, conv):
                 run_loop(unfold_at, x[n, a:b], rows, loop)
             else:
                 rows = col[a * taps:b * taps]
-            gemm(rows, dout_g, dwT[g, r0:r1], False, True, 1.0, 1.0)
+            if dot_at != 0:  # dwT rows += rows·dout_gᵀ, dot products along the pixels
+                vector_linear.call(dot_at, (rows, dout_g, no_bias, dwT[g, r0:r1], 0,
+                                            r1 - r0, 0, Fg, 1))
+            else:
+                gemm(rows, dout_g, dwT[g, r0:r1], False, True, 1.0, 1.0)
             if not input_grad:
                 continue
             w_rows = w2[g * Fg:(g + 1) * Fg, r0:r1]
@@ -490,7 +511,14 @@ def _backward_sample(t, n, conv):
                 drows = dcol[:(b - a) * taps]
                 gemm(w_rows, dout_g, drows, True, False, 1.0, 0.0)
                 run_loop(fold_at, drows, dx[n, a:b], loop)
-    if has_bias:
+    if has_bias and dot_at != 0:
+        # db += dout·1, the same dot products (float32 lanes, then pairwise): a running
+        # float64 sum per row took ~40 µs per sample at widecnn's conv1 (118k values)
+        F = dconv2.shape[0]
+        ones = np.ones((1, dconv2.shape[1]), dtype=dconv2.dtype)
+        vector_linear.call(dot_at, (dconv2, ones, no_bias[:1], db_part[t].reshape(F, 1), 0, F,
+                                    0, 1, 1))
+    elif has_bias:
         add_row_sums_sample(dconv2, db_part[t])
 
 
@@ -511,6 +539,9 @@ def backward_sample(x, w, dconvs, dconv_per_sample, has_bias, dx, dw_part, db_pa
     otherwise the sample kernel transposes dconvs' slot into it. None for any other layer.
     """
     weight_grad_at = columns_at = 0
+    # the weight gradient's products by vector_linear's dot products (over the OH·OW pixels)
+    dot_at = (vector_linear.forward_address(x.dtype)
+              if dconvsT is None and vector_linear.applies(OH * OW, x.dtype) else 0)
     if dconvsT is None:
         dconvsT = np.zeros((1, 0, 0), dtype=x.dtype)
     else:
@@ -521,7 +552,7 @@ def backward_sample(x, w, dconvs, dconv_per_sample, has_bias, dx, dw_part, db_pa
             kept, dcols, *geo, groups, OH, OW, input_grad,
             im2col_address(geo, x.shape[3], OW, x.dtype),
             col2im_address(geo, x.shape[3], OW, x.dtype), dconvsT, bool(given_transposed),
-            weight_grad_at, columns_at)
+            weight_grad_at, columns_at, dot_at)
     return per_thread.address(_backward_sample, conv), conv
 
 
@@ -532,7 +563,7 @@ def _filter_vector_backward(t, n, conv):
     (F, OH·OW) gradient unless the worker wrote it so)."""
     (x, w2, dconvs, dconv_per_sample, has_bias, dx, dw_part, db_part, cols, kept, dcols,
      KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups, OH, OW, input_grad, unfold_at,
-     fold_at, dconvsT, given_transposed, weight_grad_at, columns_at) = conv
+     fold_at, dconvsT, given_transposed, weight_grad_at, columns_at, dot_at) = conv
     doutT = dconvsT[t]
     if not given_transposed:
         filter_vector_conv.transpose_plane(dconvs[n] if dconv_per_sample else dconvs[t], doutT)

@@ -59,7 +59,7 @@ def _forward_block(x, w, b, has_bias, out, t, blocks, vectors_at):
     else:
         r0, r1, o0, o1 = 0, N, t * O // blocks, (t + 1) * O // blocks
     if vectors_at != 0:
-        vector_linear.call(vectors_at, (x, w, b, out, r0, r1, o0, o1))
+        vector_linear.call(vectors_at, (x, w, b, out, r0, r1, o0, o1, 0))
         return
     if has_bias:
         for i in range(r0, r1):  # element loops: a slice assignment compiles seconds slower

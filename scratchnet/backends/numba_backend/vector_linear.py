@@ -2,7 +2,13 @@
 
 Which calls (``applies``): a CPU with AVX-512 (``simd.has_wide_vectors``), float32 or float64,
 and at least one block of input features (``row_block``: 64 float32, 32 float64): every linear
-layer of the models, training and inference, except where sparse_linear.py skips zeros.
+layer of the models, training and inference, except where sparse_linear.py skips zeros. And
+the same products inside conv.py, along a layer's OH·OW output pixels (at least one block of
+them): an im2col layer's forward product conv2 = w2·col (one group), its weight gradient
+dWᵀ += col·doutᵀ and bias gradient db += dout·1 as dot products, and a filter-vector layer's
+input-gradient columns dcol = w2ᵀ·dout. There, at widecnn's conv1 (1 → 150, 5×5, 784 pixels)
+on two threads: forward 2.12 → 1.72 ms and backward 4.12 → 2.74 ms per batch of 50; mitxcnn's
+conv1 backward 297 → 181 µs per batch of 32; digitcnn's conv2 backward 2.32 → 2.08 ms per 64.
 
 Why: OpenBLAS packs both operands into its own layout on every call, and at training batch
 sizes that is most of the work. Measured on one core of the 2-core Zen 5 (float32), these
@@ -152,11 +158,12 @@ def _dot_sums(typingctx, block, sums):
 
 
 @njit(cache=True)
-def forward_rows(x, w, b, out, n0, n1, o0, o1):
-    """out[n0:n1, o0:o1] = x[n0:n1]·w[o0:o1]ᵀ + b[o0:o1] (b zeros for a layer without bias).
+def forward_rows(x, w, b, out, n0, n1, o0, o1, add):
+    """out[n0:n1, o0:o1] = x[n0:n1]·w[o0:o1]ᵀ + b[o0:o1] (b zeros for a layer without bias),
+    or with ``add`` (nonzero) out[n0:n1, o0:o1] += x·wᵀ + b.
 
-    x (N, K), w (O, K), b (O,), out (N, O), all C-contiguous; n1 > n0 and o1 > o0. Short last
-    blocks repeat the last row or output, which writes the same value again.
+    x (N, K), w (O, K), b (O,), out (N, O), all C-contiguous. Short last blocks repeat the
+    last row or output, which computes the same value again (written once).
     """
     K = x.shape[1]
     O = w.shape[0]
@@ -177,14 +184,17 @@ def forward_rows(x, w, b, out, n0, n1, o0, o1):
             for k in range(0, whole, V):
                 _dot_multiply_add(block, xf, x_at, wf, w_at, k)
             _dot_sums(block, sums)
-            for i in range(DOT_ROWS):
-                n = min(r + i, n1 - 1)
-                for j in range(DOT_OUTPUTS):
-                    o = min(c + j, o1 - 1)
+            for i in range(min(DOT_ROWS, n1 - r)):
+                n = r + i
+                for j in range(min(DOT_OUTPUTS, o1 - c)):
+                    o = c + j
                     s = sums[i * DOT_OUTPUTS + j]
                     for k in range(whole, K):
                         s += x[n, k] * w[o, k]
-                    out[n, o] = s + b[o]
+                    if add:
+                        out[n, o] += s + b[o]
+                    else:
+                        out[n, o] = s + b[o]
 
 
 
@@ -219,7 +229,7 @@ def accumulate_rows(sf, row_step, sum_step, B, c, r0, r1):
 def _forward_types(dtype):
     dt = numba.from_dtype(np.dtype(dtype))
     return (types.Array(dt, 2, "C"), types.Array(dt, 2, "C"), types.Array(dt, 1, "C"),
-            types.Array(dt, 2, "C")) + (types.int64,) * 4
+            types.Array(dt, 2, "C")) + (types.int64,) * 5
 
 
 def _accumulate_types(dtype):
@@ -251,7 +261,7 @@ def _call_nopython(at, args):
     if not isinstance(args, types.BaseTuple) or not isinstance(args.types[0], types.Array):
         raise TypingError("vector_linear.call: args must be a kernel's argument tuple")
     dtype = np.dtype(str(args.types[0].dtype))
-    expected = _forward_types(dtype) if len(args.types) == 8 else _accumulate_types(dtype)
+    expected = _forward_types(dtype) if len(args.types) == 9 else _accumulate_types(dtype)
     if tuple(args.types) != expected:
         raise TypingError(f"vector_linear.call: argument types {args.types}, "
                           f"expected {expected}")
