@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from scratchnet.backend import ops
-from scratchnet.backends.numba_backend import simd
+from scratchnet.backends.numba_backend import conv, simd
 from scratchnet.backends.numba_backend import vector_linear as vl
 from tests.helpers import DTYPES, assert_close, to_torch
 
@@ -127,6 +127,9 @@ def test_which_calls_take_the_kernels(dtype):
     assert vl.applies(784, dtype) == wide
     assert not vl.applies(B - 1, dtype)
     assert not vl.applies(784, np.float16)
+    # conv.py's rule for im2col layers, by output pixels
+    assert conv.uses_vector_products(conv.MIN_VECTOR_PIXELS, dtype) == wide
+    assert not conv.uses_vector_products(conv.MIN_VECTOR_PIXELS - 1, dtype)
 
 
 @pytest.mark.parametrize("dtype,shape", CASES, ids=IDS)
@@ -173,19 +176,21 @@ def test_empty_batch_through_kernels(dtype):
         assert tuple(F.linear(torch.zeros(0, K), torch.ones(3, K)).shape) == out.shape
 
 
-# (N, C, H, W, F, K, stride, padding, groups): im2col layers whose OH·OW >= 64, where conv.py
-# runs the forward product, the weight gradient and the bias gradient on these kernels
+# (N, C, H, W, F, K, stride, padding, groups): im2col layers of at least
+# conv.MIN_VECTOR_PIXELS output pixels, where conv.py runs the forward product, the weight
+# gradient and the bias gradient on these kernels
 CONV_CASES = [
     (3, 1, 28, 28, 32, 3, 1, 0, 1),   # digitcnn's and mitxcnn's conv1
-    (2, 1, 12, 12, 7, 5, 1, 2, 1),    # widecnn's conv1 shape, fewer filters
-    (2, 3, 20, 19, 5, 3, 2, 1, 1),    # strided, padded, OH != OW
-    (2, 4, 10, 10, 6, 3, 1, 1, 2),    # two groups (the forward stays on OpenBLAS)
-    (1, 2, 9, 9, 9, 2, 1, 0, 1),      # OH·OW = 64 exactly
+    (2, 1, 16, 16, 7, 5, 1, 2, 1),    # widecnn's conv1 shape, fewer filters
+    (2, 3, 33, 36, 5, 3, 2, 1, 1),    # strided, padded, OH != OW
+    (2, 4, 16, 16, 6, 3, 1, 1, 2),    # two groups (the forward stays on OpenBLAS)
+    (1, 2, 17, 17, 9, 2, 1, 0, 1),    # OH·OW = 256 exactly
 ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "N{}-C{}-{}x{}-F{}-k{}-s{}-p{}-g{}".format(*c))
+@pytest.mark.parametrize("case", CONV_CASES,
+                         ids=lambda c: "N{}-C{}-{}x{}-F{}-k{}-s{}-p{}-g{}".format(*c))
 @pytest.mark.parametrize("bias", [True, False])
 def test_conv_layers_through_kernels_match_torch(dtype, case, bias, rng):
     """conv2d, conv2d + ReLU and conv2d + ReLU + max-pool (with a workspace) against torch:
@@ -193,7 +198,7 @@ def test_conv_layers_through_kernels_match_torch(dtype, case, bias, rng):
     N, C, H, W, Fo, K, stride, pad, groups = case
     OH = (H + 2 * pad - K) // stride + 1
     OW = (W + 2 * pad - K) // stride + 1
-    if not vl.applies(OH * OW, dtype):
+    if not conv.uses_vector_products(OH * OW, dtype):
         pytest.skip("this CPU has no AVX-512: the layers run OpenBLAS (tested elsewhere)")
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
     w = rng.standard_normal((Fo, C // groups, K, K)).astype(dtype)

@@ -30,8 +30,9 @@ columns either (``"filter_vectors"``); its input gradient stays the GEMM + col2i
 padded such layer the column slots hold each sample zero-padded instead (``padded_shape``):
 the kernels run unpadded on that copy.
 
-Where a layer's OH·OW output pixels fill a block of vector_linear.py's kernels, its products
-run there instead of OpenBLAS (``rows_at``, ``dot_at``, ``columns_at`` in the tuples below):
+Where a layer has enough output pixels (``uses_vector_products``), its products run on
+vector_linear.py's kernels instead of OpenBLAS (``rows_at``, ``dot_at``, ``columns_at`` in the
+tuples below):
 the forward GEMM of one group, the weight gradient (dot products along the pixels, added into
 the thread's partial), the bias gradient (dout·1, the same dot products) and a filter-vector
 layer's input-gradient columns.
@@ -430,8 +431,9 @@ def forward_sample(x, w, b, has_bias, cols, keep, dest, dest_per_sample, geo, gr
 
     x (N, C, H, W); w (F, Cg, KH, KW); b (F,), zeros without bias; cols (T or N, C·KH·KW,
     OH·OW) column slots, slot n when ``keep`` else slot t (used by "im2col" only, and not for
-    a pointwise layer; for "filter_vectors" on a padded layer, ``padded_shape`` slots); dest (T or N, F, OH, OW) receives the result, in slot n when
-    ``dest_per_sample`` else t. method: ``forward_method(...)``.
+    a pointwise layer; for "filter_vectors" on a padded layer, ``padded_shape`` slots); dest
+    (T or N, F, OH, OW) receives the result, in slot n when ``dest_per_sample`` else t.
+    method: ``forward_method(...)``.
     """
     w2 = _as_matrix(w)
     if method == "direct":
@@ -443,8 +445,8 @@ def forward_sample(x, w, b, has_bias, cols, keep, dest, dest_per_sample, geo, gr
         at = im2col_address(geo, x.shape[3], dest.shape[3], x.dtype)
         sample = _im2col_gemm_sample
     rows_at = 0
-    if method == "im2col" and groups == 1 and vector_linear.applies(dest.shape[2] * dest.shape[3],
-                                                                   x.dtype):
+    if method == "im2col" and groups == 1 and uses_vector_products(
+            dest.shape[2] * dest.shape[3], x.dtype):
         rows_at = vector_linear.accumulate_address(x.dtype)
     conv = (x, w2, b, has_bias, cols, keep, dest, dest_per_sample, *geo, groups, at, rows_at)
     return per_thread.address(sample, conv), conv
@@ -541,7 +543,7 @@ def backward_sample(x, w, dconvs, dconv_per_sample, has_bias, dx, dw_part, db_pa
     weight_grad_at = columns_at = 0
     # the weight gradient's products by vector_linear's dot products (over the OH·OW pixels)
     dot_at = (vector_linear.forward_address(x.dtype)
-              if dconvsT is None and vector_linear.applies(OH * OW, x.dtype) else 0)
+              if dconvsT is None and uses_vector_products(OH * OW, x.dtype) else 0)
     if dconvsT is None:
         dconvsT = np.zeros((1, 0, 0), dtype=x.dtype)
     else:
@@ -558,7 +560,8 @@ def backward_sample(x, w, dconvs, dconv_per_sample, has_bias, dx, dw_part, db_pa
 
 @njit(cache=True)
 def _filter_vector_backward(t, n, conv):
-    """_backward_sample for a layer where filter_vector_conv applies (stride 1, one group): dwT += the kernel's weight gradient from doutᵀ; dx[n] = col2im(w2ᵀ @ dout);
+    """_backward_sample for a layer where filter_vector_conv applies (stride 1, one group):
+    dwT += the kernel's weight gradient from doutᵀ; dx[n] = col2im(w2ᵀ @ dout);
     db += doutᵀ's column sums. doutᵀ is thread t's dconvsT slot (transposed here from the
     (F, OH·OW) gradient unless the worker wrote it so)."""
     (x, w2, dconvs, dconv_per_sample, has_bias, dx, dw_part, db_part, cols, kept, dcols,
@@ -636,6 +639,19 @@ def _as_matrix(w):
     """w (F, Cg, KH, KW) as the GEMM's (F, Cg·KH·KW) (spelled out: F may be 0)."""
     F, Cg, KH, KW = w.shape
     return w.reshape(F, Cg * KH * KW)
+
+
+# output pixels from which an im2col layer's products run on vector_linear's kernels. Measured
+# on the 2-core Zen 5, backward per batch on two threads, OpenBLAS against the kernels: lenet's
+# conv2 (64 pixels) 594 against 762 µs, its conv1 (576) 329 against 226, mitxcnn's conv1 (676)
+# 294 against 180
+MIN_VECTOR_PIXELS = 256
+
+
+def uses_vector_products(pixels, dtype):
+    """True when an im2col layer with this many output pixels runs its forward product (one
+    group) and its weight and bias gradients on vector_linear's kernels."""
+    return pixels >= MIN_VECTOR_PIXELS and vector_linear.applies(pixels, dtype)
 
 
 def uses_direct(x, w, geo, groups, OW):

@@ -3,10 +3,10 @@
 Which calls (``applies``): a CPU with AVX-512 (``simd.has_wide_vectors``), float32 or float64,
 and at least one block of input features (``row_block``: 64 float32, 32 float64): every linear
 layer of the models, training and inference, except where sparse_linear.py skips zeros. And
-the same products inside conv.py, along a layer's OH·OW output pixels (at least one block of
-them): an im2col layer's forward product conv2 = w2·col (one group), its weight gradient
-dWᵀ += col·doutᵀ and bias gradient db += dout·1 as dot products, and a filter-vector layer's
-input-gradient columns dcol = w2ᵀ·dout. There, at widecnn's conv1 (1 → 150, 5×5, 784 pixels)
+the same products inside conv.py, along a layer's OH·OW output pixels: an im2col layer's
+forward product conv2 = w2·col (one group), its weight gradient dWᵀ += col·doutᵀ and bias
+gradient db += dout·1 as dot products (``conv.uses_vector_products``: enough pixels), and a
+filter-vector layer's input-gradient columns dcol = w2ᵀ·dout (one block of pixels). There, at widecnn's conv1 (1 → 150, 5×5, 784 pixels)
 on two threads: forward 2.12 → 1.72 ms and backward 4.12 → 2.74 ms per batch of 50; mitxcnn's
 conv1 backward 297 → 181 µs per batch of 32; digitcnn's conv2 backward 2.32 → 2.08 ms per 64.
 
