@@ -125,6 +125,29 @@ def test_conv_relu_and_linear_relu_equal_unfused(backend, dtype, rng):
             _equal(got, want)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("slope", [0.01, 0.0, -0.5, 2.0])
+def test_linear_leaky_relu_equals_unfused(backend, dtype, slope, rng):
+    """linear + LeakyReLU fused == the two ops, bitwise, with and without bias and input
+    gradient, for slopes of either sign (the backward reads the pre-activation, not the
+    output), on mlp128's first-layer shape and an odd one, with a 0 pre-activation."""
+    o = ops(backend)
+    for shape, bias in (((32, 784), True), ((5, 70), False)):
+        x, w, b = _arrays(rng, shape, (7, shape[1]), dtype, bias=bias)
+        x[0] = 0  # row 0 of the output is the bias (or 0): LeakyReLU's gradient at 0
+        out, cache = o.linear_leaky_relu_forward(x, w, b, slope)
+        y, lc = o.linear_forward(x, w, b)
+        r, rc = o.leaky_relu_forward(y, slope)
+        np.testing.assert_array_equal(out, r)
+        dout = rng.standard_normal(out.shape).astype(dtype)
+        for input_grad in (True, False):
+            got = o.linear_leaky_relu_backward(dout, cache, input_grad)
+            want = o.linear_backward(o.leaky_relu_backward(dout, rc), lc, input_grad)
+            for g, wt in zip(got, want):
+                _equal(g, wt)
+
+
 def _net(dtype):
     sn.manual_seed(3)
     return snn.Sequential(
@@ -201,3 +224,23 @@ def test_chain_models_fuse_and_switch(monkeypatch, rng):
     finally:
         fusion.set_enabled(True)
     assert fusion.is_enabled()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mlp128_fuses_linear_leaky_relu(backend, dtype, rng):
+    """mlp128's Linear-LeakyReLU runs as one step, and the model computes bitwise what it
+    computes unfused (outputs, input gradient, every parameter gradient)."""
+    sn.manual_seed(0)
+    model = sn.models.build("mlp128", dtype=dtype)
+    x = rng.random((6, 784)).astype(dtype)
+    with use_backend(backend):
+        fused = _run(model, x)
+        assert [type(s).__name__ for s in model.__dict__["_last_steps"]] == [
+            "_LinearLeakyRelu", "Linear"]
+        with fusion.disabled():
+            plain = _run(model, x)
+    for a, b in zip(fused[:2], plain[:2]):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(fused[2], plain[2]):
+        np.testing.assert_array_equal(a, b)

@@ -7,9 +7,10 @@
   (ReLU and max pooling commute exactly, gradient included),
 - ``Conv2d, ReLU`` -> one conv+bias+ReLU op,
 - ``Linear, ReLU`` -> one linear+ReLU op,
+- ``Linear, LeakyReLU`` -> one linear+LeakyReLU op,
 
 by a fused step that calls the fused op pair of the current backend (``conv2d_relu_maxpool2d``,
-``conv2d_relu``, ``linear_relu``; the numpy backend's versions are the compositions of the single
+``conv2d_relu``, ``linear_relu``, ``linear_leaky_relu``; the numpy backend's versions are the compositions of the single
 ops, the numba backend's one parallel pass) on the **same** Parameter objects. Module structure,
 state-dict keys and results are unchanged: the fused numba kernels do the same arithmetic in the
 same order (tests/test_fusion.py checks fused == unfused exactly).
@@ -30,7 +31,7 @@ import numpy as np
 
 from .. import backend
 from ..backends.numpy_backend.pool import pool_output_size
-from .activation import ReLU, grad_output
+from .activation import LeakyReLU, ReLU, grad_output
 from .conv import Conv2d
 from .linear import Linear
 from .module import backward_steps
@@ -186,6 +187,26 @@ class _LinearRelu(_FusedStep):
         return backend.ops(self._backend).linear_relu_backward(dout, self._cache, input_grad)
 
 
+class _LinearLeakyRelu(_LinearRelu):
+    __slots__ = ()
+
+    def __call__(self, x):
+        lin = self._main
+        w = lin.weight.data
+        if not (isinstance(x, np.ndarray) and x.ndim == 2 and x.shape[1] == lin.in_features
+                and x.dtype == w.dtype):
+            return self._unfused_forward(x)
+        name = backend.get_backend()
+        b = lin.bias.data if lin.bias is not None else None
+        out, cache = backend.ops(name).linear_leaky_relu_forward(x, w, b,
+                                                                 self.layers[1].negative_slope)
+        return self._done(out, cache, name)
+
+    def _backward_op(self, dout, input_grad):
+        return backend.ops(self._backend).linear_leaky_relu_backward(dout, self._cache,
+                                                                     input_grad)
+
+
 def _match(layers, i):
     """(fused step class, run length) for the run starting at layers[i], or (None, 1)."""
     first = layers[i]
@@ -200,6 +221,8 @@ def _match(layers, i):
             return _ConvRelu, 2
     elif type(first) is Linear and type(nxt) is ReLU:
         return _LinearRelu, 2
+    elif type(first) is Linear and type(nxt) is LeakyReLU:
+        return _LinearLeakyRelu, 2
     return None, 1
 
 

@@ -8,14 +8,15 @@ ReLU and max pooling commute exactly, gradient included (max is monotone; a wind
 <= 0 passes no gradient either way), so one op serves both ``conv -> relu -> pool`` and
 ``conv -> pool -> relu``.
 """
-from .activation import relu_backward, relu_forward
+from .activation import leaky_relu_backward, leaky_relu_forward, relu_backward, relu_forward
 from .conv import conv2d_backward, conv2d_forward
 from .linear import linear_backward, linear_forward
 from .pool import maxpool2d_backward, maxpool2d_forward
 
 __all__ = ["conv2d_relu_forward", "conv2d_relu_backward",
            "conv2d_relu_maxpool2d_forward", "conv2d_relu_maxpool2d_backward",
-           "linear_relu_forward", "linear_relu_backward"]
+           "linear_relu_forward", "linear_relu_backward",
+           "linear_leaky_relu_forward", "linear_leaky_relu_backward"]
 
 
 def conv2d_relu_forward(x, w, b, stride, padding, dilation, groups, workspace=None):
@@ -69,3 +70,16 @@ def linear_relu_backward(dout, cache, input_grad=True):
     """Returns (dx, dw, db) as linear_backward (dx None without input_grad)."""
     linear_cache, relu_cache = cache
     return linear_backward(relu_backward(dout, relu_cache), linear_cache, input_grad)
+
+
+def linear_leaky_relu_forward(x, w, b, negative_slope):
+    """leaky_relu(x·wᵀ + b, negative_slope). Arguments as linear_forward. Returns (out, cache)."""
+    y, linear_cache = linear_forward(x, w, b)
+    out, act_cache = leaky_relu_forward(y, negative_slope)
+    return out, (linear_cache, act_cache)
+
+
+def linear_leaky_relu_backward(dout, cache, input_grad=True):
+    """Returns (dx, dw, db) as linear_backward (dx None without input_grad)."""
+    linear_cache, act_cache = cache
+    return linear_backward(leaky_relu_backward(dout, act_cache), linear_cache, input_grad)
