@@ -110,12 +110,30 @@ def padded_cases(dtype):
         (2, 3, 5, 7, B, (3, 3), False, (1, 0, 2, 1)),     # unequal sides, no bias
         (1, 2, 3, 3, 2 * B, (2, 2), True, (3, 3, 3, 3)),  # padding wider than the kernel
         (0, 2, 5, 5, B, (3, 3), True, (1, 1, 1, 1)),      # empty batch
+        # channels within 30 % of whole filter blocks: dx by the correlation of the padded
+        # gradient with the flipped weights (conv.uses_transposed_input_grad)
+        (2, B - B // 5, 9, 9, B, (5, 5), True, (2, 2, 2, 2)),  # widecnn's conv2, smaller
+        (2, B - B // 8, 7, 8, B, (3, 3), False, (0, 2, 1, 2)),  # unequal sides, no bias
+        (1, 2 * B - B // 4, 5, 5, B, (2, 2), True, (1, 1, 1, 1)),  # C over two blocks
+        (1, B, 6, 6, B, (3, 3), True, (0, 0, 0, 0)),            # unpadded, C one block
     ]
 
 
 PADDED_CASES = [(dtype, case) for dtype in DTYPES for case in padded_cases(dtype)]
 PADDED_IDS = [f"{np.dtype(d).name}-{case_id(c[:7])}-p{'.'.join(map(str, c[7]))}"
               for d, c in PADDED_CASES]
+
+
+def test_which_layers_take_the_correlation_input_grad():
+    """conv.uses_transposed_input_grad: padding within the kernel, channels near whole
+    filter blocks, flipped weights of at most 2 MB."""
+    from scratchnet.backends.numba_backend.conv import uses_transposed_input_grad as rule
+    f32 = np.dtype(np.float32)
+    geo = (5, 5, 1, 1, 2, 2, 2, 2, 1, 1)
+    assert rule((64, 150, 5, 5), geo, f32)  # widecnn's conv2: 150 -> 192 channels
+    assert not rule((64, 32, 3, 3), (3, 3) + NO_PAD, f32)  # digitcnn's conv2: 32 -> 64
+    assert not rule((64, 150, 5, 5), (5, 5, 1, 1, 5, 2, 2, 2, 1, 1), f32)  # pad > kernel - 1
+    assert not rule((128, 300, 5, 5), geo, f32)  # flipped weights of 4.1 MB
 
 
 def _layer_takes_kernels(x, w, padding=(0, 0, 0, 0)):
@@ -184,7 +202,7 @@ def test_padded_layers_match_torch(dtype, case, rng, monkeypatch):
     _check_layers(x, w, b, padding, dtype, rng, (None, workspace))
     x2 = rng.standard_normal(x.shape).astype(dtype)
     _check_layers(x2, w, b, padding, dtype, rng, (workspace,))
-    if x.shape[0] > 0:
+    if x.shape[0] > 0 and any(padding):
         assert workspace["padded"].shape[0] == x.shape[0]  # one copy per sample, kept
     monkeypatch.setattr(fused, "KEEP_COLUMNS_MAX_BYTES", 0)
     _check_layers(x, w, b, padding, dtype, rng, ({},))

@@ -26,9 +26,12 @@ register-blocked kernel instead of im2col + GEMM (``forward_sample(..., "direct"
 no columns; its backward pass is the one here. A layer that ``filter_vector_conv.applies`` to
 (stride 1, one group, 64 filters or a multiple, AVX-512: digitcnn's, mitxcnn's and widecnn's
 conv2) runs that module's kernels for the forward pass and the weight gradient, which need no
-columns either (``"filter_vectors"``); its input gradient stays the GEMM + col2im here. For a
-padded such layer the column slots hold each sample zero-padded instead (``padded_shape``):
-the kernels run unpadded on that copy.
+columns either (``"filter_vectors"``); its input gradient is the GEMM + col2im here, or, where
+its channels nearly fill whole filter blocks (``uses_transposed_input_grad``: widecnn's conv2),
+that module's forward kernel again, on the zero-padded output gradient with the weights
+flipped and transposed (a stride-1 layer's dx is that correlation; widecnn's conv2 backward
+32.2 -> 26.6 ms per batch of 50). For a padded such layer the column slots hold each sample
+zero-padded instead (``padded_shape``): the kernels run unpadded on that copy.
 
 Where a layer has enough output pixels (``uses_vector_products``), its products run on
 vector_linear.py's kernels instead of OpenBLAS (``rows_at``, ``dot_at``, ``columns_at`` in the
@@ -469,7 +472,8 @@ def _backward_sample(t, n, conv):
     """
     (x, w2, dconvs, dconv_per_sample, has_bias, dx, dw_part, db_part, cols, kept, dcols,
      KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups, OH, OW, input_grad, unfold_at,
-     fold_at, dconvsT, given_transposed, weight_grad_at, columns_at, dot_at) = conv
+     fold_at, dconvsT, given_transposed, weight_grad_at, columns_at, dot_at,
+     flipped, dpads, dxs, flipped_at) = conv
     loop = (KH, KW, sh, sw, pt, pl, dh, dw, OH, OW)
     if weight_grad_at != 0:
         _filter_vector_backward(t, n, conv)
@@ -550,12 +554,83 @@ def backward_sample(x, w, dconvs, dconv_per_sample, has_bias, dx, dw_part, db_pa
         weight_grad_at = filter_vector_conv.weight_grad_address(x.dtype)
         if input_grad and vector_linear.applies(OH * OW, x.dtype):
             columns_at = vector_linear.accumulate_address(x.dtype)
+    flipped, dpads, dxs, flipped_at = _transposed_input_grad(x, w, geo, OH, OW, input_grad,
+                                                             weight_grad_at != 0)
+    if flipped_at != 0:
+        columns_at = 0
     conv = (x, _as_matrix(w), dconvs, dconv_per_sample, has_bias, dx, dw_part, db_part, cols,
             kept, dcols, *geo, groups, OH, OW, input_grad,
             im2col_address(geo, x.shape[3], OW, x.dtype),
             col2im_address(geo, x.shape[3], OW, x.dtype), dconvsT, bool(given_transposed),
-            weight_grad_at, columns_at, dot_at)
+            weight_grad_at, columns_at, dot_at, flipped, dpads, dxs, flipped_at)
     return per_thread.address(_backward_sample, conv), conv
+
+
+# a filter-vector layer's input gradient runs as a filter-vector convolution of the padded
+# output gradient when its C input channels, rounded up to whole filter blocks, waste at most
+# this share of the work: widecnn's conv2 (150 -> 192 channels), not digitcnn's (32 -> 64)
+MAX_PADDED_CHANNELS = 1.3
+
+
+def uses_transposed_input_grad(w_shape, geo, dtype):
+    """True when a filter-vector layer's dx is filter_vector_conv's forward kernel run on its
+    zero-padded output gradient with the weights flipped and transposed (a stride-1 layer's
+    dx is that correlation): no columns, no col2im. Needs padding <= kernel - 1 each side."""
+    F, C, KH, KW = w_shape
+    _, _, _, _, pt, pb, pl, pr, _, _ = geo
+    block = filter_vector_conv.filter_block(dtype)
+    padded = -(-C // block) * block
+    return (max(pt, pb) <= KH - 1 and max(pl, pr) <= KW - 1 and padded <= MAX_PADDED_CHANNELS * C
+            and F * KH * KW * padded * np.dtype(dtype).itemsize
+            <= filter_vector_conv.MAX_WEIGHT_BYTES * 2)
+
+
+def _transposed_input_grad(x, w, geo, OH, OW, input_grad, filter_vectors):
+    """(flipped, dpads, dxs, address) for ``uses_transposed_input_grad``, or stand-ins and 0.
+
+    flipped (F·KH·KW, C'): wflip[(f·KH + kh)·KW + kw, c] = w[f, c, KH-1-kh, KW-1-kw], zero for
+    the c >= C that round C up to C' (whole filter blocks); dpads (T, F, (OH + KH - 1 - pt +
+    KH - 1 - pb)·...) zeroed slots for the padded gradient; dxs (T, C', H·W) the kernel's
+    output, whose first C planes are dx[n].
+    """
+    dtype = x.dtype
+    stand_in = np.zeros((1, 1), dtype=dtype)
+    if not (input_grad and filter_vectors and uses_transposed_input_grad(w.shape, geo, dtype)):
+        return stand_in, np.zeros((1, 0, 0), dtype=dtype), np.zeros((1, 0, 0), dtype=dtype), 0
+    F, C, KH, KW = w.shape
+    _, _, H, W = x.shape
+    block = filter_vector_conv.filter_block(dtype)
+    padded = -(-C // block) * block
+    flipped = np.zeros((F * KH * KW, padded), dtype=dtype)
+    flipped[:, :C] = w[:, :, ::-1, ::-1].transpose(0, 2, 3, 1).reshape(F * KH * KW, C)
+    T = _n_threads(x.shape[0])
+    dpads = np.zeros((T, F, (H + KH - 1) * (W + KW - 1)), dtype=dtype)
+    dxs = np.zeros((T, padded, H * W), dtype=dtype)
+    return flipped, dpads, dxs, filter_vector_conv.forward_address(dtype)
+
+
+@njit(cache=True)
+def _input_grad_by_correlation(t, n, doutT, dx, flipped, dpads, dxs, at, KH, KW, pt, pl, OH,
+                               OW):
+    """dx[n] = the correlation of the zero-padded gradient with the flipped weights, by
+    filter_vector_conv's forward kernel at ``at`` (see uses_transposed_input_grad)."""
+    F = doutT.shape[1]
+    C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
+    Hq, Wq = H + KH - 1, W + KW - 1
+    dpad = dpads[t].reshape(1, F, Hq, Wq)
+    qt, ql = KH - 1 - pt, KW - 1 - pl
+    for oh in range(OH):
+        for ow in range(OW):
+            p = oh * OW + ow
+            for f in range(F):
+                dpad[0, f, qt + oh, ql + ow] = doutT[p, f]
+    out = dxs[t]
+    zeros = np.zeros(out.shape[0], dtype=out.dtype)
+    filter_vector_conv.call(at, (dpad, 0, flipped, zeros, out, KH, KW, H, W))
+    plane = dx[n].reshape(C, H * W)
+    for c in range(C):
+        for i in range(H * W):
+            plane[c, i] = out[c, i]
 
 
 @njit(cache=True)
@@ -566,7 +641,8 @@ def _filter_vector_backward(t, n, conv):
     (F, OH·OW) gradient unless the worker wrote it so)."""
     (x, w2, dconvs, dconv_per_sample, has_bias, dx, dw_part, db_part, cols, kept, dcols,
      KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, groups, OH, OW, input_grad, unfold_at,
-     fold_at, dconvsT, given_transposed, weight_grad_at, columns_at, dot_at) = conv
+     fold_at, dconvsT, given_transposed, weight_grad_at, columns_at, dot_at,
+     flipped, dpads, dxs, flipped_at) = conv
     doutT = dconvsT[t]
     if not given_transposed:
         filter_vector_conv.transpose_plane(dconvs[n] if dconv_per_sample else dconvs[t], doutT)
@@ -575,7 +651,10 @@ def _filter_vector_backward(t, n, conv):
     else:  # on the sample padded: kept from forward in cols[n], else padded again into cols[t]
         xp = _padded_sample(x, n, cols[n] if kept else cols[t], pt, pb, pl, pr, not kept)
         filter_vector_conv.call(weight_grad_at, (xp, 0, doutT, dw_part[t, 0], KH, KW, OH, OW))
-    if input_grad:
+    if input_grad and flipped_at != 0:
+        _input_grad_by_correlation(t, n, doutT, dx, flipped, dpads, dxs, flipped_at, KH, KW, pt,
+                                   pl, OH, OW)
+    elif input_grad:
         dcol = dcols[t]
         if columns_at != 0:
             # dcol = w2ᵀ·dout by vector_linear's kernel (which adds into zeros), reading the
