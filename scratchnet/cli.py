@@ -582,10 +582,10 @@ def cmd_train(args):
               f"({recipe.describe()}), {config['backend']} backend, {config['dtype']}; "
               f"run folder {out}", flush=True)
         if config["backend"] == "numba":
-            # the first step compiles every kernel it touches (9-11 s for a conv model on a
-            # 2-core machine with an empty cache); without a word it looks like a hang
-            print("numba: the first step compiles the kernels it needs (about 10 s the first "
-                  "time; cached on disk after that)", flush=True)
+            # the first step compiles every kernel it touches (6-11 s for a conv model on the
+            # 2-core machines measured, empty cache); without a word it looks like a hang
+            print("numba: the first step compiles the kernels it needs (up to about 10 s the "
+                  "first time; cached on disk after that)", flush=True)
 
         def on_epoch(record):
             _print_epoch(record, config["epochs"])
