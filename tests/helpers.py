@@ -68,3 +68,19 @@ def to_torch(a, requires_grad=False):
     """A torch tensor sharing no memory with ``a``, optionally tracking gradients."""
     t = torch.tensor(np.array(a))
     return t.requires_grad_(requires_grad)
+
+
+def conv_case_id(case):
+    """A test id for a conv kernel case (N, C, H, W, F, (KH, KW), bias)."""
+    N, C, H, W, Fo, k, bias = case
+    return f"N{N}-C{C}-{H}x{W}-F{Fo}-k{k[0]}x{k[1]}-b{int(bias)}"
+
+
+def conv_case_arrays(case, dtype, seed=0):
+    """(x, w, b) for a conv kernel case (N, C, H, W, F, (KH, KW), bias); b None without bias."""
+    N, C, H, W, Fo, (KH, KW), bias = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((Fo, C, KH, KW)).astype(dtype)
+    b = rng.standard_normal(Fo).astype(dtype) if bias else None
+    return x, w, b

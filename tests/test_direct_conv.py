@@ -9,7 +9,7 @@ import scratchnet as sn
 from scratchnet.backend import ops, use_backend
 from scratchnet.backends.numba_backend import direct_conv
 from scratchnet.backends.numba_backend.conv import uses_direct
-from tests.helpers import DTYPES, assert_close, to_torch
+from tests.helpers import DTYPES, assert_close, conv_case_arrays, conv_case_id, to_torch
 
 NO_PAD = (1, 1, 0, 0, 0, 0, 1, 1)  # sh, sw, pt, pb, pl, pr, dh, dw
 
@@ -24,28 +24,14 @@ CASES = [
 ]
 
 
-def case_id(case):
-    N, C, H, W, Fo, k, bias = case
-    return f"N{N}-C{C}-{H}x{W}-F{Fo}-k{k[0]}x{k[1]}-b{int(bias)}"
-
-
-def _arrays(case, dtype, seed=0):
-    N, C, H, W, Fo, (KH, KW), bias = case
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((N, C, H, W)).astype(dtype)
-    w = rng.standard_normal((Fo, C, KH, KW)).astype(dtype)
-    b = rng.standard_normal(Fo).astype(dtype) if bias else None
-    return x, w, b
-
-
 def _torch_out(x, w, b):
     return F.conv2d(to_torch(x), to_torch(w), None if b is None else to_torch(b))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("case", CASES, ids=conv_case_id)
 def test_direct_kernel_matches_torch(case, dtype):
-    x, w, b = _arrays(case, dtype)
+    x, w, b = conv_case_arrays(case, dtype)
     KH, KW = w.shape[2:]
     OW = x.shape[3] - KW + 1
     # the test is about the direct kernel: it must be the path these layers take
@@ -69,11 +55,11 @@ def test_direct_kernel_matches_torch(case, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", CASES[:4], ids=case_id)
+@pytest.mark.parametrize("case", CASES[:4], ids=conv_case_id)
 def test_direct_kernel_writes_only_its_output(case, dtype):
     """Sentinels one vector wide on both sides of the (F, OH·OW) output stay untouched, and
     every output is written (the buffer starts as NaN)."""
-    x, w, b = _arrays(case, dtype)
+    x, w, b = conv_case_arrays(case, dtype)
     Fo, C, KH, KW = w.shape
     OH, OW = x.shape[2] - KH + 1, x.shape[3] - KW + 1
     V = direct_conv.lanes(dtype)
@@ -92,7 +78,7 @@ def test_direct_kernel_writes_only_its_output(case, dtype):
 def test_direct_conv_relu_pool_and_model_layers(dtype, rng):
     """The fused conv + ReLU + pool on a direct layer matches torch, in training (with a
     workspace: no columns kept, backward unfolds) and evaluation."""
-    x, w, b = _arrays((3, 2, 14, 18, 6, (3, 3), True), dtype)
+    x, w, b = conv_case_arrays((3, 2, 14, 18, 6, (3, 3), True), dtype)
     o = ops("numba")
     args = ((1, 1), (0, 0, 0, 0), (1, 1), 1, (2, 2), (2, 2), (0, 0), (1, 1), False)
     tx, tw, tb = (to_torch(a, requires_grad=True) for a in (x, w, b))

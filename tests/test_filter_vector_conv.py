@@ -14,7 +14,7 @@ from scratchnet.backend import ops
 from scratchnet.backends.numba_backend import filter_vector_conv as fvc
 from scratchnet.backends.numba_backend import fused, simd
 from scratchnet.backends.numba_backend.conv import forward_method
-from tests.helpers import DTYPES, assert_close, to_torch
+from tests.helpers import DTYPES, assert_close, conv_case_arrays, conv_case_id, to_torch
 
 NO_PAD = (1, 1, 0, 0, 0, 0, 1, 1)  # sh, sw, pt, pb, pl, pr, dh, dw
 POOL_ARGS = ((2, 2), (2, 2), (0, 0), (1, 1), False)
@@ -35,22 +35,8 @@ def cases(dtype):
     ]
 
 
-def case_id(case):
-    N, C, H, W, Fo, k, bias = case
-    return f"N{N}-C{C}-{H}x{W}-F{Fo}-k{k[0]}x{k[1]}-b{int(bias)}"
-
-
 ALL_CASES = [(dtype, case) for dtype in DTYPES for case in cases(dtype)]
-IDS = [f"{np.dtype(d).name}-{case_id(c)}" for d, c in ALL_CASES]
-
-
-def _arrays(case, dtype, seed=0):
-    N, C, H, W, Fo, (KH, KW), bias = case
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((N, C, H, W)).astype(dtype)
-    w = rng.standard_normal((Fo, C, KH, KW)).astype(dtype)
-    b = rng.standard_normal(Fo).astype(dtype) if bias else None
-    return x, w, b
+IDS = [f"{np.dtype(d).name}-{conv_case_id(c)}" for d, c in ALL_CASES]
 
 
 def _sentinel_buffer(shape, dtype, margin):
@@ -65,7 +51,7 @@ def _sentinel_buffer(shape, dtype, margin):
 @pytest.mark.parametrize("dtype,case", ALL_CASES, ids=IDS)
 def test_forward_kernel_matches_torch(dtype, case):
     """Every output written (the output starts as NaN), nothing outside it, torch's values."""
-    x, w, b = _arrays(case, dtype)
+    x, w, b = conv_case_arrays(case, dtype)
     Fo, C, KH, KW = w.shape
     OH, OW = x.shape[2] - KH + 1, x.shape[3] - KW + 1
     wt = np.ascontiguousarray(w.reshape(Fo, -1).T)
@@ -83,7 +69,7 @@ def test_forward_kernel_matches_torch(dtype, case):
 def test_weight_grad_kernel_matches_torch(dtype, case):
     """dWᵀ accumulated over the samples (added into what is there: it starts at 1), the
     transposition of each sample's gradient, and nothing written outside dWᵀ."""
-    x, w, b = _arrays(case, dtype)
+    x, w, b = conv_case_arrays(case, dtype)
     Fo, C, KH, KW = w.shape
     N, OH, OW = x.shape[0], x.shape[2] - KH + 1, x.shape[3] - KW + 1
     dout = np.random.default_rng(1).standard_normal((N, Fo, OH, OW)).astype(dtype)
@@ -120,7 +106,7 @@ def padded_cases(dtype):
 
 
 PADDED_CASES = [(dtype, case) for dtype in DTYPES for case in padded_cases(dtype)]
-PADDED_IDS = [f"{np.dtype(d).name}-{case_id(c[:7])}-p{'.'.join(map(str, c[7]))}"
+PADDED_IDS = [f"{np.dtype(d).name}-{conv_case_id(c[:7])}-p{'.'.join(map(str, c[7]))}"
               for d, c in PADDED_CASES]
 
 
@@ -183,7 +169,7 @@ def _check_layers(x, w, b, padding, dtype, rng, workspaces):
 @pytest.mark.parametrize("dtype,case", ALL_CASES, ids=IDS)
 def test_layers_through_kernels_match_torch(dtype, case, rng):
     """The layers on these kernels, with and without a workspace, against torch."""
-    x, w, b = _arrays(case, dtype)
+    x, w, b = conv_case_arrays(case, dtype)
     if not _layer_takes_kernels(x, w):
         pytest.skip("this CPU has no AVX-512: the layers run im2col + GEMM (tested elsewhere)")
     _check_layers(x, w, b, (0, 0, 0, 0), dtype, rng, (None, {}))
@@ -194,7 +180,7 @@ def test_padded_layers_match_torch(dtype, case, rng, monkeypatch):
     """A padded layer runs the kernels on zero-padded copies of its samples: kept from forward
     for backward (a workspace), padded again in backward (no workspace, or too large to keep),
     and a workspace reused for a second batch (the copies' zero borders stay zero)."""
-    x, w, b = _arrays(case[:7], dtype)
+    x, w, b = conv_case_arrays(case[:7], dtype)
     padding = case[7]
     if not _layer_takes_kernels(x, w, padding):
         pytest.skip("this CPU has no AVX-512: the layers run im2col + GEMM (tested elsewhere)")

@@ -171,6 +171,7 @@ class _ConvRelu(_FusedStep):
 
 class _LinearRelu(_FusedStep):
     __slots__ = ()
+    _op = "linear_relu"
 
     def __call__(self, x):
         lin = self._main
@@ -180,31 +181,24 @@ class _LinearRelu(_FusedStep):
             return self._unfused_forward(x)
         name = backend.get_backend()
         b = lin.bias.data if lin.bias is not None else None
-        out, cache = backend.ops(name).linear_relu_forward(x, w, b)
+        forward = getattr(backend.ops(name), self._op + "_forward")
+        out, cache = forward(x, w, b, *self._activation_args())
         return self._done(out, cache, name)
 
+    def _activation_args(self):
+        return ()
+
     def _backward_op(self, dout, input_grad):
-        return backend.ops(self._backend).linear_relu_backward(dout, self._cache, input_grad)
+        backward = getattr(backend.ops(self._backend), self._op + "_backward")
+        return backward(dout, self._cache, input_grad)
 
 
 class _LinearLeakyRelu(_LinearRelu):
     __slots__ = ()
+    _op = "linear_leaky_relu"
 
-    def __call__(self, x):
-        lin = self._main
-        w = lin.weight.data
-        if not (isinstance(x, np.ndarray) and x.ndim == 2 and x.shape[1] == lin.in_features
-                and x.dtype == w.dtype):
-            return self._unfused_forward(x)
-        name = backend.get_backend()
-        b = lin.bias.data if lin.bias is not None else None
-        out, cache = backend.ops(name).linear_leaky_relu_forward(x, w, b,
-                                                                 self.layers[1].negative_slope)
-        return self._done(out, cache, name)
-
-    def _backward_op(self, dout, input_grad):
-        return backend.ops(self._backend).linear_leaky_relu_backward(dout, self._cache,
-                                                                     input_grad)
+    def _activation_args(self):
+        return (self.layers[1].negative_slope,)
 
 
 def _match(layers, i):
