@@ -77,8 +77,9 @@ class _WeightedLoss(Module):
                 raise TypeError(f"{name}: expected class-index target of dtype int64 (or uint8), "
                                 f"got {t.dtype}")
             t = t.astype(np.int64, copy=False)
-            # two reductions settle the usual all-valid case; the mask only when needed
-            in_range = t.size == 0 or (t.min() >= 0 and t.max() < C)
+            # one reduction settles the usual all-valid case (as uint64 a negative index is
+            # huge); the mask only when needed
+            in_range = t.size == 0 or int(t.view(np.uint64).max()) < C
             bad = None if in_range else (t != self.ignore_index) & ((t < 0) | (t >= C))
             if bad is not None and bad.any():
                 # torch raises IndexError ("Target 5 is out of bounds.") too
