@@ -554,7 +554,7 @@ def backward_sample(x, w, dconvs, dconv_per_sample, has_bias, dx, dw_part, db_pa
         weight_grad_at = filter_vector_conv.weight_grad_address(x.dtype)
         if input_grad and vector_linear.applies(OH * OW, x.dtype):
             columns_at = vector_linear.accumulate_address(x.dtype)
-    flipped, dpads, dxs, flipped_at = _transposed_input_grad(x, w, geo, OH, OW, input_grad,
+    flipped, dpads, dxs, flipped_at = _transposed_input_grad(x, w, geo, input_grad,
                                                              weight_grad_at != 0)
     if flipped_at != 0:
         columns_at = 0
@@ -572,26 +572,31 @@ def backward_sample(x, w, dconvs, dconv_per_sample, has_bias, dx, dw_part, db_pa
 MAX_PADDED_CHANNELS = 1.3
 
 
+def _block_channels(C, dtype):
+    """C rounded up to whole filter blocks of filter_vector_conv."""
+    block = filter_vector_conv.filter_block(dtype)
+    return -(-C // block) * block
+
+
 def uses_transposed_input_grad(w_shape, geo, dtype):
     """True when a filter-vector layer's dx is filter_vector_conv's forward kernel run on its
     zero-padded output gradient with the weights flipped and transposed (a stride-1 layer's
     dx is that correlation): no columns, no col2im. Needs padding <= kernel - 1 each side."""
     F, C, KH, KW = w_shape
     _, _, _, _, pt, pb, pl, pr, _, _ = geo
-    block = filter_vector_conv.filter_block(dtype)
-    padded = -(-C // block) * block
+    padded = _block_channels(C, dtype)
     return (max(pt, pb) <= KH - 1 and max(pl, pr) <= KW - 1 and padded <= MAX_PADDED_CHANNELS * C
             and F * KH * KW * padded * np.dtype(dtype).itemsize
             <= filter_vector_conv.MAX_WEIGHT_BYTES * 2)
 
 
-def _transposed_input_grad(x, w, geo, OH, OW, input_grad, filter_vectors):
+def _transposed_input_grad(x, w, geo, input_grad, filter_vectors):
     """(flipped, dpads, dxs, address) for ``uses_transposed_input_grad``, or stand-ins and 0.
 
     flipped (F·KH·KW, C'): wflip[(f·KH + kh)·KW + kw, c] = w[f, c, KH-1-kh, KW-1-kw], zero for
-    the c >= C that round C up to C' (whole filter blocks); dpads (T, F, (OH + KH - 1 - pt +
-    KH - 1 - pb)·...) zeroed slots for the padded gradient; dxs (T, C', H·W) the kernel's
-    output, whose first C planes are dx[n].
+    the c >= C that round C up to C' (whole filter blocks); dpads (T, F, (H + KH - 1)·(W + KW
+    - 1)) zeroed slots for the padded gradient (its border stays zero); dxs (T, C', H·W) the
+    kernel's output, whose first C planes are dx[n].
     """
     dtype = x.dtype
     stand_in = np.zeros((1, 1), dtype=dtype)
@@ -599,8 +604,7 @@ def _transposed_input_grad(x, w, geo, OH, OW, input_grad, filter_vectors):
         return stand_in, np.zeros((1, 0, 0), dtype=dtype), np.zeros((1, 0, 0), dtype=dtype), 0
     F, C, KH, KW = w.shape
     _, _, H, W = x.shape
-    block = filter_vector_conv.filter_block(dtype)
-    padded = -(-C // block) * block
+    padded = _block_channels(C, dtype)
     flipped = np.zeros((F * KH * KW, padded), dtype=dtype)
     flipped[:, :C] = w[:, :, ::-1, ::-1].transpose(0, 2, 3, 1).reshape(F * KH * KW, C)
     T = _n_threads(x.shape[0])
@@ -636,7 +640,8 @@ def _input_grad_by_correlation(t, n, doutT, dx, flipped, dpads, dxs, at, KH, KW,
 @njit(cache=True)
 def _filter_vector_backward(t, n, conv):
     """_backward_sample for a layer where filter_vector_conv applies (stride 1, one group):
-    dwT += the kernel's weight gradient from doutᵀ; dx[n] = col2im(w2ᵀ @ dout);
+    dwT += the kernel's weight gradient from doutᵀ; dx[n] = col2im(w2ᵀ @ dout), or the
+    correlation of the padded gradient with the flipped weights (``flipped_at``);
     db += doutᵀ's column sums. doutᵀ is thread t's dconvsT slot (transposed here from the
     (F, OH·OW) gradient unless the worker wrote it so)."""
     (x, w2, dconvs, dconv_per_sample, has_bias, dx, dw_part, db_part, cols, kept, dcols,
@@ -763,7 +768,7 @@ def padded_shape(slots, x, geo):
     return (slots, C, (H + pt + pb) * (W + pl + pr))
 
 
-def _slots_shape(T, x, w, geo, OH, OW, method):
+def _slots_shape(T, x, geo, OH, OW, method):
     """The per-thread slots a forward ``method`` needs: columns, padded samples or none."""
     if method == "filter_vectors":
         return padded_shape(T, x, geo)
@@ -818,7 +823,7 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
         return out, cache
     T = _n_threads(N)
     method = forward_method(x, w, geo, groups, OW)
-    cols = np.zeros(_slots_shape(T, x, w, geo, OH, OW, method), dtype=dtype)
+    cols = np.zeros(_slots_shape(T, x, geo, OH, OW, method), dtype=dtype)
     at, conv = forward_sample(x, w, bias, has_bias, cols, False, out, True, geo, groups, method)
     per_thread.run(_samples_thread, T, (at, conv, N, T))
     return out, cache

@@ -38,7 +38,8 @@ from .activation import (_relu_backward_parallel, _relu_backward_span, _relu_par
                          _relu_span, launch, leaky_relu_backward, leaky_relu_forward)
 from .conv import (_geometry, _kernel_array, _n_threads, backward_sample, forward_method,
                    forward_sample, is_pointwise, out_size, padded_shape,
-                   transposed_gradient_slots, weight_grad, weight_grad_partials)
+                   transposed_gradient_slots, uses_transposed_input_grad, weight_grad,
+                   weight_grad_partials)
 from .pool import is_plain_2x2, pool_planes
 
 # kept columns cost N·C·KH·KW·OH·OW values of memory. digitcnn's conv2 (8.9 MB at batch 64):
@@ -214,7 +215,10 @@ def _backward_buffers(x, w, geo, groups, OH, OW, T, kept_cols, workspace):
         cols = np.zeros((1, 0, 0), dtype=dtype)
     else:
         cols = _buffer(workspace, "cols", (T, rows, OH * OW), dtype)
-    dcols = (np.zeros((1, 0, 0), dtype=dtype) if is_pointwise(*geo[:8])
+    # no input-gradient columns where im2col is the identity or dx is a correlation
+    no_dcols = is_pointwise(*geo[:8]) or (dconvsT is not None
+                                          and uses_transposed_input_grad(w.shape, geo, dtype))
+    dcols = (np.zeros((1, 0, 0), dtype=dtype) if no_dcols
              else _buffer(workspace, "dcols", (T, rows, OH * OW), dtype))
     dconvs = _buffer(workspace, "dconvs", (T, F, OH * OW), dtype)
     dw_part = weight_grad_partials(T, w, groups, dtype)
