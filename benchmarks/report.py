@@ -9,7 +9,6 @@ that the README embeds; every table is rendered from ``results.json``, so
 re-renders the published report without measuring anything.
 """
 import argparse
-import glob
 import json
 import os
 
@@ -215,20 +214,27 @@ def _headline_note(res):
             f"the kernels (cold cache) or loading them (warm cache).")
 
 
+# the accuracy runs' tables, by file name: each gets its own section, so the README can embed it
+ACCURACY_SECTIONS = {"accuracy.md": "Accuracy of full training runs (MNIST)",
+                     "accuracy_multidigit.md": "Accuracy of full training runs (two-digit MNIST)"}
+
+
 def _accuracy_tables(folder):
-    """The accuracy runs' tables (``accuracy*.md`` in ``folder``), as written; [] if none."""
-    tables = []
-    for path in sorted(glob.glob(os.path.join(folder, "accuracy*.md"))):
-        with open(path, encoding="utf-8") as f:
-            tables.append(f.read().strip())
-    return tables
+    """["## title", table] for each accuracy run table found in ``folder``; [] if none."""
+    parts = []
+    for name, title in ACCURACY_SECTIONS.items():
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                parts += [f"## {title}", f.read().strip()]
+    return parts
 
 
 def markdown(res, chart=None, accuracy=()):
     """Every table, as markdown (printed to stdout and written to RESULTS.md).
 
     chart: the path of ratios.png relative to the report, shown under the headline when
-    given. accuracy: markdown tables of full training runs, appended in their own section.
+    given. accuracy: sections of full training runs' tables (see ACCURACY_SECTIONS), appended.
     """
     sides = res["settings"]["sides"]
     parts = ["# scratchnet benchmark results"]
@@ -255,8 +261,7 @@ def markdown(res, chart=None, accuracy=()):
         parts += ["## Memory of a training run (one fresh process per side)", _memory(res)]
     if res.get("time_to_accuracy", {}).get("sides"):
         parts += ["## Time to accuracy (one epoch)", _tta(res)]
-    if accuracy:
-        parts += ["## Accuracy of full training runs", *accuracy]
+    parts += list(accuracy)
     return "\n\n".join(parts) + "\n"
 
 
