@@ -28,6 +28,9 @@ class Recipe:
     weight_decay: float | None = None
     normalize: tuple | None = None
     val_split: float = 0.0
+    # a torch.optim.lr_scheduler class and its arguments, e.g. {"name": "StepLR",
+    # "step_size": 1, "gamma": 0.7}; stepped once per epoch
+    scheduler: dict | None = None
 
     def describe(self):
         """One line, e.g. ``SGD lr 0.01 momentum 0.9 nesterov, batch 32, 10 epochs, ...``."""
@@ -39,9 +42,16 @@ class Recipe:
         parts.append(f"batch {self.batch_size}")
         parts.append(f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}")
         parts.append(f"normalise {self.normalize}" if self.normalize else "pixels in [0, 1]")
+        if self.scheduler:
+            args = " ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                            for k, v in self.scheduler.items() if k != "name")
+            parts[0] += f", {self.scheduler['name']} {args}".rstrip()
         if self.val_split:
             parts.append(f"{self.val_split:.0%} validation")
         return ", ".join(parts)
+
+
+RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(Recipe))
 
 
 RECIPES = {
@@ -80,6 +90,21 @@ def resolve(model, **overrides):
     return dataclasses.replace(recipe, **changes)
 
 
+def as_config(recipe):
+    """The recipe's fields as JSON-ready config entries."""
+    config = dataclasses.asdict(recipe)
+    config["normalize"] = list(recipe.normalize) if recipe.normalize else None
+    return config
+
+
+def from_config(config):
+    """The Recipe whose fields a run's config holds (fields it predates take their defaults)."""
+    fields = {f: config[f] for f in RECIPE_FIELDS if f in config}
+    if fields.get("normalize"):
+        fields["normalize"] = tuple(fields["normalize"])
+    return Recipe(**fields)
+
+
 def make_optimizer(recipe, params):
     """The torch-equivalent optimizer ``recipe`` names, over ``params``."""
     wd = recipe.weight_decay
@@ -92,3 +117,17 @@ def make_optimizer(recipe, params):
         raise ValueError(f"momentum and nesterov apply to sgd only, not {recipe.optimizer}")
     cls = optim.Adam if recipe.optimizer == "adam" else optim.AdamW
     return cls(params, lr=recipe.lr, weight_decay=wd)
+
+
+def make_scheduler(recipe, optimizer):
+    """The torch-equivalent learning-rate scheduler ``recipe`` names over ``optimizer``, or None."""
+    if not recipe.scheduler:
+        return None
+    from .optim import lr_scheduler
+    args = dict(recipe.scheduler)
+    name = args.pop("name")
+    cls = getattr(lr_scheduler, name, None)
+    if cls is None:
+        raise ValueError(f"unknown scheduler {name!r}: scratchnet.optim.lr_scheduler has no such "
+                         f"class")
+    return cls(optimizer, **args)
