@@ -88,7 +88,8 @@ class Run:
 
     def __init__(self, config, model, out=None, optimizer=None, scheduler=None, state=None,
                  resumed=False, finished=False):
-        self.config, self.model, self.optimizer, self.scheduler = config, model, optimizer, scheduler
+        self.config, self.model = config, model
+        self.optimizer, self.scheduler = optimizer, scheduler
         self.out = None if out is None else Path(out)
         self.state, self.resumed, self.finished = state, resumed, finished
         self.task = tasks.for_model(models.OUTPUTS[config["model"]])
