@@ -70,6 +70,36 @@ class WideCNN(nn.Module):
         return F.log_softmax(self.fc3(x), dim=1)
 
 
+class ExampleNet(nn.Module):
+    """(N, 1, 28, 28) -> log-probabilities (N, 10): pytorch/examples' mnist ``Net``, verbatim."""
+
+    input_shape = (1, 28, 28)
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, 1)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = self.conv1(x)
+        x = F.relu(x)
+        x = self.conv2(x)
+        x = F.relu(x)
+        x = F.max_pool2d(x, 2)
+        x = self.dropout1(x)
+        x = torch.flatten(x, 1)
+        x = self.fc1(x)
+        x = F.relu(x)
+        x = self.dropout2(x)
+        x = self.fc2(x)
+        output = F.log_softmax(x, dim=1)
+        return output
+
+
 def mlp():
     model = nn.Sequential(nn.Linear(784, 10), nn.ReLU(), nn.Linear(10, 10))
     model.input_shape = (784,)
@@ -92,7 +122,7 @@ def mitxcnn():
 
 
 MODELS = {"digitcnn": DigitCNN, "lenet": LeNet, "mlp": mlp, "mlp128": mlp128,
-          "mitxcnn": mitxcnn, "widecnn": WideCNN,
+          "mitxcnn": mitxcnn, "widecnn": WideCNN, "examplenet": ExampleNet,
           "multimlp": MultiMLP, "multicnn": MultiCNN}
 
 

@@ -154,7 +154,7 @@ def test_models_backward_to_params_equals_full_backward(backend, name, rng):
             model.eval()
             model(x)
             model.backward(dout)
-        if name in ("mitxcnn", "widecnn", "multicnn"):
+        if name in ("mitxcnn", "widecnn", "multicnn", "examplenet"):
             return  # dropout in training mode: the two passes differ by design
         for k, p in model.named_parameters():
             np.testing.assert_allclose(trained[k], p.grad, rtol=1e-5, atol=1e-6, err_msg=k)

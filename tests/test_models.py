@@ -11,6 +11,11 @@ from tests.helpers import BACKENDS, TORCH_DTYPE, WEIGHT_SEED, assert_close, brea
 MODEL_NAMES = sn.models.names()
 # two-headed models have their own parity tests in test_multidigit.py
 SINGLE_HEAD = [n for n in MODEL_NAMES if sn.models.OUTPUTS[n] != "two_logits"]
+# Models whose first max-pool follows two convolutions: on MNIST's constant background torch's
+# float64 conv gives equal windows different last bits by position (its vectorised interior and
+# edges round differently), so even float64 ties are broken by round-off and need the noise;
+# and float32 needs more of it (at 0.05 torch float32 and torch float64 differ by 3e-2 in dx).
+TIES_EVEN_IN_FLOAT64 = {"examplenet": 0.2}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +56,11 @@ def test_forward_and_gradients_match_torch(name, dtype, backend, mnist_batch):
     images, labels = mnist_batch
     model, twin = twins(name, dtype)
     # float32: exact max-pool ties in the background would be broken by round-off (helpers)
-    x = break_ties(shaped_input(model, images, np.float64), dtype)
+    x = shaped_input(model, images, np.float64)
+    if name in TIES_EVEN_IN_FLOAT64:
+        x = break_ties(x, np.float32, amplitude=TIES_EVEN_IN_FLOAT64[name]).astype(dtype)
+    else:
+        x = break_ties(x, dtype)
     with sn.use_backend(backend):
         out = model(x)
         loss_fn = sn.nn.NLLLoss() if sn.models.OUTPUTS[name] == "log_probs" \

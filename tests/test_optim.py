@@ -1,4 +1,4 @@
-"""SGD, Adam and AdamW against torch.optim: trajectories, state dicts and argument checks.
+"""SGD, Adam, AdamW and Adadelta against torch.optim: trajectories, state dicts and argument checks.
 
 Both optimizers start from the same weights and receive the same random gradient at every
 step, so the trajectories must agree to float64 round-off (torch fuses some multiply-adds, so
@@ -33,10 +33,18 @@ ADAM_CONFIGS = [
     dict(lr=0.003, betas=(0.3, 0.8), eps=1e-6),  # 1 - beta1 > 0.5: torch's other lerp form
     dict(lr=0.01, betas=(0.0, 0.99), weight_decay=0.02, amsgrad=True),
 ]
+ADADELTA_CONFIGS = [
+    dict(),
+    dict(lr=0.5, rho=0.95, eps=1e-5),
+    dict(lr=1.0, weight_decay=0.1),
+    dict(lr=0.3, rho=0.5, weight_decay=0.02, maximize=True),
+    dict(lr=2.0, rho=0.0, eps=1e-3),
+]
 PAIRS = {"SGD": (optim.SGD, torch.optim.SGD), "Adam": (optim.Adam, torch.optim.Adam),
-         "AdamW": (optim.AdamW, torch.optim.AdamW)}
+         "AdamW": (optim.AdamW, torch.optim.AdamW),
+         "Adadelta": (optim.Adadelta, torch.optim.Adadelta)}
 CASES = ([("SGD", c) for c in SGD_CONFIGS] + [("Adam", c) for c in ADAM_CONFIGS]
-         + [("AdamW", c) for c in ADAM_CONFIGS])
+         + [("AdamW", c) for c in ADAM_CONFIGS] + [("Adadelta", c) for c in ADADELTA_CONFIGS])
 
 
 def _make(name, config, dtype=np.float64, seed=0, groups=False):
@@ -284,6 +292,10 @@ def _torch_error(fn):
     ("Adam", dict(weight_decay=-0.1)),
     ("AdamW", dict(lr=-1.5)),
     ("AdamW", dict(betas=(0.9, 1.0))),
+    ("Adadelta", dict(lr=-1.0)),
+    ("Adadelta", dict(rho=1.5)),
+    ("Adadelta", dict(eps=-1e-6)),
+    ("Adadelta", dict(weight_decay=-0.1)),
 ])
 def test_bad_arguments_raise_torchs_messages(name, kwargs):
     ours_cls, torch_cls = PAIRS[name]

@@ -7,6 +7,7 @@ state-dict keys.
 import numpy as np
 
 from .digitcnn import DigitCNN
+from .examplenet import ExampleNet
 from .lenet import LeNet
 from .multidigit import MultiCNN, MultiMLP
 from .sequential_models import mitxcnn, mlp, mlp128
@@ -19,13 +20,14 @@ MODELS = {
     "mlp128": mlp128,
     "mitxcnn": mitxcnn,
     "widecnn": WideCNN,
+    "examplenet": ExampleNet,
     "multimlp": MultiMLP,
     "multicnn": MultiCNN,
 }
 
 # What each model's last layer returns, which decides the loss that trains it.
 OUTPUTS = {"digitcnn": "logits", "lenet": "log_probs", "mlp": "logits", "mlp128": "logits",
-           "mitxcnn": "logits", "widecnn": "log_probs",
+           "mitxcnn": "logits", "widecnn": "log_probs", "examplenet": "log_probs",
            "multimlp": "two_logits", "multicnn": "two_logits"}
 
 

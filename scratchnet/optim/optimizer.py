@@ -25,7 +25,7 @@ def _copy_value(value):
 
 
 class Optimizer:
-    """Base class of SGD, Adam and AdamW, with torch.optim.Optimizer's bookkeeping.
+    """Base class of SGD, Adam, AdamW and Adadelta, with torch.optim.Optimizer's bookkeeping.
 
     ``params`` is a list of Parameters (or ``(name, Parameter)`` pairs, as
     ``module.named_parameters()`` yields), or a list of dicts, each a param group with its own

@@ -1,0 +1,26 @@
+"""``examplenet``: the ``Net`` of pytorch/examples' ``mnist/main.py`` (saved as ``mnist_cnn.pt``)."""
+from .. import nn
+from .chain import Chain
+
+
+class ExampleNet(Chain):
+    """(N, 1, 28, 28) -> log-probabilities (N, 10).
+
+    conv1 Conv2d(1,32,3,1) -> relu -> conv2 Conv2d(32,64,3,1) -> relu -> max_pool2d(2)
+    -> dropout1 Dropout(0.25) -> flatten (9216) -> fc1 Linear(9216,128) -> relu
+    -> dropout2 Dropout(0.5) -> fc2 Linear(128,10) -> log_softmax(dim=1)
+    """
+
+    input_shape = (1, 28, 28)
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, 1)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(128, 10)
+        self.steps = [
+            self.conv1, nn.ReLU(), self.conv2, nn.ReLU(), nn.MaxPool2d(2), self.dropout1,
+            nn.Flatten(), self.fc1, nn.ReLU(), self.dropout2, self.fc2, nn.LogSoftmax(dim=1)]
