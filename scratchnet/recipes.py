@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 from . import optim
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-DISPLAY_NAMES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
-# torch.optim.AdamW defaults to weight_decay=0.01; SGD and Adam to 0
-DEFAULT_WEIGHT_DECAY = {"sgd": 0.0, "adam": 0.0, "adamw": 0.01}
+OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta")
+DISPLAY_NAMES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "adadelta": "Adadelta"}
+# torch.optim.AdamW defaults to weight_decay=0.01; the others to 0
+DEFAULT_WEIGHT_DECAY = {"sgd": 0.0, "adam": 0.0, "adamw": 0.01, "adadelta": 0.0}
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,10 @@ RECIPES = {
     # MITx 6.86x project 2, two overlapping digits: its train_model's SGD, 10% dev split
     "multimlp": Recipe("sgd", lr=0.01, momentum=0.9, batch_size=64, epochs=10, val_split=0.1),
     "multicnn": Recipe("sgd", lr=0.01, momentum=0.9, batch_size=64, epochs=10, val_split=0.1),
+    # pytorch/examples' mnist/main.py: Adadelta, the lr times 0.7 after every epoch
+    "examplenet": Recipe("adadelta", lr=1.0, batch_size=64, epochs=14,
+                         normalize=(0.1307, 0.3081),
+                         scheduler={"name": "StepLR", "step_size": 1, "gamma": 0.7}),
 }
 
 
@@ -115,7 +119,7 @@ def make_optimizer(recipe, params):
                          nesterov=recipe.nesterov, weight_decay=wd)
     if recipe.momentum or recipe.nesterov:
         raise ValueError(f"momentum and nesterov apply to sgd only, not {recipe.optimizer}")
-    cls = optim.Adam if recipe.optimizer == "adam" else optim.AdamW
+    cls = {"adam": optim.Adam, "adamw": optim.AdamW, "adadelta": optim.Adadelta}[recipe.optimizer]
     return cls(params, lr=recipe.lr, weight_decay=wd)
 
 
@@ -123,11 +127,10 @@ def make_scheduler(recipe, optimizer):
     """The torch-equivalent learning-rate scheduler ``recipe`` names over ``optimizer``, or None."""
     if not recipe.scheduler:
         return None
-    from .optim import lr_scheduler
     args = dict(recipe.scheduler)
     name = args.pop("name")
-    cls = getattr(lr_scheduler, name, None)
-    if cls is None:
+    cls = getattr(optim.lr_scheduler, name, None)
+    if name not in optim.lr_scheduler.__all__ or name == "LRScheduler":
         raise ValueError(f"unknown scheduler {name!r}: scratchnet.optim.lr_scheduler has no such "
                          f"class")
     return cls(optimizer, **args)

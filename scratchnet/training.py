@@ -16,6 +16,7 @@ import numpy as np
 from . import backend
 from .data import DataLoader
 from .nn.module import backward_to_params
+from .optim.lr_scheduler import ReduceLROnPlateau
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -144,7 +145,7 @@ def step_scheduler(scheduler, record):
     loss); the others step by the epoch count."""
     if scheduler is None:
         return
-    if getattr(scheduler, "needs_metric", False) or type(scheduler).__name__ == "ReduceLROnPlateau":
+    if isinstance(scheduler, ReduceLROnPlateau):
         loss = record["val_loss"] if record["val_loss"] is not None else record["train_loss"]
         scheduler.step(loss)
     else:

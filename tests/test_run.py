@@ -226,3 +226,62 @@ def test_evaluate_normalize_overrides_the_runs(python_run, capsys):
     code, _, err = cli(capsys, "evaluate", python_run.out, "--normalize", "0", "0")
     assert code == 2
     assert_one_line_error(err, "--normalize", "positive std")
+
+
+SCHEDULERS = [{"name": "StepLR", "step_size": 1, "gamma": 0.5},
+              {"name": "ReduceLROnPlateau", "factor": 0.5, "patience": 0, "threshold": 10.0}]
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS, ids=lambda s: s["name"])
+def test_a_recipes_scheduler_steps_per_epoch_and_resumes_exactly(tmp_path, monkeypatch,
+                                                                  scheduler):
+    import dataclasses
+    monkeypatch.setitem(sn.recipes.RECIPES, "mlp", dataclasses.replace(
+        sn.recipes.RECIPES["mlp"], scheduler=scheduler))
+    quick = dict(backend="numpy", limit_train=400, limit_test=50, epochs=3, no_progress=True)
+    whole = sn.train("mlp", out=str(tmp_path / "whole"), **quick)
+    assert [r["lr"] for r in whole.history] == [0.1, 0.05, 0.025]
+    assert whole.scheduler.state_dict() == \
+        checkpoint.load_checkpoint(whole.checkpoint_file).meta["scheduler"]
+    with monkeypatch.context() as m:
+        send_at_step(m, signal.SIGINT, 15)  # 12 batches per epoch: epoch 2, batch 3
+        with pytest.raises(Interrupted):
+            sn.train("mlp", out=str(tmp_path / "parts"), **quick)
+    monkeypatch.setitem(sn.recipes.RECIPES, "mlp", sn.recipes.Recipe("sgd", 1.0, 8, 1))
+    resumed = Run.resume(tmp_path / "parts").train(no_progress=True)  # the run's own scheduler
+    assert [r["lr"] for r in resumed.history] == [0.1, 0.05, 0.025]
+    assert_same_checkpoint(tmp_path / "parts", tmp_path / "whole")
+
+
+@pytest.fixture(scope="module")
+def mnist_cnn_pt(tmp_path_factory):
+    """What pytorch/examples' mnist/main.py --save-model writes, from a torch twin."""
+    import torch
+    from reference import models as ref_models
+    torch.manual_seed(0)
+    twin = ref_models.build("examplenet")
+    path = tmp_path_factory.mktemp("torch") / "mnist_cnn.pt"
+    torch.save(twin.state_dict(), path)  # as the example saves it
+    return twin, path
+
+
+def test_evaluate_pytorch_examples_mnist_cnn_pt(mnist_cnn_pt, capsys):
+    from tests.test_cli import torch_accuracy
+    twin, path = mnist_cnn_pt
+    code, stdout, err = cli(capsys, "evaluate", path, "--limit-test", "200", "--backend", "numpy")
+    assert code == 0, err
+    assert stdout.startswith("examplenet on 200 mnist test images")  # not lenet: shapes differ
+    expected = torch_accuracy(twin, (0.1307, 0.3081), 200)
+    assert f"accuracy {100 * expected:.2f}%" in stdout
+
+
+def test_export_writes_what_the_torch_twin_loads(mnist_cnn_pt, tmp_path, capsys):
+    import torch
+    from reference import models as ref_models
+    twin, path = mnist_cnn_pt
+    code, _, err = cli(capsys, "export", path, tmp_path / "again.pth")
+    assert code == 0, err
+    loaded = ref_models.build("examplenet")
+    loaded.load_state_dict(torch.load(tmp_path / "again.pth", weights_only=True))
+    for name, value in twin.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
