@@ -14,12 +14,15 @@ crash or Ctrl-C mid-write never leaves a half-written checkpoint under the real 
 import json
 import os
 import pickle
+import warnings
 import zipfile
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .data.npz import npz_headers
 from .fileio import atomic_write
 
 FORMAT = "scratchnet-checkpoint"
@@ -71,15 +74,22 @@ def save_checkpoint(path, meta, model_state, optimizer_state=None):
 
 
 def _read_npz(path):
-    """Every array of the .npz at ``path``, read eagerly so a damaged file fails here."""
+    """Every array of the .npz at ``path``, read eagerly so a damaged file fails here.
+
+    The members' headers are checked first (see :func:`scratchnet.data.npz.npz_headers`):
+    pickled objects and sizes the file cannot hold are refused before anything is allocated.
+    """
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such checkpoint file")
     try:
+        npz_headers(path, error=CheckpointError)
         with np.load(path, allow_pickle=False) as npz:
             return {name: npz[name] for name in npz.files}
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint file") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"{path}: is a folder, not a checkpoint file") from None
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, zlib.error) as e:
         raise CheckpointError(
             f"{path}: not a readable checkpoint (corrupt or truncated .npz: {e})") from None
 
@@ -128,7 +138,9 @@ def is_torch_file(path):
 
 def _import_torch(path, action):
     try:
-        import torch
+        with warnings.catch_warnings():  # torch may warn on import (e.g. about numpy)
+            warnings.simplefilter("ignore")
+            import torch
     except ImportError:
         raise CheckpointError(
             f"{path}: {action} needs PyTorch, which is not installed "
@@ -160,15 +172,21 @@ def load_torch_state_dict(path):
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # torch warns about the file's age or storage types before failing or loading; the
+        # user needs one error line, or none
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"{path}: not a plain state dict; torch.load(weights_only=True) refused it "
             f"({first}); save model.state_dict() rather than the model") from None
     except Exception as e:  # torch raises RuntimeError, EOFError, ValueError... on damaged files
-        raise CheckpointError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {e})"
-                              ) from None
+        detail = " ".join(str(e).split())[:200]
+        if isinstance(e, KeyError) or not detail:  # a foreign file: the key is meaningless
+            detail = "not what torch.save writes, or damaged"
+        raise CheckpointError(f"{path}: not a readable PyTorch file ({detail})") from None
     state = _unwrap(obj)
     if state is None:
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict of tensors")
@@ -177,11 +195,80 @@ def load_torch_state_dict(path):
     return OrderedDict((k, v.detach().cpu().numpy().copy()) for k, v in state.items())
 
 
-def save_torch_state_dict(path, model_state):
-    """Write ``model_state`` (name -> ndarray) as a torch state dict of tensors, atomically."""
+def save_torch_state_dict(path, model_state, expected=None, source=None):
+    """Write ``model_state`` (name -> ndarray) as a torch state dict of tensors, atomically.
+
+    expected: what the weights must fit, checked before anything is written: a model name
+    (``"lenet"``), a Module, or a state dict of name -> array or shape. NaN or infinite
+    weights are refused too, with a CheckpointError naming the tensor and ``source`` (where
+    the weights came from; default ``path``); ``path`` is then left as it was.
+    """
     torch = _import_torch(path, "exporting to PyTorch")
+    source = os.fspath(path) if source is None else source
+    if expected is not None:
+        check_state_shapes(model_state, expected, source)
+    check_finite(model_state, source)
     tensors = OrderedDict((k, torch.tensor(np.array(v))) for k, v in model_state.items())
     atomic_write(path, lambda f: torch.save(tensors, f))
+
+
+def check_finite(model_state, source):
+    """CheckpointError naming the first tensor of ``model_state`` holding NaN or infinity.
+
+    Such weights come from a run that diverged; evaluating or exporting them gives nonsense
+    (accuracy at chance, loss nan) that looks like a result.
+    """
+    for key, value in model_state.items():
+        value = np.asarray(value)
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+            raise CheckpointError(
+                f"{source}: tensor {key} holds {bad} NaN or infinite value"
+                f"{'s' if bad != 1 else ''} (of {value.size}); these weights are unusable "
+                f"(the training run diverged)")
+
+
+def model_shapes(name):
+    """{state-dict key: shape} of the registered model ``name``, leaving the RNG untouched."""
+    from . import models
+    from . import random as sn_random
+    rng_state = sn_random.get_rng_state()  # building a model draws initial weights
+    try:
+        return _shapes(models.build(name).state_dict())
+    finally:
+        sn_random.set_rng_state(rng_state)
+
+
+def _expected_shapes(expected):
+    if isinstance(expected, str):
+        return model_shapes(expected), f"model {expected!r}"
+    if hasattr(expected, "state_dict"):
+        return _shapes(expected.state_dict()), f"model {type(expected).__name__}"
+    return {k: tuple(v) if isinstance(v, (tuple, list)) else tuple(np.shape(v))
+            for k, v in expected.items()}, "the model"
+
+
+def check_state_shapes(model_state, expected, source):
+    """CheckpointError unless ``model_state`` has exactly the keys and shapes of ``expected``.
+
+    expected: a model name, a Module, or a state dict (name -> array, or name -> shape).
+    The message lists missing and unexpected keys and every shape that differs.
+    """
+    wanted, what = _expected_shapes(expected)
+    have = _shapes(model_state)
+    missing = [k for k in wanted if k not in have]
+    unexpected = [k for k in have if k not in wanted]
+    differ = [f"{k} is {have[k]}, expected {wanted[k]}" for k in wanted
+              if k in have and have[k] != wanted[k]]
+    problems = []
+    if missing:
+        problems.append("missing " + ", ".join(missing))
+    if unexpected:
+        problems.append("unexpected " + ", ".join(unexpected))
+    if differ:
+        problems.append("shape of " + "; ".join(differ))
+    if problems:
+        raise CheckpointError(f"{source}: the weights do not fit {what}: " + "; ".join(problems))
 
 
 def _shapes(state):
@@ -191,14 +278,8 @@ def _shapes(state):
 def infer_model(model_state, candidates=None):
     """The one model name whose parameters have exactly ``model_state``'s keys and shapes."""
     from . import models
-    from . import random as sn_random
     wanted = _shapes(model_state)
-    rng_state = sn_random.get_rng_state()  # building models draws initial weights
-    try:
-        matches = [name for name in (candidates or models.names())
-                   if _shapes(models.build(name).state_dict()) == wanted]
-    finally:
-        sn_random.set_rng_state(rng_state)
+    matches = [name for name in (candidates or models.names()) if model_shapes(name) == wanted]
     if len(matches) != 1:
         keys = ", ".join(list(wanted)[:4]) + (", ..." if len(wanted) > 4 else "")
         what = "none" if not matches else "several (" + ", ".join(matches) + ")"
@@ -209,7 +290,9 @@ def infer_model(model_state, candidates=None):
 
 
 def load_weights(model, model_state, source, name):
-    """Copy ``model_state`` into ``model``; CheckpointError naming ``source`` if it doesn't fit."""
+    """Copy ``model_state`` into ``model``; CheckpointError naming ``source`` if it doesn't fit
+    or holds NaN or infinite weights."""
+    check_finite(model_state, source)
     try:
         model.load_state_dict(model_state)
     except (KeyError, ValueError) as e:

@@ -3,9 +3,14 @@
 MNIST was made this way (LeCun et al.): the digit, white on black, was size-normalised to fit
 a 20x20 box keeping its aspect ratio (with anti-aliasing, hence grey edges), then placed in a
 28x28 field so that its centre of mass lies at the centre. :func:`to_mnist` repeats those
-steps on an arbitrary image; :func:`load_image` reads any file PIL can open.
+steps on an arbitrary image; :func:`load_image` reads any file PIL can open (a path, bytes, or a file object),
+in bounded memory.
 :func:`to_two_digit` does the same for two digits stacked on the 42 x 28 two-digit canvas.
 """
+import io
+import os
+import warnings
+
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -15,6 +20,12 @@ BOX = 20
 CENTRE = 14
 # a pixel belongs to the digit when brighter than this fraction of the way from background to ink
 INK_THRESHOLD = 0.2
+# larger images are refused before decoding: an RGBA image of this size decodes to 100 MB
+MAX_PIXELS = 25_000_000
+# larger images are shrunk to this (longer side) first; a digit is scaled to 20 pixels anyway
+MAX_SIDE = 1024
+# modes PIL's reduce() averages correctly (palette and 1-bit images are converted first)
+_REDUCIBLE_MODES = ("L", "LA", "RGB", "RGBA", "RGBX")
 
 
 class ImageError(ValueError):
@@ -34,22 +45,77 @@ def _gray(img):
     return np.clip(np.round(a * (255.0 / top)), 0, 255).astype(np.uint8)
 
 
-def load_image(path):
-    """The image at ``path`` as uint8 grayscale (H, W); transparency is flattened onto white."""
+def _source_name(image, source):
+    """What messages call ``image``: ``source``, else its path, else the file object's name."""
+    if source is not None:
+        return str(source)
+    if isinstance(image, (str, os.PathLike)):
+        return os.fspath(image)
+    name = getattr(image, "name", None)
+    return name if isinstance(name, str) else "image"
+
+
+def _open(image):
+    """PIL's lazy open (header only); PIL's own size warning is ours to give, as an error."""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        image = io.BytesIO(image)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(image)
+
+
+def _check_size(img, source):
+    """Refuse, from the header alone, an image too large to decode in bounded memory."""
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise ImageError(
+            f"{source}: the image is {width} x {height} pixels, more than the "
+            f"{MAX_PIXELS // 1_000_000} megapixels scratchnet reads; scale it down first")
+
+
+def _reduced(img):
+    """``img`` shrunk by a whole factor (box averages) until its longer side is <= MAX_SIDE."""
+    factor = -(-max(img.size) // MAX_SIDE)
+    return img.reduce(factor) if factor > 1 else img
+
+
+def load_image(image, source=None):
+    """An image file as uint8 grayscale (H, W); transparency is flattened onto white.
+
+    image: a path, the file's bytes, or a binary file object. source: the name messages use
+    (default: the path, or the file object's name). Images over ``MAX_PIXELS`` are refused
+    from their header, before any pixel is decoded; JPEGs are decoded at 1/2, 1/4 or 1/8
+    scale when that still leaves ``MAX_SIDE`` pixels, and anything larger than ``MAX_SIDE``
+    is reduced by box averaging: a digit needs no more to be scaled to 20 pixels.
+    """
+    source = _source_name(image, source)
     try:
-        with Image.open(path) as img:
+        with _open(image) as img:
+            img.draft("L", (MAX_SIDE, MAX_SIDE))  # JPEG only: the decoder scales for free
+            _check_size(img, source)
             img = ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
+            if img.mode in _REDUCIBLE_MODES:
+                img = _reduced(img)
             if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
                 rgba = img.convert("RGBA")
                 img = Image.new("RGBA", rgba.size, "white")
                 img.alpha_composite(rgba)
-            return _gray(img)
+            return np.asarray(_reduced(Image.fromarray(_gray(img))))
+    except ImageError:
+        raise
     except FileNotFoundError:
-        raise ImageError(f"{path}: no such image file") from None
+        raise ImageError(f"{source}: no such image file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{source}: is a folder, not an image file") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file PIL can read") from None
+        raise ImageError(f"{source}: not an image file PIL can read") from None
+    except Image.DecompressionBombError:
+        raise ImageError(
+            f"{source}: the image's dimensions are far larger than the "
+            f"{MAX_PIXELS // 1_000_000} megapixels scratchnet reads; scale it down first"
+        ) from None
     except (OSError, ValueError, SyntaxError) as e:  # truncated or damaged image data
-        raise ImageError(f"{path}: cannot read the image ({e})") from None
+        raise ImageError(f"{source}: cannot read the image ({e})") from None
 
 
 def _ink(gray):
@@ -115,9 +181,10 @@ def to_mnist(gray, source="image"):
     return out
 
 
-def load_digit(path):
-    """The image file at ``path`` as an MNIST-like uint8 (28, 28) digit."""
-    return to_mnist(load_image(path), source=path)
+def load_digit(image, source=None):
+    """An image file (path, bytes or binary file object) as an MNIST-like uint8 (28, 28) digit."""
+    source = _source_name(image, source)
+    return to_mnist(load_image(image, source), source=source)
 
 
 # The two-digit canvas (MITx 6.86x): two MNIST digits stacked, the second 14 rows up into the
@@ -178,6 +245,8 @@ def to_two_digit(gray, source="image"):
     return out
 
 
-def load_two_digit(path):
-    """The image file at ``path`` (two stacked digits) as a uint8 (42, 28) two-digit canvas."""
-    return to_two_digit(load_image(path), source=path)
+def load_two_digit(image, source=None):
+    """An image file of two stacked digits (path, bytes or binary file object) as a uint8
+    (42, 28) two-digit canvas."""
+    source = _source_name(image, source)
+    return to_two_digit(load_image(image, source), source=source)

@@ -2,6 +2,7 @@
 import json
 import os
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -197,3 +198,69 @@ def test_infer_model_leaves_the_global_generator_alone():
     before = sn.random.get_rng_state()
     checkpoint.infer_model(convert.state_dict_from_torch(ref_models.build("mlp").state_dict()))
     assert sn.random.get_rng_state() == before
+
+
+def test_export_refuses_weights_that_do_not_fit_before_writing(tmp_path):
+    state = sn.models.build("lenet").state_dict()
+    key = next(iter(state))
+    bad = dict(state, **{key: np.zeros((3, 3), dtype=np.float32)})
+    out = tmp_path / "lenet.pth"
+    for expected in ("lenet", sn.models.build("lenet"), state):
+        with pytest.raises(CheckpointError, match=rf"c.npz: the weights do not fit .*shape of "
+                                                  rf"{key} is \(3, 3\), expected "):
+            checkpoint.save_torch_state_dict(out, bad, expected=expected, source="c.npz")
+    missing = {k: v for k, v in state.items() if k != key}
+    with pytest.raises(CheckpointError, match=f"missing {key}"):
+        checkpoint.save_torch_state_dict(out, missing, expected="lenet")
+    with pytest.raises(CheckpointError, match="unexpected extra"):
+        checkpoint.save_torch_state_dict(out, dict(state, extra=np.zeros(1)), expected="lenet")
+    assert not out.exists() and os.listdir(tmp_path) == []
+    checkpoint.save_torch_state_dict(out, state, expected="lenet")
+    twin = ref_models.build("lenet")
+    twin.load_state_dict(torch.load(out, weights_only=True))  # what passes, torch loads
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights_are_refused_for_use_and_export(tmp_path, bad):
+    model = sn.models.build("mlp")
+    state = model.state_dict()
+    key = list(state)[2]
+    state[key] = state[key].copy()
+    state[key].flat[[0, 5]] = bad
+    path = tmp_path / "c.npz"
+    checkpoint.save_checkpoint(path, META, state)  # a diverged run's state is still saved
+    loaded = checkpoint.load_checkpoint(path).model_state
+    message = rf"c.npz: tensor {key} holds 2 NaN or infinite values \(of {state[key].size}\)"
+    with pytest.raises(CheckpointError, match=message):
+        checkpoint.load_weights(sn.models.build("mlp"), loaded, path, "mlp")
+    with pytest.raises(CheckpointError, match=message):
+        checkpoint.save_torch_state_dict(tmp_path / "x.pth", loaded, source=path)
+    assert not (tmp_path / "x.pth").exists()
+    pth = tmp_path / "diverged.pth"
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, pth)
+    with pytest.raises(CheckpointError, match=rf"diverged.pth: tensor {key} holds 2"):
+        checkpoint.load_weights(sn.models.build("mlp"), checkpoint.load_torch_state_dict(pth),
+                                pth, "mlp")
+
+
+def test_torch_warnings_while_loading_are_not_shown(tmp_path, monkeypatch, recwarn):
+    def noisy_load(*args, **kwargs):
+        warnings.warn("storage types are deprecated", UserWarning)
+        raise RuntimeError("PytorchStreamReader failed reading zip archive")
+
+    path = tmp_path / "w.pth"
+    path.write_bytes(b"PK")
+    monkeypatch.setattr(torch, "load", noisy_load)
+    warnings.simplefilter("always")
+    with pytest.raises(CheckpointError, match="w.pth: not a readable PyTorch file"):
+        checkpoint.load_torch_state_dict(path)
+    assert not recwarn.list
+
+
+def test_garbage_torch_file_message_says_what_it_is(tmp_path):
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"hello world, not torch")
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load_torch_state_dict(garbage)
+    assert str(info.value).startswith(f"{garbage}: not a readable PyTorch file (")
+    assert "KeyError" not in str(info.value)

@@ -1,8 +1,16 @@
 """Image files -> MNIST-like digits: real MNIST digits survive a round trip through a photo."""
+import io
+import os
+import struct
+import subprocess
+import sys
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
 
+from scratchnet import preprocess
 from scratchnet.data import load_mnist
 from scratchnet.preprocess import ImageError, load_digit, load_image, to_mnist
 
@@ -134,3 +142,105 @@ def test_blank_unreadable_and_missing_images_raise_image_error(tmp_path):
         load_digit(tmp_path / "absent.png")
     with pytest.raises(ImageError, match="grayscale"):
         to_mnist(np.zeros((4, 4, 3), dtype=np.uint8))
+
+
+def png_of_zeros(path, width, height):
+    """A grayscale PNG of ``width`` x ``height`` black pixels, written row by row: a few KB on
+    disk however large it declares itself, and never whole in memory here."""
+    def chunk(kind, data):
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+    packer = zlib.compressobj(9)
+    row = bytes(width + 1)  # filter byte 0, then the pixels
+    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data)
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def run_measured(call, path):
+    """(peak resident memory in bytes that a fresh Python process gains while evaluating
+    ``call``, source text using ``path``; the result's repr or the ImageError's message)."""
+    script = (
+        "import resource, sys\n"
+        "from scratchnet import preprocess\n"
+        "path = sys.argv[1]\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        f"    out = repr({call})\n"
+        "except preprocess.ImageError as e:\n"
+        "    out = 'ImageError: ' + str(e)\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print((after - before) * 1024)\n"
+        "print(out)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    growth, out = done.stdout.split("\n", 1)
+    return int(growth), out.strip()
+
+
+def test_a_small_file_declaring_huge_dimensions_is_refused_from_its_header(tmp_path):
+    path = png_of_zeros(tmp_path / "huge.png", 12000, 12000)
+    assert path.stat().st_size < 400_000
+    growth, out = run_measured("preprocess.load_digit(path)", path)
+    # decoding it would take 144 MB (L) before any check
+    assert growth < 20 * 2**20, growth
+    limit = preprocess.MAX_PIXELS // 1_000_000
+    assert out == (f"ImageError: {path}: the image is 12000 x 12000 pixels, more than the "
+                   f"{limit} megapixels scratchnet reads; scale it down first")
+
+
+def test_dimensions_beyond_pils_own_limit_give_the_same_kind_of_line(tmp_path):
+    path = png_of_zeros(tmp_path / "bomb.png", 20000, 20000)  # over PIL's 179 megapixels
+    with pytest.raises(ImageError, match=r"bomb.png: .*megapixels") as info:
+        load_digit(path)
+    assert "DOS" not in str(info.value)
+
+
+def test_a_large_photo_is_decoded_small_and_still_reads_right(tmp_path, digits):
+    images, _ = digits
+    side = 4800
+    photo = Image.fromarray(255 - images[11]).resize((side, side), Image.Resampling.BICUBIC)
+    path = tmp_path / "big.jpg"
+    photo.convert("RGB").save(path, quality=90)
+    del photo
+    growth, out = run_measured("preprocess.load_image(path).shape", path)
+    # decoded whole as RGB it would take 69 MB; the decoder's 1/4 scale needs 1.4 MB
+    assert growth < 20 * 2**20, growth
+    assert max(eval(out)) <= preprocess.MAX_SIDE
+    assert best_shifted_correlation(load_digit(path), images[11]) > 0.9
+
+
+def test_a_large_png_is_reduced_to_max_side(tmp_path, digits):
+    images, _ = digits
+    photo = Image.new("L", (3000, 2100), 255)
+    photo.paste(Image.fromarray(255 - images[12]).resize((2000, 2000)), (500, 50))
+    path = tmp_path / "big.png"
+    photo.save(path)
+    gray = load_image(path)
+    assert max(gray.shape) <= preprocess.MAX_SIDE and gray.shape[1] > gray.shape[0]
+    assert best_shifted_correlation(load_digit(path), images[12]) > 0.9
+
+
+def test_bytes_and_file_objects_read_like_the_file(tmp_path, digits):
+    images, _ = digits
+    path = tmp_path / "d.png"
+    as_photo(images[4]).save(path)
+    expected = load_digit(path)
+    assert np.array_equal(load_digit(path.read_bytes()), expected)
+    with open(path, "rb") as f:
+        assert np.array_equal(load_digit(f), expected)
+    assert np.array_equal(load_digit(io.BytesIO(path.read_bytes())), expected)
+    with pytest.raises(ImageError, match="^upload: not an image file"):
+        load_digit(b"not an image", source="upload")
+    with pytest.raises(ImageError, match="^image: no digit"):
+        load_digit(png_bytes(Image.new("L", (40, 40), 255)))
+
+
+def png_bytes(img):
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -6,7 +6,7 @@ import numpy as np
 from .checksums import verify_sha256
 from .download import download_mnist
 from .errors import DataError
-from .idx import read_idx
+from .idx import read_idx, read_idx_header
 from .resources import dataset_spec, split_files
 
 IMAGE_SIZE = (28, 28)
@@ -50,23 +50,26 @@ def _not_found(dataset, split, folders, bases, data_dir, spec):
     return DataError(f"{dataset} {split} files not found: looked for {wanted} in {looked}; {hint}")
 
 
-def _check_arrays(images, labels, image_path, label_path):
-    """Raise DataError unless the two arrays form a valid MNIST-style split."""
-    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != IMAGE_SIZE:
+def _check_headers(image_path, label_path):
+    """Raise DataError unless the two files' headers declare a valid MNIST-style split.
+
+    Only the headers are read: a file declaring far more images than its partner has labels
+    is refused before either is decompressed.
+    """
+    (image_shape, image_dtype), (label_shape, label_dtype) = (
+        read_idx_header(image_path), read_idx_header(label_path))
+    if image_dtype != np.uint8 or len(image_shape) != 3 or image_shape[1:] != IMAGE_SIZE:
         raise DataError(
             f"{image_path}: expected uint8 images of shape (N, 28, 28), "
-            f"got {images.dtype} of shape {images.shape}")
-    if labels.dtype != np.uint8 or labels.ndim != 1:
+            f"got {image_dtype} of shape {image_shape}")
+    if label_dtype != np.uint8 or len(label_shape) != 1:
         raise DataError(
             f"{label_path}: expected uint8 labels of shape (N,), "
-            f"got {labels.dtype} of shape {labels.shape}")
-    if len(images) != len(labels):
+            f"got {label_dtype} of shape {label_shape}")
+    if image_shape[0] != label_shape[0]:
         raise DataError(
-            f"image/label count mismatch: {image_path} holds {len(images)} images but "
-            f"{label_path} holds {len(labels)} labels")
-    if labels.size and labels.max() >= NUM_CLASSES:
-        raise DataError(
-            f"{label_path}: labels must be 0..{NUM_CLASSES - 1}, found {int(labels.max())}")
+            f"image/label count mismatch: {image_path} holds {image_shape[0]} images but "
+            f"{label_path} holds {label_shape[0]} labels")
 
 
 def load_mnist(split="train", data_dir=None, dataset="mnist", download=False):
@@ -107,7 +110,9 @@ def load_mnist(split="train", data_dir=None, dataset="mnist", download=False):
         sums = os.path.join(spec["default_dir"], "SHA256SUMS")
         verify_sha256(image_path, sums)
         verify_sha256(label_path, sums)
-    images = read_idx(image_path)
+    _check_headers(image_path, label_path)
     labels = read_idx(label_path)
-    _check_arrays(images, labels, image_path, label_path)
-    return images, labels.astype(np.int64)
+    if labels.size and labels.max() >= NUM_CLASSES:
+        raise DataError(
+            f"{label_path}: labels must be 0..{NUM_CLASSES - 1}, found {int(labels.max())}")
+    return read_idx(image_path), labels.astype(np.int64)

@@ -27,6 +27,7 @@ from ..fileio import atomic_write
 from .errors import DataError
 from .loader import _as_generator
 from .mnist import load_mnist
+from .npz import npz_headers
 
 CANVAS_SHAPE = (42, 28)
 DEFAULT_OVERLAP = 14
@@ -154,15 +155,19 @@ def _as_uint8_images(images, where):
     return np.rint(images.astype(np.float64) * scale).astype(np.uint8)
 
 
-def _as_pair_labels(labels, n, where):
-    """Validate stored labels: (2, n), integer-valued 0..9; returned as int64."""
-    if labels.ndim != 2 or labels.shape[0] != 2:
+def _check_pair_shape(shape, n, where):
+    if len(shape) != 2 or shape[0] != 2:
         raise DataError(
             f"{where}: expected labels of shape (2, N) (first digits, second digits), "
-            f"got shape {labels.shape}")
-    if labels.shape[1] != n:
+            f"got shape {tuple(shape)}")
+    if shape[1] != n:
         raise DataError(
-            f"{where}: image/label count mismatch: {n} images but {labels.shape[1]} label pairs")
+            f"{where}: image/label count mismatch: {n} images but {shape[1]} label pairs")
+
+
+def _as_pair_labels(labels, n, where):
+    """Validate stored labels: (2, n), integer-valued 0..9; returned as int64."""
+    _check_pair_shape(labels.shape, n, where)
     if labels.dtype == np.bool_ or not (np.issubdtype(labels.dtype, np.integer)
                                         or np.issubdtype(labels.dtype, np.floating)):
         raise DataError(f"{where}: expected integer labels, got {labels.dtype}")
@@ -176,12 +181,14 @@ def _as_pair_labels(labels, n, where):
     return labels.astype(np.int64)
 
 
-def _check_canvas(images, where):
-    if images.ndim != 3 or images.shape[2] != CANVAS_SHAPE[1] \
-            or not CANVAS_SHAPE[1] <= images.shape[1] <= 2 * CANVAS_SHAPE[1]:
+def _check_canvas(shape, where):
+    """Raise DataError unless ``shape`` (of stored images, or declared) is (N, H, 28)."""
+    shape = tuple(shape)
+    if len(shape) != 3 or shape[2] != CANVAS_SHAPE[1] \
+            or not CANVAS_SHAPE[1] <= shape[1] <= 2 * CANVAS_SHAPE[1]:
         raise DataError(
             f"{where}: expected images of shape (N, H, 28) with 28 <= H <= 56 "
-            f"(42 for the default overlap), got shape {images.shape}")
+            f"(42 for the default overlap), got shape {shape}")
 
 
 def save_multidigit_npz(path, images, labels):
@@ -196,7 +203,7 @@ def save_multidigit_npz(path, images, labels):
     images = np.asarray(images)
     labels = np.asarray(labels)
     where = f"save_multidigit_npz({path})"
-    _check_canvas(images, where)
+    _check_canvas(images.shape, where)
     _as_uint8_images(images, where)
     _as_pair_labels(labels, len(images), where)
     atomic_write(path, lambda f: np.savez_compressed(f, images=images, labels=labels))
@@ -211,24 +218,21 @@ def load_multidigit_npz(path):
     missing, not a valid ``.npz``, truncated, lacks a key, or shapes/values are wrong.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: no such file")
+    headers = npz_headers(path)  # shapes first: nothing is allocated for a file that lies
+    missing = [k for k in ("images", "labels") if k not in headers]
+    if missing:
+        raise DataError(
+            f"{path}: missing array(s) {missing}; a two-digit .npz holds 'images' and "
+            f"'labels' (found {sorted(headers)})")
+    _check_canvas(headers["images"][0], path)
+    _check_pair_shape(headers["labels"][0], headers["images"][0][0], path)
     try:
         with np.load(path, allow_pickle=False) as archive:
-            missing = [k for k in ("images", "labels") if k not in archive.files]
-            if missing:
-                raise DataError(
-                    f"{path}: missing array(s) {missing}; a two-digit .npz holds 'images' and "
-                    f"'labels' (found {archive.files})")
             images = archive["images"]
             labels = archive["labels"]
-    except DataError:
-        raise
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error, KeyError) as e:
-        # np.load raises ValueError for pickled or non-npz content, BadZipFile for a cut-off
-        # archive, zlib.error / OSError for a damaged member
+        # a member damaged past its header: BadZipFile (CRC), zlib.error, EOFError
         raise DataError(f"{path}: not a readable two-digit .npz file ({e})") from None
-    _check_canvas(images, path)
     images = _as_uint8_images(images, path)
     labels = _as_pair_labels(labels, len(images), path)
     return images, labels
