@@ -11,4 +11,7 @@ def __getattr__(name):
     if name in ("models", "data"):
         import importlib
         return importlib.import_module(f"{__name__}.{name}")
+    if name in ("Run", "train"):  # the run layer (scratchnet.run), loaded on first use too
+        from . import run
+        return getattr(run, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

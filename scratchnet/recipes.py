@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 from . import optim
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-DISPLAY_NAMES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
-# torch.optim.AdamW defaults to weight_decay=0.01; SGD and Adam to 0
-DEFAULT_WEIGHT_DECAY = {"sgd": 0.0, "adam": 0.0, "adamw": 0.01}
+OPTIMIZERS = ("sgd", "adam", "adamw", "adadelta")
+DISPLAY_NAMES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "adadelta": "Adadelta"}
+# torch.optim.AdamW defaults to weight_decay=0.01; the others to 0
+DEFAULT_WEIGHT_DECAY = {"sgd": 0.0, "adam": 0.0, "adamw": 0.01, "adadelta": 0.0}
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,9 @@ class Recipe:
     weight_decay: float | None = None
     normalize: tuple | None = None
     val_split: float = 0.0
+    # a torch.optim.lr_scheduler class and its arguments, e.g. {"name": "StepLR",
+    # "step_size": 1, "gamma": 0.7}; stepped once per epoch
+    scheduler: dict | None = None
 
     def describe(self):
         """One line, e.g. ``SGD lr 0.01 momentum 0.9 nesterov, batch 32, 10 epochs, ...``."""
@@ -39,9 +42,16 @@ class Recipe:
         parts.append(f"batch {self.batch_size}")
         parts.append(f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}")
         parts.append(f"normalise {self.normalize}" if self.normalize else "pixels in [0, 1]")
+        if self.scheduler:
+            args = " ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                            for k, v in self.scheduler.items() if k != "name")
+            parts[0] += f", {self.scheduler['name']} {args}".rstrip()
         if self.val_split:
             parts.append(f"{self.val_split:.0%} validation")
         return ", ".join(parts)
+
+
+RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(Recipe))
 
 
 RECIPES = {
@@ -56,6 +66,10 @@ RECIPES = {
     # MITx 6.86x project 2, two overlapping digits: its train_model's SGD, 10% dev split
     "multimlp": Recipe("sgd", lr=0.01, momentum=0.9, batch_size=64, epochs=10, val_split=0.1),
     "multicnn": Recipe("sgd", lr=0.01, momentum=0.9, batch_size=64, epochs=10, val_split=0.1),
+    # pytorch/examples' mnist/main.py: Adadelta, the lr times 0.7 after every epoch
+    "examplenet": Recipe("adadelta", lr=1.0, batch_size=64, epochs=14,
+                         normalize=(0.1307, 0.3081),
+                         scheduler={"name": "StepLR", "step_size": 1, "gamma": 0.7}),
 }
 
 
@@ -80,6 +94,21 @@ def resolve(model, **overrides):
     return dataclasses.replace(recipe, **changes)
 
 
+def as_config(recipe):
+    """The recipe's fields as JSON-ready config entries."""
+    config = dataclasses.asdict(recipe)
+    config["normalize"] = list(recipe.normalize) if recipe.normalize else None
+    return config
+
+
+def from_config(config):
+    """The Recipe whose fields a run's config holds (fields it predates take their defaults)."""
+    fields = {f: config[f] for f in RECIPE_FIELDS if f in config}
+    if fields.get("normalize"):
+        fields["normalize"] = tuple(fields["normalize"])
+    return Recipe(**fields)
+
+
 def make_optimizer(recipe, params):
     """The torch-equivalent optimizer ``recipe`` names, over ``params``."""
     wd = recipe.weight_decay
@@ -90,5 +119,18 @@ def make_optimizer(recipe, params):
                          nesterov=recipe.nesterov, weight_decay=wd)
     if recipe.momentum or recipe.nesterov:
         raise ValueError(f"momentum and nesterov apply to sgd only, not {recipe.optimizer}")
-    cls = optim.Adam if recipe.optimizer == "adam" else optim.AdamW
+    cls = {"adam": optim.Adam, "adamw": optim.AdamW, "adadelta": optim.Adadelta}[recipe.optimizer]
     return cls(params, lr=recipe.lr, weight_decay=wd)
+
+
+def make_scheduler(recipe, optimizer):
+    """The torch-equivalent learning-rate scheduler ``recipe`` names over ``optimizer``, or None."""
+    if not recipe.scheduler:
+        return None
+    args = dict(recipe.scheduler)
+    name = args.pop("name")
+    cls = getattr(optim.lr_scheduler, name, None)
+    if name not in optim.lr_scheduler.__all__ or name == "LRScheduler":
+        raise ValueError(f"unknown scheduler {name!r}: scratchnet.optim.lr_scheduler has no such "
+                         f"class")
+    return cls(optimizer, **args)

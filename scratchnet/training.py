@@ -12,11 +12,11 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm import tqdm
 
 from . import backend
 from .data import DataLoader
 from .nn.module import backward_to_params
+from .optim.lr_scheduler import ReduceLROnPlateau
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -100,7 +100,7 @@ def _loss_gradient(task, yb):
     return loss
 
 
-def _train_epoch(model, task, optimizer, loader, state, bar, should_stop):
+def _train_epoch(model, task, optimizer, loader, state, should_stop, on_batch):
     """Run the rest of the current epoch from ``state.batch``, updating ``state`` per batch."""
     model.train()
     batches = iter(loader)
@@ -126,42 +126,55 @@ def _train_epoch(model, task, optimizer, loader, state, bar, should_stop):
         optimizer.step()
         state.seconds += time.perf_counter() - start
         state.batch += 1
+        correct = int(np.sum(task.predict(out) == yb))
         state.loss_sum += loss * len(yb)
-        state.correct += int(np.sum(task.predict(out) == yb))
+        state.correct += correct
         state.seen += int(np.size(yb))
         state.samples += len(yb)
         _add(state.metric_sums, task.metric_sums(out, yb))
-        bar.set_postfix({"loss": f"{state.loss_sum / state.samples:.4f}",
-                         "acc": f"{state.correct / state.seen:.4f}",
-                         "samples/s": f"{state.samples / max(state.seconds, 1e-9):.0f}"},
-                        refresh=False)
-        bar.update()
+        if on_batch is not None:
+            on_batch({"epoch": state.epoch + 1, "batch": state.batch, "batches": len(loader),
+                      "loss": loss, "accuracy": correct / np.size(yb), "samples": len(yb),
+                      "lr": float(optimizer.param_groups[0]["lr"]), "seconds": state.seconds})
         if should_stop():
             raise TrainingInterrupted()
 
 
+def step_scheduler(scheduler, record):
+    """One epoch's step: ReduceLROnPlateau watches the validation loss (else the training
+    loss); the others step by the epoch count."""
+    if scheduler is None:
+        return
+    if isinstance(scheduler, ReduceLROnPlateau):
+        loss = record["val_loss"] if record["val_loss"] is not None else record["train_loss"]
+        scheduler.step(loss)
+    else:
+        scheduler.step()
+
+
 def fit(model, task, optimizer, train, val, epochs, batch_size, shuffle_rng, state,
-        progress=True, should_stop=None, on_epoch=None):
+        should_stop=None, on_batch=None, on_epoch=None, scheduler=None):
     """Train ``model`` until ``state.epoch == epochs``, from wherever ``state`` stands.
 
     train, val: (x, y) pairs; val may be None. shuffle_rng: the numpy Generator that orders
-    each epoch (set to ``state.shuffle_state`` first). After every batch ``should_stop()`` is
-    asked; True raises TrainingInterrupted with ``state`` consistent with the weights. After
-    every epoch ``on_epoch(record)`` gets that epoch's metrics (also appended to
-    ``state.history``). Raises NonFiniteLoss, before the step, when the loss is NaN or inf.
+    each epoch (set to ``state.shuffle_state`` first). After every batch ``on_batch(info)``
+    gets the step's numbers (see :mod:`scratchnet.callbacks`), then ``should_stop()`` is asked;
+    a true answer raises TrainingInterrupted with ``state`` consistent with the weights. After
+    every epoch the scheduler (if any) steps and ``on_epoch(record)`` gets that epoch's
+    metrics (also appended to ``state.history``). Raises NonFiniteLoss, before the step, when
+    the loss is NaN or inf.
     """
     should_stop = should_stop or (lambda: False)
     x, y = train
     while state.epoch < epochs:
         shuffle_rng.bit_generator.state = state.shuffle_state
         loader = DataLoader(x, y, batch_size, shuffle=True, rng=shuffle_rng)
-        with tqdm(total=len(loader), initial=state.batch, disable=not progress, leave=False,
-                  desc=f"epoch {state.epoch + 1}/{epochs}", unit="batch") as bar:
-            _train_epoch(model, task, optimizer, loader, state, bar, should_stop)
+        _train_epoch(model, task, optimizer, loader, state, should_stop, on_batch)
         record = {"epoch": state.epoch + 1,
                   "train_loss": state.loss_sum / max(state.samples, 1),
                   "train_accuracy": state.correct / max(state.seen, 1),
                   "val_loss": None, "val_accuracy": None,
+                  "lr": float(optimizer.param_groups[0]["lr"]),
                   "seconds": state.seconds,
                   "samples_per_s": state.samples / max(state.seconds, 1e-9)}
         extra = sorted(state.metric_sums)
@@ -177,6 +190,7 @@ def fit(model, task, optimizer, train, val, epochs, batch_size, shuffle_rng, sta
         state.epoch += 1
         state.batch, state.loss_sum, state.correct, state.seen, state.seconds = 0, 0.0, 0, 0, 0.0
         state.samples, state.metric_sums = 0, {}
+        step_scheduler(scheduler, record)
         if on_epoch is not None:
             on_epoch(record)
         if should_stop():

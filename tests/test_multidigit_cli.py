@@ -95,7 +95,7 @@ def test_dry_run_writes_outputs_with_per_digit_metrics(tmp_path, capsys, name):
     assert "SGD lr 0.01 momentum 0.9, batch 64" in stdout and "10% validation" in stdout
     assert "epoch 1/1" in stdout and "both" in stdout and "test accuracy" in stdout
     assert sorted(os.listdir(out)) == ["checkpoint.npz", "confusion_matrix.png", "curves.png",
-                                       "metrics.json", "predictions.png"]
+                                       "events.jsonl", "metrics.json", "predictions.png"]
     for png in ("confusion_matrix.png", "curves.png", "predictions.png"):
         with Image.open(out / png) as img:
             assert img.format == "PNG" and img.size[0] > 100

@@ -1,0 +1,112 @@
+"""A run folder: checking it before any work, and writing its checkpoint, metrics and plots.
+
+    checkpoint.npz   weights, optimizer and scheduler state, RNG states, progress, config
+    metrics.json     config, one record per epoch, and the test report once finished
+    events.jsonl     what training observed, line by line (:mod:`scratchnet.events`)
+    curves.png, predictions.png, confusion_matrix.png
+"""
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from .. import checkpoint
+from ..fileio import atomic_write
+from .settings import SettingsError
+
+CHECKPOINT = "checkpoint.npz"
+METRICS = "metrics.json"
+EVENTS = "events.jsonl"
+
+
+def default_out(model):
+    """runs/MODEL-YYYYmmdd-HHMMSS, with -2, -3, ... when that exists already."""
+    base = os.path.join("runs", f"{model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out, n = base, 1
+    while os.path.exists(out):
+        n += 1
+        out = f"{base}-{n}"
+    return out
+
+
+def check_usable(out):
+    """SettingsError unless ``out`` is, or can be made, a folder this process can write in.
+
+    Creates nothing: a folder that does not exist yet is tried by making and removing a
+    temporary folder in its nearest existing parent.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SettingsError(f"out={out}: is a file, not a folder")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SettingsError(f"out={out}: cannot be created: {existing} is a file")
+    try:
+        shutil.rmtree(tempfile.mkdtemp(dir=existing, prefix=".scratchnet-check-"))
+    except OSError as e:
+        what = "written in" if existing == out else f"created ({existing} is not writable)"
+        raise SettingsError(f"out={out}: cannot be {what}: {e.strerror or e}") from None
+    return out
+
+
+def finite(value):
+    """``value`` with every NaN/inf float replaced by None, so the JSON is strict."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def save(out, meta, model_state, optimizer_state, metrics):
+    """Write checkpoint.npz (``meta`` plus the arrays) and metrics.json, each atomically."""
+    os.makedirs(out, exist_ok=True)
+    checkpoint.save_checkpoint(os.path.join(out, CHECKPOINT), meta, model_state,
+                               optimizer_state)
+    text = json.dumps(finite(metrics), indent=2)
+    atomic_write(os.path.join(out, METRICS), lambda f: f.write(text.encode()))
+
+
+def read_metrics(out):
+    """metrics.json of the run in ``out`` as a dict."""
+    with open(os.path.join(out, METRICS)) as f:
+        return json.load(f)
+
+
+def write_plots(out, history, images, labels, predictions, matrices, classes):
+    """curves.png (when epochs were trained), predictions.png and confusion_matrix.png."""
+    from .. import plots  # matplotlib is slow to import; only finished runs need it
+    if history:
+        plots.training_curves(history, os.path.join(out, "curves.png"))
+    plots.prediction_grid(images, predictions, labels, os.path.join(out, "predictions.png"),
+                          classes=classes)
+    titles = None if labels.ndim == 1 else ["first digit", "second digit"]
+    plots.confusion_matrix_figure(matrices, os.path.join(out, "confusion_matrix.png"),
+                                  classes=classes, titles=titles)
+
+
+def checkpoint_path(path):
+    """A run folder means its checkpoint.npz."""
+    return os.path.join(path, CHECKPOINT) if os.path.isdir(path) else os.fspath(path)
+
+
+def find(paths=("runs",)):
+    """The run folders in or at ``paths`` (a run folder, a checkpoint, or a folder of runs),
+    newest first."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_file():
+            found.append(path.parent)
+        elif (path / CHECKPOINT).is_file():
+            found.append(path)
+        elif path.is_dir():
+            found += [p for p in path.iterdir() if (p / CHECKPOINT).is_file()]
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    return sorted(unique, key=lambda p: (p / CHECKPOINT).stat().st_mtime, reverse=True)

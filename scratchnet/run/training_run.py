@@ -1,0 +1,408 @@
+"""A training run: a model, its recipe and data settings, its training state and its folder.
+
+    run = Run.create("lenet", epochs=2, out="runs/lenet").train()
+    run.history, run.evaluate(), run.predict(images)
+    Run.resume("runs/lenet").train(epochs=4)
+    Run.load("mnist_cnn.pt").evaluate()
+
+``scratchnet train`` is this class with flags for keyword arguments: the same checks, the same
+folder, bitwise the same checkpoint for the same settings.
+"""
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .. import backend as sn_backend
+from .. import checkpoint, models, recipes, tasks, training
+from .. import random as sn_random
+from ..callbacks import CallbackList, ProgressBar
+from ..events import EventLog
+from . import datasets, folder, signals
+from .settings import (DATA_SETTINGS, TRAIN_SETTINGS, TWO_DIGIT_DATASET, SettingsError,
+                       checked, new_config, reject_misplaced, resumed_config, two_digit)
+
+HEADS = ("first", "second")
+
+
+class NothingToTrain(SettingsError):
+    """The run has trained the epochs asked for already; nothing was changed."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on Ctrl-C or SIGTERM after saving a checkpoint it can resume from.
+
+    ``signal`` (the number), ``epoch`` and ``batch`` (where it stopped: epoch in progress,
+    batches done in it) and ``checkpoint`` (the file saved).
+    """
+
+    def __init__(self, signal, epoch, batch, checkpoint_file):
+        super().__init__(f"interrupted at epoch {epoch}, batch {batch}; saved {checkpoint_file}")
+        self.signal, self.epoch, self.batch, self.checkpoint = signal, epoch, batch, checkpoint_file
+
+
+def _run_checkpoint(path, *keys):
+    """A checkpoint written by a training run: its meta must hold ``keys``."""
+    ckpt = checkpoint.load_checkpoint(path)
+    missing = [k for k in ("model", "config", *keys) if k not in ckpt.meta]
+    if missing:
+        raise checkpoint.CheckpointError(
+            f"{path}: not a checkpoint of `scratchnet train` (no {', '.join(missing)} in it)")
+    return ckpt
+
+
+def _confusion(labels, predictions):
+    """The confusion matrix, or for two digits the list (first digit's, second digit's)."""
+    if labels.ndim == 1:
+        return training.confusion_matrix(labels, predictions)
+    return [training.confusion_matrix(labels[:, h], predictions[:, h]) for h in range(2)]
+
+
+def _report(result, labels):
+    """Metrics of an evaluation ``result`` on ``labels`` as metrics.json stores them: loss,
+    accuracy, per-class accuracy and confusion matrix (for two digits both digits' summed, and
+    each digit's, ``_first``/``_second``), prefixed ``test_`` where metrics.json has it."""
+    matrices = _confusion(labels, result["predictions"])
+    report = {"test_samples": int(len(labels)), "test_loss": result["loss"],
+              "test_accuracy": result["accuracy"]}
+    report.update({f"test_{k}": v for k, v in result.items()
+                   if k not in ("loss", "accuracy", "predictions")})
+    matrix = matrices if labels.ndim == 1 else sum(matrices)
+    report["per_class_accuracy"] = training.per_class_accuracy(matrix).tolist()
+    report["confusion_matrix"] = matrix.tolist()
+    if labels.ndim == 2:
+        for head, m in zip(HEADS, matrices):
+            report[f"per_class_accuracy_{head}"] = training.per_class_accuracy(m).tolist()
+            report[f"confusion_matrix_{head}"] = m.tolist()
+    return report, matrices
+
+
+class Run:
+    """A model trained (or to be trained) from a recipe; see the module docstring.
+
+    Attributes: ``config`` (every setting, as saved), ``model``, ``optimizer`` and ``scheduler``
+    (None for a run loaded for inference only), ``out`` (the run folder as a Path, or None),
+    ``history`` (one metrics dict per epoch), ``test`` (the final test report, once trained).
+    """
+
+    def __init__(self, config, model, out=None, optimizer=None, scheduler=None, state=None,
+                 resumed=False, finished=False):
+        self.config, self.model = config, model
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.out = None if out is None else Path(out)
+        self.state, self.resumed, self.finished = state, resumed, finished
+        self.task = tasks.for_model(models.OUTPUTS[config["model"]])
+        self.test = None
+        self.train_size = self.batches_per_epoch = None
+        self.target_epochs = None
+        self._rng_state = sn_random.get_rng_state()
+
+    @property
+    def history(self):
+        """One dict per epoch trained: train_loss, train_accuracy, val_*, lr, seconds, ..."""
+        return self.state.history if self.state is not None else []
+
+    @property
+    def epochs_done(self):
+        return self.state.epoch if self.state is not None else 0
+
+    @property
+    def checkpoint_file(self):
+        return None if self.out is None else self.out / folder.CHECKPOINT
+
+    # ----- making one -----
+
+    @classmethod
+    def create(cls, model=None, **settings):
+        """A new run of ``model`` with its recipe, ``settings`` (train's keywords) over it.
+
+        Everything is checked here, the output folder included, before any work is done.
+        """
+        given = checked({"model": model, **settings})
+        out = given.pop("out", None)
+        config = new_config(given)
+        out = out or folder.default_out(config["model"])
+        if os.path.exists(os.path.join(out, folder.CHECKPOINT)):
+            raise SettingsError(f"{out} already holds a run; continue it with resume={out} "
+                                f"or choose another out=")
+        folder.check_usable(out)
+        return cls._build(config, out)
+
+    @classmethod
+    def resume(cls, path, **settings):
+        """The run saved in ``path`` (its folder or checkpoint), ready to train on exactly as if
+        it had never stopped. ``settings`` may change only what leaves its numbers alone
+        (epochs, data_dir, limit_test, n_test, allow_pickle, download, backend, out)."""
+        given = checked(settings)
+        path = folder.checkpoint_path(path)
+        ckpt = _run_checkpoint(path, "progress", "rng_state")
+        config = resumed_config(ckpt.meta["config"], given, path)
+        out = given.get("out") or os.path.dirname(os.path.abspath(path))
+        folder.check_usable(out)
+        run = cls._build(config, out, ckpt, path)
+        run.target_epochs = given.get("epochs")
+        return run
+
+    @classmethod
+    def _build(cls, config, out, ckpt=None, source=None):
+        recipe = recipes.from_config(config)
+        with sn_backend.use_backend(config["backend"]):
+            sn_random.manual_seed(config["seed"])
+            model = models.build(config["model"], dtype=config["dtype"])
+            optimizer = recipes.make_optimizer(recipe, model.parameters())
+            scheduler = recipes.make_scheduler(recipe, optimizer)
+            if ckpt is None:
+                shuffle = np.random.default_rng([config["seed"], 1])
+                state = training.TrainState(shuffle_state=shuffle.bit_generator.state)
+            else:
+                checkpoint.load_weights(model, ckpt.model_state, source, config["model"])
+                state = cls._restore(source, ckpt, optimizer, scheduler)
+        return cls(config, model, out, optimizer, scheduler, state, resumed=ckpt is not None,
+                   finished=bool(ckpt and ckpt.meta.get("finished")))
+
+    @staticmethod
+    def _restore(path, ckpt, optimizer, scheduler):
+        """Optimizer and scheduler state, dropout generator and TrainState of a checkpoint."""
+        try:
+            optimizer.load_state_dict(ckpt.optimizer_state)
+            if scheduler is not None:
+                scheduler.load_state_dict(ckpt.meta["scheduler"])
+            sn_random.set_rng_state(ckpt.meta["rng_state"])
+            return training.TrainState.from_dict(ckpt.meta["progress"])
+        except (KeyError, ValueError, TypeError) as e:
+            raise checkpoint.CheckpointError(
+                f"{path}: cannot resume from it: its optimizer, scheduler, RNG or progress state "
+                f"is damaged ({type(e).__name__}: {e})") from None
+
+    @classmethod
+    def load(cls, path, model=None):
+        """A trained model for evaluate / predict / export, from a run folder, its
+        checkpoint.npz, or a PyTorch state dict (.pt/.pth; ``model`` inferred from its keys
+        and shapes unless given)."""
+        if model is not None:
+            TRAIN_SETTINGS["model"][0]("model", model)
+        if checkpoint.is_torch_file(path):
+            state = checkpoint.load_torch_state_dict(path)
+            name = model or checkpoint.infer_model(state)
+            dtype = np.result_type(*state.values()).name if state else "float32"
+            recipe = recipes.resolve(name)
+            config = {"model": name, "dtype": dtype, "backend": sn_backend.get_backend(),
+                      "normalize": list(recipe.normalize) if recipe.normalize else None,
+                      "dataset": TWO_DIGIT_DATASET if two_digit(name) else "mnist"}
+            progress, out, finished = None, None, True
+        else:
+            path = folder.checkpoint_path(path)
+            ckpt = _run_checkpoint(path)
+            state, name = ckpt.model_state, ckpt.meta["model"]
+            if model is not None and model != name:
+                raise checkpoint.CheckpointError(f"{path} holds a {name} model, not {model}")
+            config, out = dict(ckpt.meta["config"]), os.path.dirname(os.path.abspath(path))
+            progress, finished = ckpt.meta.get("progress"), ckpt.meta.get("finished", False)
+        built = models.build(name, dtype=config["dtype"])
+        checkpoint.load_weights(built, state, path, name)
+        train_state = training.TrainState.from_dict(progress) if progress else None
+        return cls(config, built.eval(), out, state=train_state, finished=finished)
+
+    # ----- training -----
+
+    def train(self, epochs=None, callbacks=None, no_progress=False):
+        """Train until ``epochs`` epochs are done (default: the recipe's, or resume's epochs=),
+        then test, and write the checkpoint, metrics and plots. Returns the run.
+
+        ``callbacks``: observers (:mod:`scratchnet.callbacks`). Ctrl-C or SIGTERM stops at the
+        end of the batch, saves, and raises :class:`Interrupted`. NothingToTrain (and nothing
+        changes) when the run has done ``epochs`` already.
+        """
+        if self.optimizer is None:
+            raise SettingsError("this run was loaded for inference only; Run.resume(path) "
+                                "continues training")
+        if epochs is not None:
+            TRAIN_SETTINGS["epochs"][0]("epochs", epochs)
+        target = epochs or self.target_epochs or self.config["epochs"]
+        done = self.epochs_done
+        if target < done or (target == done and self.finished):
+            raise NothingToTrain(
+                f"nothing to train: {self.out} has trained {done} epoch{'s' * (done != 1)} "
+                f"already; pass epochs=N with N > {done} to train more")
+        self.config["epochs"] = target
+        observers = [EventLog()] if self.out is not None else []
+        observers += [] if no_progress else [ProgressBar()]
+        observers = CallbackList(observers + list(callbacks or ()))
+        with sn_backend.use_backend(self.config["backend"]), \
+                np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            test_images, test_labels = datasets.load("test", self.config,
+                                                     self.config["limit_test"])
+            train, val = datasets.train_and_val(self.config, self.model)
+            self.train_size = len(train[1])
+            self.batches_per_epoch = math.ceil(self.train_size / self.config["batch_size"])
+            sn_random.set_rng_state(self._rng_state)
+            status = "failed"
+            observers.on_train_start(self)
+            try:
+                self._fit(train, val, observers)
+                x_test = datasets.inputs(test_images, self.model, self.config["normalize"])
+                result = training.evaluate(self.model, self.task, x_test, test_labels, 1000)
+                self.test, matrices = _report(result, test_labels)
+                self.finished = True
+                self.save()
+                if self.out is not None:
+                    folder.write_plots(self.out, self.history, test_images, test_labels,
+                                       result["predictions"], matrices,
+                                       datasets.classes(self.config["dataset"]))
+                status = "finished"
+            except Interrupted:
+                status = "interrupted"
+                raise
+            finally:
+                self._rng_state = sn_random.get_rng_state()
+                observers.on_train_end(self, status)
+        return self
+
+    def _fit(self, train, val, observers):
+        shuffle = np.random.default_rng([self.config["seed"], 1])
+
+        def on_epoch(record):
+            self.save()
+            observers.on_epoch_end(self, record)
+
+        with signals.stop_requests() as requested:
+            try:
+                training.fit(self.model, self.task, self.optimizer, train, val,
+                             self.config["epochs"], self.config["batch_size"], shuffle,
+                             self.state, should_stop=requested,
+                             on_batch=lambda info: observers.on_batch_end(self, info),
+                             on_epoch=on_epoch, scheduler=self.scheduler)
+            except training.NonFiniteLoss as e:
+                saved = (f"the run folder keeps the checkpoint of epoch {self.state.epoch}"
+                         if self.state.epoch else "no checkpoint was saved")
+                raise training.NonFiniteLoss(f"{e}; {saved}") from None
+            except training.TrainingInterrupted:
+                self.save()
+                raise Interrupted(requested(), self.state.epoch + 1, self.state.batch,
+                                  self.checkpoint_file) from None
+
+    def save(self):
+        """Write checkpoint.npz and metrics.json (the test report too, once trained)."""
+        if self.out is None:
+            return
+        meta = {"model": self.config["model"], "config": self.config,
+                "progress": self.state.to_dict(), "rng_state": sn_random.get_rng_state(),
+                "finished": self.finished}
+        if self.scheduler is not None:
+            meta["scheduler"] = self.scheduler.state_dict()
+        metrics = {"model": self.config["model"], "config": self.config,
+                   "epochs": self.history, **(self.test or {})}
+        folder.save(self.out, meta, self.model.state_dict(), self.optimizer.state_dict(),
+                    metrics)
+
+    # ----- using it -----
+
+    def evaluate(self, batch_size=1000, normalize=None, backend=None, **data):
+        """Loss, accuracy, per-class accuracy and confusion matrix on the test set.
+
+        ``data``: the test data's settings (data_dir, dataset, limit_test, n_test, data_seed,
+        allow_pickle, download), default the run's own. ``normalize``: (mean, std) instead of
+        the run's. ``backend``: the op implementation (default: the selected one). Returns a
+        dict: ``model``, ``data`` (where the images came from), ``samples``, ``loss``,
+        ``accuracy`` (two digits: also each digit's loss and accuracy, ``accuracy_both``),
+        ``per_class_accuracy``, ``confusion_matrix`` (two digits: a list, one per digit),
+        ``predictions``, ``labels`` and ``classes`` (names, or None).
+        """
+        TRAIN_SETTINGS["batch_size"][0]("batch_size", batch_size)
+        normalization = self._normalization(normalize)
+        config = self._test_data(checked(data, DATA_SETTINGS, "evaluate"))
+        if backend is not None:
+            TRAIN_SETTINGS["backend"][0]("backend", backend)
+        with sn_backend.use_backend(backend or sn_backend.get_backend()), \
+                np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            images, labels = datasets.load("test", config, config.get("limit_test"))
+            x = datasets.inputs(images, self.model, normalization)
+            result = training.evaluate(self.model.eval(), self.task, x, labels, batch_size)
+        matrices = _confusion(labels, result["predictions"])
+        return {"model": self.config["model"], "data": datasets.describe(config, "test"),
+                "samples": len(labels),
+                **{k: v for k, v in result.items() if k != "predictions"},
+                "per_class_accuracy": [training.per_class_accuracy(m) for m in matrices]
+                if labels.ndim == 2 else training.per_class_accuracy(matrices),
+                "confusion_matrix": matrices, "predictions": result["predictions"],
+                "labels": labels, "classes": datasets.classes(config["dataset"])}
+
+    def _normalization(self, normalize):
+        if normalize is None:
+            return self.config["normalize"]
+        try:
+            mean, std = (float(v) for v in normalize)
+        except (TypeError, ValueError):
+            mean = std = math.nan
+        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+            raise SettingsError(f"normalize={normalize!r}: expected (mean, std) with a finite "
+                                f"mean and a positive std")
+        return [mean, std]
+
+    def _test_data(self, given):
+        """The config ``datasets.load`` needs for the test set ``evaluate`` scores."""
+        name, config = self.config["model"], self.config
+        reject_misplaced(given, name)
+        if config["dataset"] != TWO_DIGIT_DATASET:
+            return {"data_dir": given.get("data_dir"),
+                    "dataset": given.get("dataset", config["dataset"]),
+                    "download": given.get("download", False),
+                    "limit_test": given.get("limit_test")}
+        # the run's own test set (its files, or generated as it was), unless given says else
+        return {"dataset": TWO_DIGIT_DATASET,
+                "data_dir": given.get("data_dir", config.get("data_dir")),
+                "data_seed": given.get("data_seed", config.get("data_seed", 1)),
+                "n_train": config.get("n_train", 40000),
+                "n_test": given.get("n_test", config.get("n_test", 4000)),
+                "allow_pickle": given.get("allow_pickle", False),
+                "limit_test": given.get("limit_test")}
+
+    def _images(self, images):
+        """Image files (paths) or uint8 arrays -> the model's input batch."""
+        from ..preprocess import load_digit, load_two_digit  # PIL is needed only here
+        load = load_two_digit if two_digit(self.config["model"]) else load_digit
+        if isinstance(images, (str, os.PathLike)):
+            images = [images]
+        if not isinstance(images, np.ndarray):
+            images = np.stack([load(os.fspath(i)) if isinstance(i, (str, os.PathLike))
+                               else np.asarray(i) for i in images])
+        return datasets.inputs(images, self.model, self.config["normalize"])
+
+    def predict(self, images):
+        """Class probabilities, (N, 10), or (N, 2, 10) for the two-digit models.
+
+        ``images``: image files (any size or colour, made MNIST-like first, as ``scratchnet
+        predict`` does) or uint8 arrays shaped like the dataset's images.
+        """
+        x = self._images(images)
+        return self.task.probabilities(self.model.eval()(x))
+
+    def predict_files(self, paths):
+        """[(path, probabilities or the error that image gave)], every file tried."""
+        from ..preprocess import ImageError
+        results = []
+        for path in paths:
+            try:
+                results.append((path, self.predict([path])[0]))
+            except (ImageError, OSError, ValueError) as e:
+                results.append((path, e))
+        return results
+
+    def export(self, path):
+        """Write the weights as a PyTorch state dict that reference.models' twin loads."""
+        checkpoint.save_torch_state_dict(path, self.model.state_dict())
+        return Path(path)
+
+
+def train(model=None, *, resume=None, callbacks=None, no_progress=False, **settings):
+    """Train ``model`` with its recipe, ``settings`` over it (the flags of ``scratchnet train``
+    as keywords), or continue the run in ``resume``; returns the :class:`Run`.
+
+        run = scratchnet.train("lenet", epochs=2, out="runs/lenet")
+    """
+    if resume is not None:
+        run = Run.resume(resume, model=model, **settings)
+    else:
+        run = Run.create(model, **settings)
+    return run.train(callbacks=callbacks, no_progress=no_progress)
