@@ -108,7 +108,7 @@ def image_from_bytes(data, two_digit):
     except Exception:
         raise InputError("the upload is not an image file PIL can read (PNG, JPEG, ...)") from None
     if width * height > MAX_PIXELS:
-        raise InputError(f"the uploaded image has {width}x{height} pixels; at most "
+        raise InputError(f"the uploaded image is too large: {width}x{height} pixels, at most "
                          f"{MAX_PIXELS:,} are accepted", 413)
     load = preprocess.load_two_digit if two_digit else preprocess.load_digit
     try:

@@ -175,6 +175,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     server_version = "scratchnet-studio"
     protocol_version = "HTTP/1.1"
     timeout = 30  # seconds a client may stall mid-request before its connection is dropped
+    # a garbled request line still gets a status line in its answer (not HTTP/0.9's bare body)
+    default_request_version = "HTTP/1.0"
     studio = None  # set on the subclass make_server creates
 
     def log_message(self, format, *args):
@@ -194,6 +196,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     do_DELETE = do_PATCH = do_PUT
 
+    def send_error(self, code, message=None, explain=None):
+        """Errors found while parsing the request (bad syntax, unknown method), in JSON too."""
+        self.close_connection = True
+        text = message or self.responses.get(code, ("error",))[0]
+        self._respond(code, _dumps({"error": text}), "application/json",
+                      head=self.command == "HEAD")
+
     def _method_not_allowed(self):
         raise HTTPError(405, f"{self.command} is not supported")
 
@@ -206,6 +215,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except Exception as e:  # a bug must not take the server down: answer and go on
             status, content_type = 500, "application/json"
             body = _dumps({"error": f"internal error: {type(e).__name__}: {e}"})
+        self._respond(status, body, content_type, head)
+
+    def _respond(self, status, body, content_type, head=False):
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
