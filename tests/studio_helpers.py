@@ -175,19 +175,23 @@ def start_browser(width=1280, height=800):
     return driver
 
 
-def draw(driver, canvas, strokes):
-    """Draw ``strokes`` ((x, y) in [0, 1]) on the canvas element with mouse moves."""
-    from selenium.webdriver.common.action_chains import ActionChains
+def draw(driver, canvas, strokes, pointer="mouse"):
+    """Draw ``strokes`` ((x, y) in [0, 1]) on the canvas element with a mouse or a finger."""
+    from selenium.webdriver.common.actions import interaction
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.actions.pointer_input import PointerInput
     width, height = canvas.size["width"], canvas.size["height"]
+    kind = interaction.POINTER_TOUCH if pointer == "touch" else interaction.POINTER_MOUSE
 
-    def offset(p):  # move_to_element_with_offset counts from the element's centre
+    def offset(p):  # offsets count from the element's centre
         return round((p[0] - 0.5) * (width - 2)), round((p[1] - 0.5) * (height - 2))
 
     for stroke in strokes:
-        actions = ActionChains(driver, duration=10)
-        actions.move_to_element_with_offset(canvas, *offset(stroke[0])).click_and_hold()
+        actions = ActionBuilder(driver, mouse=PointerInput(kind, pointer), duration=10)
+        actions.pointer_action.move_to(canvas, *offset(stroke[0])).pointer_down()
         for a, b in zip(stroke, stroke[1:]):
             for t in np.linspace(0, 1, 8)[1:]:
-                actions.move_to_element_with_offset(
+                actions.pointer_action.move_to(
                     canvas, *offset((a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t)))
-        actions.release().perform()
+        actions.pointer_action.pointer_up()
+        actions.perform()

@@ -99,6 +99,13 @@ def test_drawing_a_digit_with_the_mouse_names_it(studio, browser, digit):
     assert abs(sum(values) - 1) < 1e-3 and max(values) == values[int(digit)]
 
 
+def test_drawing_with_a_finger_works_too(studio, browser):
+    open_run(browser, studio, "", MODEL)
+    canvas = wait_for(browser, lambda d: by_testid(d, "draw-canvas"), "the canvas")[0]
+    draw(browser, canvas, DIGIT_STROKES["1"], pointer="touch")
+    assert wait_for(browser, predicted, "a prediction") == "1"
+
+
 def test_every_layer_is_shown_one_picture_per_feature_map(studio, browser):
     open_run(browser, studio, "", MODEL)
     canvas = wait_for(browser, lambda d: by_testid(d, "draw-canvas"), "the canvas")[0]
@@ -185,11 +192,14 @@ def test_the_training_page_follows_appended_events_without_a_reload(studio, brow
     wait_for(browser, lambda d: by_testid(d, "run-status")[0].text.lower() == "interrupted",
              "the end of the run")
     assert browser.execute_script("return window.notReloaded === true")
-    digits = wait_for(browser, lambda d: by_testid(d, "test-digit"), "the test digits")
-    assert len(digits) == 48
-    wrong = [d for d in digits if d.get_attribute("data-correct") == "false"]
-    summary = browser.find_element("id", "digits-summary").text
-    assert f"{len(wrong)} mistakes" in summary or len(wrong) == 24  # all shown, or 24 of them
+    # the digits are re-drawn after each epoch and at the end: read them in one script
+    flags, summary = wait_for(browser, lambda d: d.execute_script(
+        "const ds = [...document.querySelectorAll('[data-testid=test-digit]')];"
+        "return ds.length ? [ds.map((e) => e.dataset.correct),"
+        "  document.getElementById('digits-summary').textContent] : null;"), "the test digits")
+    assert len(flags) == 48
+    wrong = flags.count("false")
+    assert f"{wrong} mistakes" in summary or wrong == 24  # all mistakes shown, or 24 of them
     with open(folder / "events.jsonl") as f:
         count = sum(1 for line in f if json.loads(line))
     assert by_testid(browser, "status")[0].get_attribute("data-events") == str(count)
