@@ -163,8 +163,8 @@
     c.drawImage(small, 0, 0, seen.width, seen.height);
   }
 
-  function mapScale(h, w) {
-    return Math.max(1, 52 / Math.max(h, w));
+  function mapScale(h, w, count) {
+    return Math.max(1, (count <= 16 ? 72 : 52) / Math.max(h, w));  // few maps: bigger ones
   }
 
   function layerBlock(entry, tagText, tagClass, subtitle) {
@@ -179,7 +179,7 @@
   function renderMaps(entry, maps, h, w, colourMap) {
     const values = bytes(entry.data);
     const box = el("div", { class: "maps" });
-    const scale = mapScale(h, w);
+    const scale = mapScale(h, w, maps);
     for (let i = 0; i < maps; i++) {
       const c = pixelCanvas(values, i * h * w, h, w, scale, colourMap);
       c.setAttribute("data-testid", "feature-map");
@@ -200,7 +200,17 @@
     const c = pixelCanvas(padded, 0, rows, cols, cell, "viridis");
     c.setAttribute("data-testid", "feature-map");
     c.title = `${n} values`;
-    return el("div", { class: "maps" }, c);
+    const box = el("div", { class: "vector" }, c);
+    if (n % 10 === 0 && n <= 20) {  // class scores: name each cell by its digit
+      const labels = el("div", { class: "cell-labels" });
+      for (let i = 0; i < n; i++) {
+        const label = el("span", { text: String(i % 10) });
+        label.style.width = `${cell}px`;
+        labels.append(label);
+      }
+      box.append(labels);
+    }
+    return box;
   }
 
   function range(entry) {
