@@ -20,7 +20,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from scratchnet import checkpoint, cli, models
-from scratchnet.studio import inference, server as studio_server
+from scratchnet.studio import inference
+from scratchnet.studio import server as studio_server
 
 from studio_helpers import ServerThread, append_event, train_run
 

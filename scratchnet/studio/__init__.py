@@ -29,11 +29,21 @@ Errors answer ``{"error": message}`` with a 4xx status (413 for oversized upload
 """
 import argparse
 
-from .server import make_server, serve
-
 __all__ = ["serve", "make_server", "add_parser", "main"]
 
 DEFAULT_PATHS = ["./runs"]
+
+
+def serve(paths=tuple(DEFAULT_PATHS), host="127.0.0.1", port=8000):
+    """Serve the studio for the runs under ``paths`` on host:port until Ctrl-C (prints the URL)."""
+    from . import server  # the web and imaging modules load only when serving
+    server.serve(paths, host=host, port=port)
+
+
+def make_server(paths, host="127.0.0.1", port=8000):
+    """The studio's server for ``paths``, bound but not serving (port 0: any free port)."""
+    from . import server
+    return server.make_server(paths, host=host, port=port)
 
 
 def add_parser(subparsers, **kwargs):

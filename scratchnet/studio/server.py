@@ -356,6 +356,9 @@ def serve(paths=("./runs",), host="127.0.0.1", port=8000, out=sys.stdout):
               f"can see these runs and use the models", file=sys.stderr)
     print(f"scratchnet studio: {len(found)} run(s) under {', '.join(map(str, paths))}",
           file=out)
+    if not found:
+        print("no runs yet: train one (scratchnet train --model lenet); it shows up as it "
+              "starts", file=out)
     print(f"open {url_of(server)} (draw) or {url_of(server)}train (training); Ctrl-C stops",
           file=out, flush=True)
     try:

@@ -147,7 +147,7 @@ const Studio = (() => {
     if (!all.length) {
       ctx.fillStyle = "#6a7282";
       ctx.textAlign = "center";
-      ctx.fillText("no data yet", W / 2, H / 2);
+      ctx.fillText(opts.empty || "no data yet", W / 2, H / 2);
       return;
     }
     let x0 = Math.min(0, ...all.map((p) => p[0])), x1 = Math.max(...all.map((p) => p[0]));
@@ -177,7 +177,7 @@ const Studio = (() => {
     }
     ctx.fillText(opts.xLabel || "epoch", pad.l + (W - pad.l - pad.r) / 2, H - 15);
     ctx.save();
-    ctx.beginPath(); ctx.rect(pad.l, pad.t - 4, W - pad.l - pad.r, H - pad.t - pad.b + 8); ctx.clip();
+    ctx.beginPath(); ctx.rect(pad.l - 5, pad.t - 5, W - pad.l - pad.r + 10, H - pad.t - pad.b + 10); ctx.clip();
     for (const s of series) {
       const pts = s.points.filter((p) => p[1] != null && isFinite(p[1]) && (!opts.log || p[1] > 0));
       ctx.strokeStyle = s.colour; ctx.fillStyle = s.colour;

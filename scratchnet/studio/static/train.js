@@ -147,7 +147,9 @@
         points: withNorms.filter((b) => b.norms[name]).map((b) => [b.epoch - 1 + b.batch / b.batches, b.norms[name].grad]),
       }));
     }
-    lineChart(document.getElementById("norm-chart"), chartSeries, { log: true });
+    const noEvents = state.detail && !state.detail.has_events && !state.count;
+    lineChart(document.getElementById("norm-chart"), chartSeries, {
+      log: true, empty: noEvents ? "this run has no events.jsonl: only epoch records" : null });
     legend(document.getElementById("norm-legend"), chartSeries);
     if (!withNorms.length) return;
     const norms = withNorms[withNorms.length - 1].norms;
