@@ -144,7 +144,7 @@ def test_events_are_read_incrementally_and_a_partial_last_line_waits(studio, run
     kinds = [e["type"] for e in first["events"]]
     assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("batch") == 30
     _, _, none = request(studio, f"/api/runs/{rid}/events?since={first['next']}")
-    assert none == {"events": [], "next": first["next"]}
+    assert none == {"events": [], "next": first["next"], "more": False}
     folder = str(runs_dir / "runs" / "mlp128")
     append_event(folder, {"type": "batch", "epoch": 2, "batch": 10, "batches": 300,
                           "loss": 0.5, "accuracy": 0.9, "lr": 0.1, "samples_per_s": 1.0,
@@ -161,7 +161,22 @@ def test_events_are_read_incrementally_and_a_partial_last_line_waits(studio, run
 
 def test_a_run_without_events_answers_an_empty_log(studio):
     _, _, body = request(studio, f"/api/runs/{run_id(studio, 'multimlp')}/events?since=0")
-    assert body == {"events": [], "next": 0}
+    assert body == {"events": [], "next": 0, "more": False}
+
+
+def test_a_long_log_comes_in_chunks_that_join_up(studio, runs_dir, monkeypatch):
+    from scratchnet.studio import runs
+    rid = run_id(studio, "mlp128")
+    _, _, whole = request(studio, f"/api/runs/{rid}/events?since=0")
+    monkeypatch.setattr(runs, "EVENTS_CHUNK", 3000)
+    events, since, chunks = [], 0, 0
+    while True:
+        _, _, part = request(studio, f"/api/runs/{rid}/events?since={since}")
+        events += part["events"]
+        since, chunks = part["next"], chunks + 1
+        if not part["more"]:
+            break
+    assert events == whole["events"] and since == whole["next"] and chunks > 3
 
 
 @pytest.mark.parametrize("query", ["since=-1", "since=abc", "since=1e3"])

@@ -13,8 +13,9 @@ Pages: ``/`` (draw) and ``/train`` (training). The JSON API they use, under ``/a
 - ``GET /api/runs/<id>``: the same summary plus ``config``, ``history`` (metrics.json's epoch
   records), ``test`` (final test metrics) and ``model_info`` (model, two_digit, image_shape,
   parameters, layers, normalization).
-- ``GET /api/runs/<id>/events?since=N``: ``{"events": [...], "next": M}``: the events.jsonl
-  objects from byte offset N (start at 0, then pass the ``next`` of the previous answer).
+- ``GET /api/runs/<id>/events?since=N``: ``{"events": [...], "next": M, "more": bool}``: the
+  events.jsonl objects from byte offset N (start at 0, then pass the ``next`` of the previous
+  answer; ``more`` is true when the answer stopped short of the end, at 2 MB).
 - ``GET /api/runs/<id>/test-digits``: the latest checkpoint on a fixed sample of 500 test
   images: ``{"accuracy", "evaluated", "misclassified", "checkpoint_mtime", "samples":
   [{"index", "image", "label", "predicted", "top", "correct"}]}`` (misclassified first).

@@ -106,15 +106,17 @@ def read_metrics(run):
     return data if isinstance(data, dict) else None
 
 
-def read_events(run, since=0, limit=EVENTS_CHUNK):
-    """Events from byte offset ``since`` of events.jsonl: ``(events, next_offset)``.
+def read_events(run, since=0, limit=None):
+    """Events from byte offset ``since`` of events.jsonl: ``(events, next_offset, more)``.
 
     Only whole lines are returned (the writer may be mid-line); ``next_offset`` is where the
-    next call starts. Lines that are not JSON objects are skipped.
+    next call starts, and ``more`` says whether whole lines lie beyond this chunk of at most
+    ``limit`` bytes (default ``EVENTS_CHUNK``). Lines that are not JSON objects are skipped.
     """
+    limit = limit or EVENTS_CHUNK
     path = run.events
     if path is None or not os.path.isfile(path):
-        return [], 0
+        return [], 0, False
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if since > size:  # the log was replaced by a shorter one: start again
@@ -122,6 +124,8 @@ def read_events(run, since=0, limit=EVENTS_CHUNK):
         f.seek(since)
         chunk = f.read(limit)
     end = chunk.rfind(b"\n") + 1
+    if end == 0 and len(chunk) == limit:  # one line longer than a chunk: skip it
+        end = len(chunk)
     events = []
     for line in chunk[:end].splitlines():
         try:
@@ -130,7 +134,7 @@ def read_events(run, since=0, limit=EVENTS_CHUNK):
             continue
         if isinstance(event, dict):
             events.append(event)
-    return events, since + end
+    return events, since + end, since + end < size and len(chunk) == limit
 
 
 def _last_events(run, tail=256 * 1024):
@@ -140,7 +144,7 @@ def _last_events(run, tail=256 * 1024):
         return []
     size = os.path.getsize(path)
     start = max(0, size - tail)
-    events, _ = read_events(run, start, tail)
+    events, _, _ = read_events(run, start, tail)
     return events if start == 0 else events[1:]  # the first line may have been cut
 
 

@@ -125,8 +125,8 @@ class Studio:
 
     def events(self, run, query):
         since = _int_param(query, "since", 0)
-        events, next_offset = runs.read_events(run, since)
-        return {"events": events, "next": next_offset}
+        events, next_offset, more = runs.read_events(run, since)
+        return {"events": events, "next": next_offset, "more": more}
 
     def test_digits(self, run):
         loaded = self.loaded(run)  # refuses runs without a loadable checkpoint

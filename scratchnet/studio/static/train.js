@@ -44,6 +44,7 @@
         Object.assign(mine, { batches: [], start: null, end: null, count: 0 });
       }
       mine.cursor = answer.next;
+      mine.more = answer.more;
       for (const event of answer.events) {
         mine.count++;
         if (event.type === "start") { mine.start = event; mine.end = null; }
@@ -56,7 +57,7 @@
     } catch (error) {
       document.getElementById("run-config").textContent = error.message;
     }
-    setTimeout(() => poll(mine), POLL_MS);
+    setTimeout(() => poll(mine), mine.more ? 0 : POLL_MS);
   }
 
   function status() {
