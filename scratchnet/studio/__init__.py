@@ -9,7 +9,7 @@ Pages: ``/`` (draw) and ``/train`` (training). The JSON API they use, under ``/a
 
 - ``GET /api/runs``: ``{"paths", "runs": [{"id", "name", "kind" ("run" | "checkpoint"),
   "model", "status", "epoch", "epochs", "test_accuracy", "updated", "has_checkpoint",
-  "has_events"}]}``, newest first.
+  "checkpoint_mtime", "has_events"}]}``, newest first.
 - ``GET /api/runs/<id>``: the same summary plus ``config``, ``history`` (metrics.json's epoch
   records), ``test`` (final test metrics) and ``model_info`` (model, two_digit, image_shape,
   parameters, layers, normalization).

@@ -157,6 +157,7 @@ def summary(run):
     metrics = read_metrics(run) or {}
     info = {"id": run.id, "name": run.name, "kind": run.kind, "updated": updated(run),
             "has_checkpoint": run.checkpoint is not None,
+            "checkpoint_mtime": _mtime(run.checkpoint),
             "has_events": bool(run.events and os.path.isfile(run.events)),
             "model": metrics.get("model"), "status": None, "epoch": None, "epochs": None,
             "test_accuracy": _finite(metrics.get("test_accuracy"))}

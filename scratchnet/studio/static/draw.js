@@ -248,6 +248,7 @@
 
   async function chooseRun(chosen) {
     run = chosen;
+    checkpointTime = null;
     if (!run) {
       errorBox.textContent = "No checkpoint found: train a model first (scratchnet train --model lenet).";
       return;
@@ -266,6 +267,17 @@
       errorBox.textContent = error.message;
     }
   }
+
+  // while a run trains, its checkpoint changes every epoch: answer again with the new weights
+  let checkpointTime = null;
+  setInterval(async () => {
+    if (!run || document.hidden) return;
+    try {
+      const detail = await api(`/api/runs/${run.id}`);
+      if (checkpointTime !== null && detail.checkpoint_mtime !== checkpointTime) predictCanvas();
+      checkpointTime = detail.checkpoint_mtime;
+    } catch (error) { /* the next tick tries again */ }
+  }, 5000);
 
   setShape(false);
   Studio.runChooser(document.getElementById("run-select"), (r) => r.has_checkpoint, chooseRun)
