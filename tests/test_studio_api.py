@@ -23,7 +23,7 @@ from scratchnet import checkpoint, cli, models
 from scratchnet.studio import inference
 from scratchnet.studio import server as studio_server
 
-from studio_helpers import ServerThread, append_event, train_run
+from tests.studio_helpers import ServerThread, append_event, train_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from scratchnet import checkpoint, models
-from studio_helpers import (DIGIT_STROKES, ServerThread, append_event, browser_missing, draw,
-                            start_browser, train_run)
+from tests.studio_helpers import (DIGIT_STROKES, ServerThread, append_event, browser_missing,
+                                  draw, start_browser, train_run)
 
 pytestmark = pytest.mark.skipif(browser_missing() is not None,
                                 reason=f"no headless browser: {browser_missing()}")
@@ -150,6 +150,22 @@ def test_uploading_an_image_file_names_the_digit(studio, browser, tmp_path):
     open_run(browser, studio, "", MODEL)
     wait_for(browser, lambda d: by_testid(d, "upload"), "the upload input")[0].send_keys(str(path))
     assert wait_for(browser, predicted, "a prediction") == "1"
+
+
+def test_the_answer_follows_a_new_checkpoint(studio, browser, runs):
+    folder = runs / "watch"
+    folder.mkdir()
+    path = folder / "checkpoint.npz"
+    shutil.copy(runs / MODEL / "checkpoint.npz", path)
+    open_run(browser, studio, "", "watch")
+    canvas = wait_for(browser, lambda d: by_testid(d, "draw-canvas"), "the canvas")[0]
+    draw(browser, canvas, DIGIT_STROKES["1"])
+    assert wait_for(browser, predicted, "a prediction") == "1"
+    time.sleep(6)  # the page has noted the checkpoint's time
+    ckpt = checkpoint.load_checkpoint(str(path))
+    zeroed = {k: v * 0 for k, v in ckpt.model_state.items()}  # equal scores: argmax is 0
+    checkpoint.save_checkpoint(str(path), ckpt.meta, zeroed)
+    wait_for(browser, lambda d: predicted(d) == "0", "the answer of the new weights", 20)
 
 
 def test_a_two_digit_model_gets_a_tall_canvas_and_two_answers(studio, browser):

@@ -10,9 +10,9 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "..", "tests"))
+sys.path.insert(0, os.path.join(HERE, "..", ".."))
 
-from studio_helpers import DIGIT_STROKES, ServerThread, draw, start_browser  # noqa: E402
+from tests.studio_helpers import DIGIT_STROKES, ServerThread, draw, start_browser  # noqa: E402
 
 
 def wait_for(driver, script, timeout=30):
