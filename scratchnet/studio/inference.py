@@ -61,14 +61,23 @@ class Loaded:
 # Layers keep their last forward's cache and fusion is a global switch: one inference at a time.
 LOCK = threading.Lock()
 _cache = {}
+_cache_lock = threading.Lock()
 
 
 def load(path):
     """The model in ``path`` (.npz checkpoint or .pt/.pth state dict), cached until it changes."""
     stat = os.stat(path)
     key = (path, stat.st_mtime_ns, stat.st_size)
-    if key in _cache:
+    with _cache_lock:  # one load per file at a time; other threads wait for its result
+        if key not in _cache:
+            loaded = _load(path)
+            for old in [k for k in _cache if k[0] == path]:
+                del _cache[old]
+            _cache[key] = loaded
         return _cache[key]
+
+
+def _load(path):
     config = None
     if checkpoint.is_torch_file(path):
         state = checkpoint.load_torch_state_dict(path)  # torch.load(weights_only=True)
@@ -81,14 +90,12 @@ def load(path):
             raise checkpoint.CheckpointError(
                 f"{os.path.basename(path)}: not a checkpoint of `scratchnet train`")
         state, name, config = ckpt.model_state, ckpt.meta["model"], ckpt.meta["config"]
-        dtype, normalization = config["dtype"], config["normalize"]
+        dtype = config.get("dtype", "float32")
+        normalization = (config["normalize"] if "normalize" in config
+                         else recipes.resolve(name).normalize)
     model = models.build(name, dtype=dtype)
     checkpoint.load_weights(model, state, os.path.basename(path), name)
-    loaded = Loaded(model.eval(), name, tuple(normalization) if normalization else None, config)
-    for old in [k for k in _cache if k[0] == path]:
-        del _cache[old]
-    _cache[key] = loaded
-    return loaded
+    return Loaded(model.eval(), name, tuple(normalization) if normalization else None, config)
 
 
 class _Upload(io.BytesIO):
