@@ -159,6 +159,22 @@ def test_events_are_read_incrementally_and_a_partial_last_line_waits(studio, run
     assert rest["events"] == [{"type": "batch", "epoch": 2, "batch": 20}]
 
 
+def test_a_run_silent_for_long_without_an_end_is_stale(studio, runs_dir):
+    folder = runs_dir / "runs" / "crashed"
+    folder.mkdir()
+    append_event(str(folder), {"type": "start", "model": "lenet", "epochs": 1})
+    try:
+        _, _, body = request(studio, "/api/runs")
+        assert next(r for r in body["runs"] if r["name"] == "crashed")["status"] == "running"
+        old = time.time() - 3600
+        os.utime(folder / "events.jsonl", (old, old))
+        _, _, body = request(studio, "/api/runs")
+        assert next(r for r in body["runs"] if r["name"] == "crashed")["status"] == "stale"
+    finally:
+        (folder / "events.jsonl").unlink()
+        folder.rmdir()
+
+
 def test_a_run_without_events_answers_an_empty_log(studio):
     _, _, body = request(studio, f"/api/runs/{run_id(studio, 'multimlp')}/events?since=0")
     assert body == {"events": [], "next": 0, "more": False}

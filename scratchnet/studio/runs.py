@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from dataclasses import dataclass
 
 CHECKPOINT = "checkpoint.npz"
@@ -17,6 +18,8 @@ TORCH_SUFFIXES = (".pt", ".pth")
 WEIGHT_SUFFIXES = (".npz",) + TORCH_SUFFIXES
 # the most bytes of events.jsonl one request returns; the client asks again from ``next``
 EVENTS_CHUNK = 2 * 1024 * 1024
+# seconds without news after which a run that never logged its end is shown as "stale"
+STALE_AFTER = 600
 
 
 @dataclass(frozen=True)
@@ -180,4 +183,6 @@ def summary(run):
                 info["status"] = "running"
         elif kind == "end":
             info["status"] = event.get("status")
+    if info["status"] == "running" and time.time() - (info["updated"] or 0) > STALE_AFTER:
+        info["status"] = "stale"  # no end event, and silent for long: the process is gone
     return info

@@ -6,6 +6,7 @@
   const COLOURS = { train: "#4a55d8", val: "#e8833a", test: "#1f9d55" };
   const PALETTE = ["#4a55d8", "#e8833a", "#1f9d55", "#d64545", "#8e5bd6", "#1aa3b8", "#c0a020", "#d45fa0"];
   const POLL_MS = 1000;
+  const STALE_AFTER_S = 600;
   let state = null;
 
   function fresh(run) {
@@ -62,7 +63,11 @@
 
   function status() {
     if (state.end) return state.end.status;
-    if (state.start) return "running";
+    if (state.start) {
+      // no end event and silent for 10 minutes: the training process is gone
+      const last = state.batches.length ? state.batches[state.batches.length - 1] : state.start;
+      return Date.now() / 1000 - (last.time || 0) > STALE_AFTER_S ? "stale" : "running";
+    }
     return (state.detail && state.detail.status) || "unknown";
   }
 
