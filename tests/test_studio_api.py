@@ -280,7 +280,7 @@ def blank_png():
     return out.getvalue()
 
 
-@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # what "big" sends
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # what "huge" sends
 @pytest.mark.parametrize("body, content_type, status, words", [
     (b"", "image/png", 400, "no image"),
     (b"this is not an image", "image/png", 400, "not an image"),
@@ -288,6 +288,7 @@ def blank_png():
     (digit_png("1")[:60], "image/png", 422, "cannot read"),
     (png_declaring(30000, 30000), "image/png", 413, "too large"),
     (png_declaring(12000, 12000), "image/png", 413, "too large"),
+    (png_declaring(5000, 4000), "image/png", 413, "too large"),
     (blank_png(), "image/png", 422, "blank"),
     (b"{not json", "application/json", 400, "JSON"),
     (b'{"image": 1}', "application/json", 400, "pixels"),
@@ -295,7 +296,7 @@ def blank_png():
     (b'{"pixels": [[0, 300], [0, 0]]}', "application/json", 400, "0 to 255"),
     (b'{"pixels": [["a", "b"]]}', "application/json", 400, "numbers"),
     (b'{"pixels": [[0, 0], [0, 0]]}', "application/json", 422, "blank"),
-], ids=["empty", "text", "script", "truncated", "bomb", "big", "blank", "bad-json",
+], ids=["empty", "text", "script", "truncated", "bomb", "huge", "big", "blank", "bad-json",
         "no-pixels", "1-d", "too-bright", "strings", "blank-array"])
 def test_predict_refuses_bad_uploads_with_a_4xx_and_stays_up(studio, body, content_type,
                                                              status, words):

@@ -3,7 +3,7 @@
     python docs/images/studio_screenshots.py RUN_FOLDER [DIGIT]
 
 RUN_FOLDER is a trained run with events.jsonl (e.g. ``scratchnet train --model lenet --epochs 2
---out /tmp/lenet``); headless Chromium draws DIGIT (default 4) on the draw page at 1280x800.
+--out runs/lenet``); headless Chromium draws DIGIT (default 4) on the draw page, at 1280x800.
 """
 import os
 import sys

@@ -15,8 +15,11 @@ from PIL import Image
 from .. import checkpoint, models, nn, preprocess, recipes, tasks
 from ..data import normalize
 
-# an image may declare at most this many pixels; bigger ones are refused before decoding
-MAX_PIXELS = 40_000_000
+# an image may declare at most this many pixels (a 16 MP phone photo); bigger ones are refused
+# before decoding, since preprocessing holds a few float copies of it
+MAX_PIXELS = 16_000_000
+# images decoded at once: bounds the memory that concurrent uploads take
+_decoding = threading.BoundedSemaphore(2)
 # drawn arrays (JSON) may be at most this many pixels on a side
 MAX_SIDE = 2048
 # layers that show nothing new: Flatten reshapes, Dropout is the identity in eval mode
@@ -119,7 +122,8 @@ def image_from_bytes(data, two_digit):
                          f"{MAX_PIXELS:,} are accepted", 413)
     load = preprocess.load_two_digit if two_digit else preprocess.load_digit
     try:
-        return load(_Upload(data))
+        with _decoding:
+            return load(_Upload(data))
     except Image.DecompressionBombError:
         raise InputError("the uploaded image is too large to decode", 413) from None
     except preprocess.ImageError as e:  # damaged image data, or no digit in it
