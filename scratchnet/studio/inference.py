@@ -165,24 +165,23 @@ def probabilities(loaded, images):
 
 
 def _leaf_layers(model):
-    """``(name, layer)`` for every layer without children, in registration order; the steps a
-    Chain model keeps unregistered (``F.relu``-like calls) are included, named ""."""
-    seen, found = set(), []
+    """``(name, layer)`` for every layer without children; the steps a Chain model calls but
+    does not register (its ``F.relu``-like ReLU and pooling) are included, named ""."""
+    found, seen = [], set()
 
-    def visit(module, prefix):
-        children = list(module._modules.items())
-        for name, child in children:
-            visit(child, f"{prefix}.{name}" if prefix else name)
-        if not children and id(module) not in seen:
+    def add(name, module):
+        if id(module) not in seen and next(iter(module.children()), None) is None:
             seen.add(id(module))
-            found.append((prefix, module))
+            found.append((name, module))
+
+    modules = list(model.named_modules())
+    for name, module in modules:  # registered layers first, so they keep their names
+        add(name, module)
+    for _, module in modules:
         steps = getattr(module, "steps", None)
         for step in steps if isinstance(steps, (list, tuple)) else ():
-            if isinstance(step, nn.Module) and not step._modules and id(step) not in seen:
-                seen.add(id(step))
-                found.append(("", step))
-
-    visit(model, "")
+            if isinstance(step, nn.Module):
+                add("", step)
     return found
 
 
