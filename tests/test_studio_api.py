@@ -396,6 +396,27 @@ def test_test_digits_of_a_two_digit_model(studio):
     assert all(len(s["label"]) == 2 and s["image"]["shape"] == [42, 28] for s in body["samples"])
 
 
+def test_a_run_written_by_scratchnet_train_is_served(tmp_path, capsys):
+    out = tmp_path / "runs" / "mlp-dry"
+    assert cli.main(["train", "--model", "mlp", "--dry-run", "--no-progress",
+                     "--out", str(out)]) == 0
+    if not (out / "events.jsonl").exists():
+        pytest.skip("scratchnet train writes no events.jsonl in this version")
+    server = ServerThread([str(tmp_path / "runs")])
+    try:
+        _, _, listing = request(server, "/api/runs")
+        (run,) = listing["runs"]
+        assert run["model"] == "mlp" and run["status"] == "finished"
+        _, _, log = request(server, f"/api/runs/{run['id']}/events?since=0")
+        kinds = [e["type"] for e in log["events"]]
+        assert kinds[0] == "start" and kinds[-1] == "end" and "batch" in kinds
+        assert all(isinstance(e["time"], float) for e in log["events"])
+        status, _, digits = request(server, f"/api/runs/{run['id']}/test-digits")
+        assert status == 200 and digits["evaluated"] == 500
+    finally:
+        server.stop()
+
+
 # ----- pages, static files, safety -----
 
 def test_pages_and_assets_are_served_from_the_package(studio):
