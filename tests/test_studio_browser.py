@@ -168,6 +168,17 @@ def test_the_answer_follows_a_new_checkpoint(studio, browser, runs):
     wait_for(browser, lambda d: predicted(d) == "0", "the answer of the new weights", 20)
 
 
+def test_a_random_test_digit_is_drawn_and_named(studio, browser):
+    open_run(browser, studio, "", MODEL)
+    wait_for(browser, lambda d: by_testid(d, "random-test-digit"), "the button")[0].click()
+    assert wait_for(browser, predicted, "a prediction") in list("0123456789")
+    ink = browser.execute_script(
+        "const c = document.querySelector('[data-testid=draw-canvas]');"
+        "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "let n = 0; for (let i = 0; i < d.length; i += 4) n += d[i] < 128; return n;")
+    assert ink > 1000
+
+
 def test_a_two_digit_model_gets_a_tall_canvas_and_two_answers(studio, browser):
     open_run(browser, studio, "", "multimlp")
     wait_for(browser, lambda d: d.execute_script(

@@ -97,6 +97,26 @@
     await predict(file, file.type || "application/octet-stream");
   });
 
+  // a random digit of the test set, drawn dark on white as a person would, then read like one
+  document.getElementById("test-digit").addEventListener("click", async () => {
+    if (!run) return;
+    errorBox.textContent = "";
+    try {
+      const { samples } = await api(`/api/runs/${run.id}/test-digits`);
+      const sample = samples[Math.floor(Math.random() * samples.length)];
+      const [h, w] = sample.image.shape;
+      const values = bytes(sample.image.data).map((v) => 255 - v);
+      const picture = pixelCanvas(values, 0, h, w, 1, "gray");
+      clearCanvas();
+      ctx.imageSmoothingEnabled = true;
+      ctx.drawImage(picture, 0, 0, canvas.width, canvas.height);
+      inked = true;
+      predictCanvas();
+    } catch (error) {
+      errorBox.textContent = error.message;
+    }
+  });
+
   function showUpload(file) {
     const url = URL.createObjectURL(file);
     const img = new Image();
