@@ -93,6 +93,15 @@ def test_a_signal_saves_and_the_run_resumes_exactly(python_run, tmp_path, capsys
     assert numbers(read_metrics(out)) == numbers(read_metrics(python_run.out))
 
 
+def test_resume_removes_what_a_killed_save_left(tmp_path):
+    sn.train("mlp", out=str(tmp_path / "r"), backend="numpy", limit_train=100, limit_test=20,
+             epochs=1, no_progress=True)
+    stale = tmp_path / "r" / ".checkpoint.npz.k1ll3d9x.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    Run.resume(tmp_path / "r").train(epochs=2, no_progress=True)
+    assert sorted(p.name for p in (tmp_path / "r").iterdir() if p.name.startswith(".")) == []
+
+
 def test_nothing_to_train_changes_nothing(python_run, capsys):
     before = (python_run.out / "checkpoint.npz").read_bytes()
     for extra in ([], ["--epochs", "1"], ["--epochs", "2"]):

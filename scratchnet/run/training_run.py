@@ -19,6 +19,7 @@ from .. import checkpoint, models, recipes, tasks, training
 from .. import random as sn_random
 from ..callbacks import CallbackList, ProgressBar
 from ..events import EventLog
+from ..fileio import remove_stale_temps
 from . import datasets, folder, signals
 from .settings import (DATA_SETTINGS, TRAIN_SETTINGS, TWO_DIGIT_DATASET, SettingsError,
                        checked, new_config, reject_misplaced, resumed_config, two_digit)
@@ -140,6 +141,8 @@ class Run:
         config = resumed_config(ckpt.meta["config"], given, path)
         out = given.get("out") or os.path.dirname(os.path.abspath(path))
         folder.check_usable(out)
+        if os.path.isdir(out):
+            remove_stale_temps(out)  # what a save killed mid-write left behind
         run = cls._build(config, out, ckpt, path)
         run.target_epochs = given.get("epochs")
         return run
@@ -247,8 +250,9 @@ class Run:
                 self.finished = True
                 self.save()
                 if self.out is not None:
-                    folder.write_plots(self.out, self.history, test_images, test_labels,
-                                       result["predictions"], matrices,
+                    title = f"{self.config['model']} on {self.config['dataset']}"
+                    folder.write_plots(self.out, title, self.history, self.test, test_images,
+                                       test_labels, result["predictions"], matrices,
                                        datasets.classes(self.config["dataset"]))
                 status = "finished"
             except Interrupted:
@@ -391,7 +395,8 @@ class Run:
 
     def export(self, path):
         """Write the weights as a PyTorch state dict that reference.models' twin loads."""
-        checkpoint.save_torch_state_dict(path, self.model.state_dict())
+        checkpoint.save_torch_state_dict(path, self.model.state_dict(),
+                                         expected=self.config["model"])
         return Path(path)
 
 
