@@ -294,3 +294,14 @@ def test_export_writes_what_the_torch_twin_loads(mnist_cnn_pt, tmp_path, capsys)
     loaded.load_state_dict(torch.load(tmp_path / "again.pth", weights_only=True))
     for name, value in twin.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
+
+
+def test_find_lists_run_folders_newest_first(python_run, tmp_path):
+    from scratchnet.run import find
+    other = tmp_path / "runs" / "b"
+    sn.train("mlp", out=str(other), backend="numpy", limit_train=100, limit_test=20, epochs=1,
+             no_progress=True)
+    (tmp_path / "runs" / "not-a-run").mkdir()
+    assert find([tmp_path / "runs"]) == [other.resolve()]
+    assert find([other / "checkpoint.npz", python_run.out, tmp_path / "runs"]) == \
+        [other.resolve(), python_run.out.resolve()]
