@@ -21,11 +21,9 @@ from ..callbacks import CallbackList, ProgressBar
 from ..events import EventLog
 from ..fileio import remove_stale_temps
 from . import datasets, folder, signals
+from .report import confusion, test_report
 from .settings import (DATA_SETTINGS, TRAIN_SETTINGS, TWO_DIGIT_DATASET, SettingsError,
                        checked, new_config, reject_misplaced, resumed_config, two_digit)
-
-HEADS = ("first", "second")
-
 
 class NothingToTrain(SettingsError):
     """The run has trained the epochs asked for already; nothing was changed."""
@@ -51,32 +49,6 @@ def _run_checkpoint(path, *keys):
         raise checkpoint.CheckpointError(
             f"{path}: not a checkpoint of `scratchnet train` (no {', '.join(missing)} in it)")
     return ckpt
-
-
-def _confusion(labels, predictions):
-    """The confusion matrix, or for two digits the list (first digit's, second digit's)."""
-    if labels.ndim == 1:
-        return training.confusion_matrix(labels, predictions)
-    return [training.confusion_matrix(labels[:, h], predictions[:, h]) for h in range(2)]
-
-
-def _report(result, labels):
-    """Metrics of an evaluation ``result`` on ``labels`` as metrics.json stores them: loss,
-    accuracy, per-class accuracy and confusion matrix (for two digits both digits' summed, and
-    each digit's, ``_first``/``_second``), prefixed ``test_`` where metrics.json has it."""
-    matrices = _confusion(labels, result["predictions"])
-    report = {"test_samples": int(len(labels)), "test_loss": result["loss"],
-              "test_accuracy": result["accuracy"]}
-    report.update({f"test_{k}": v for k, v in result.items()
-                   if k not in ("loss", "accuracy", "predictions")})
-    matrix = matrices if labels.ndim == 1 else sum(matrices)
-    report["per_class_accuracy"] = training.per_class_accuracy(matrix).tolist()
-    report["confusion_matrix"] = matrix.tolist()
-    if labels.ndim == 2:
-        for head, m in zip(HEADS, matrices):
-            report[f"per_class_accuracy_{head}"] = training.per_class_accuracy(m).tolist()
-            report[f"confusion_matrix_{head}"] = m.tolist()
-    return report, matrices
 
 
 class Run:
@@ -107,6 +79,14 @@ class Run:
     @property
     def epochs_done(self):
         return self.state.epoch if self.state is not None else 0
+
+    def describe(self):
+        """One line: "lenet on 60000 mnist images (SGD lr 0.001 ...), numba backend, ..."."""
+        c = self.config
+        images = "" if self.train_size is None else f" on {self.train_size} " + \
+            f"{datasets.describe(c, 'train')} images"
+        return (f"{c['model']}{images} ({recipes.from_config(c).describe()}), {c['backend']} "
+                f"backend, {c['dtype']}; run folder {self.out}")
 
     @property
     def checkpoint_file(self):
@@ -246,7 +226,7 @@ class Run:
                 self._fit(train, val, observers)
                 x_test = datasets.inputs(test_images, self.model, self.config["normalize"])
                 result = training.evaluate(self.model, self.task, x_test, test_labels, 1000)
-                self.test, matrices = _report(result, test_labels)
+                self.test, matrices = test_report(result, test_labels)
                 self.finished = True
                 self.save()
                 if self.out is not None:
@@ -323,7 +303,7 @@ class Run:
             images, labels = datasets.load("test", config, config.get("limit_test"))
             x = datasets.inputs(images, self.model, normalization)
             result = training.evaluate(self.model.eval(), self.task, x, labels, batch_size)
-        matrices = _confusion(labels, result["predictions"])
+        matrices = confusion(labels, result["predictions"])
         return {"model": self.config["model"], "data": datasets.describe(config, "test"),
                 "samples": len(labels),
                 **{k: v for k, v in result.items() if k != "predictions"},
