@@ -305,3 +305,20 @@ def test_find_lists_run_folders_newest_first(python_run, tmp_path):
     assert find([tmp_path / "runs"]) == [other.resolve()]
     assert find([other / "checkpoint.npz", python_run.out, tmp_path / "runs"]) == \
         [other.resolve(), python_run.out.resolve()]
+
+
+def test_keywords_are_the_flags_with_their_defaults(capsys):
+    import inspect
+    import re
+    from scratchnet.run import TRAIN_SETTINGS
+    for command, function, extra in (("train", sn.train, {"callbacks"}),
+                                     ("evaluate", Run.evaluate, {"self"})):
+        assert main([command, "--help"]) == 0
+        help_text = capsys.readouterr().out
+        flags = set(re.findall(r"^ +--([a-z][a-z-]+)", help_text, re.MULTILINE)) - {"help"}
+        parameters = inspect.signature(function).parameters
+        names = {name.replace("_", "-") for name in parameters} - extra
+        assert names - {"model"} == flags - {"model"}  # evaluate: Run.load takes the model
+        for name, p in parameters.items():
+            if name in TRAIN_SETTINGS and name != "batch_size":
+                assert p.default == TRAIN_SETTINGS[name][1], name

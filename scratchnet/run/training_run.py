@@ -282,11 +282,13 @@ class Run:
 
     # ----- using it -----
 
-    def evaluate(self, batch_size=1000, normalize=None, backend=None, **data):
+    def evaluate(self, *, data_dir=None, dataset=None, limit_test=None, n_test=None,
+                 data_seed=None, allow_pickle=False, download=False, batch_size=1000,
+                 normalize=None, backend=None):
         """Loss, accuracy, per-class accuracy and confusion matrix on the test set.
 
-        ``data``: the test data's settings (data_dir, dataset, limit_test, n_test, data_seed,
-        allow_pickle, download), default the run's own. ``normalize``: (mean, std) instead of
+        The test data's keywords are ``scratchnet evaluate``'s flags (default: MNIST's test set,
+        for a two-digit run the run's own test set). ``normalize``: (mean, std) instead of
         the run's. ``backend``: the op implementation (default: the selected one). Returns a
         dict: ``model``, ``data`` (where the images came from), ``samples``, ``loss``,
         ``accuracy`` (two digits: also each digit's loss and accuracy, ``accuracy_both``),
@@ -295,6 +297,9 @@ class Run:
         """
         TRAIN_SETTINGS["batch_size"][0]("batch_size", batch_size)
         normalization = self._normalization(normalize)
+        data = {"data_dir": data_dir, "dataset": dataset, "limit_test": limit_test,
+                "n_test": n_test, "data_seed": data_seed, "allow_pickle": allow_pickle,
+                "download": download}
         config = self._test_data(checked(data, DATA_SETTINGS, "evaluate"))
         if backend is not None:
             TRAIN_SETTINGS["backend"][0]("backend", backend)
@@ -380,12 +385,20 @@ class Run:
         return Path(path)
 
 
-def train(model=None, *, resume=None, callbacks=None, no_progress=False, **settings):
-    """Train ``model`` with its recipe, ``settings`` over it (the flags of ``scratchnet train``
-    as keywords), or continue the run in ``resume``; returns the :class:`Run`.
+def train(model=None, *, epochs=None, batch_size=None, lr=None, optimizer=None, momentum=None,
+          nesterov=None, weight_decay=None, val_split=None, seed=1, backend=None,
+          dtype="float32", data_dir=None, dataset=None, limit_train=None, limit_test=None,
+          n_train=None, n_test=None, data_seed=None, allow_pickle=False, download=False,
+          out=None, resume=None, dry_run=False, no_progress=False, callbacks=None):
+    """Train ``model`` with its recipe, the keywords over it, or continue the run in ``resume``
+    (a run folder or its checkpoint); returns the :class:`Run`. The keywords are the flags of
+    ``scratchnet train``, with the same defaults (None: the recipe's); see ``--help``.
 
         run = scratchnet.train("lenet", epochs=2, out="runs/lenet")
     """
+    given = dict(locals())
+    settings = {k: v for k, v in given.items()
+                if k in TRAIN_SETTINGS and k != "model" and v != TRAIN_SETTINGS[k][1]}
     if resume is not None:
         run = Run.resume(resume, model=model, **settings)
     else:
