@@ -102,6 +102,20 @@ def test_resume_removes_what_a_killed_save_left(tmp_path):
     assert sorted(p.name for p in (tmp_path / "r").iterdir() if p.name.startswith(".")) == []
 
 
+def test_training_a_finished_run_further_is_unfinished_until_tested(tmp_path, monkeypatch):
+    quick = dict(backend="numpy", limit_train=100, limit_test=20, no_progress=True)
+    sn.train("mlp", out=str(tmp_path / "r"), epochs=1, **quick)
+    with monkeypatch.context() as m:
+        send_at_step(m, signal.SIGINT, 2)
+        with pytest.raises(Interrupted):
+            Run.resume(tmp_path / "r").train(epochs=2, no_progress=True)
+    meta = checkpoint.load_checkpoint(tmp_path / "r" / "checkpoint.npz").meta
+    assert not meta["finished"] and meta["config"]["epochs"] == 2
+    assert "test_accuracy" not in read_metrics(tmp_path / "r")
+    run = Run.resume(tmp_path / "r").train(no_progress=True)
+    assert run.finished and len(run.history) == 2 and "test_accuracy" in read_metrics(run.out)
+
+
 def test_nothing_to_train_changes_nothing(python_run, capsys):
     before = (python_run.out / "checkpoint.npz").read_bytes()
     for extra in ([], ["--epochs", "1"], ["--epochs", "2"]):

@@ -25,6 +25,7 @@ from .report import confusion, test_report
 from .settings import (DATA_SETTINGS, TRAIN_SETTINGS, TWO_DIGIT_DATASET, SettingsError,
                        checked, new_config, reject_misplaced, resumed_config, two_digit)
 
+
 class NothingToTrain(SettingsError):
     """The run has trained the epochs asked for already; nothing was changed."""
 
@@ -169,9 +170,8 @@ class Run:
             state = checkpoint.load_torch_state_dict(path)
             name = model or checkpoint.infer_model(state)
             dtype = np.result_type(*state.values()).name if state else "float32"
-            recipe = recipes.resolve(name)
-            config = {"model": name, "dtype": dtype, "backend": sn_backend.get_backend(),
-                      "normalize": list(recipe.normalize) if recipe.normalize else None,
+            config = {"model": name, **recipes.as_config(recipes.resolve(name)), "dtype": dtype,
+                      "backend": sn_backend.get_backend(),
                       "dataset": TWO_DIGIT_DATASET if two_digit(name) else "mnist"}
             progress, out, finished = None, None, True
         else:
@@ -209,6 +209,7 @@ class Run:
                 f"nothing to train: {self.out} has trained {done} epoch{'s' * (done != 1)} "
                 f"already; pass epochs=N with N > {done} to train more")
         self.config["epochs"] = target
+        self.finished, self.test = False, None  # until this training's test report is written
         observers = [EventLog()] if self.out is not None else []
         observers += [] if no_progress else [ProgressBar()]
         observers = CallbackList(observers + list(callbacks or ()))
@@ -235,7 +236,7 @@ class Run:
                                        test_labels, result["predictions"], matrices,
                                        datasets.classes(self.config["dataset"]))
                 status = "finished"
-            except Interrupted:
+            except KeyboardInterrupt:  # Interrupted, or a second Ctrl-C
                 status = "interrupted"
                 raise
             finally:
