@@ -58,6 +58,7 @@ def test_history_evaluate_and_predict(python_run):
     probs = python_run.predict(images[:5])
     assert probs.shape == (5, 10) and np.allclose(probs.sum(1), 1)
     assert np.array_equal(probs.argmax(1), result["predictions"][:5])
+    assert np.array_equal(python_run.predict(images[3]), probs[3:4])
     loaded = Run.load(python_run.out)
     assert np.array_equal(loaded.predict(images[:5]), probs)
     assert loaded.history == python_run.history

@@ -357,13 +357,16 @@ class Run:
         if not isinstance(images, np.ndarray):
             images = np.stack([load(os.fspath(i)) if isinstance(i, (str, os.PathLike))
                                else np.asarray(i) for i in images])
+        if images.ndim == 2:  # one image
+            images = images[None]
         return datasets.inputs(images, self.model, self.config["normalize"])
 
     def predict(self, images):
         """Class probabilities, (N, 10), or (N, 2, 10) for the two-digit models.
 
         ``images``: image files (any size or colour, made MNIST-like first, as ``scratchnet
-        predict`` does) or uint8 arrays shaped like the dataset's images.
+        predict`` does), or uint8 images shaped like the dataset's: (N, 28, 28) or one
+        (28, 28); (N, 42, 28) for two digits.
         """
         x = self._images(images)
         return self.task.probabilities(self.model.eval()(x))
