@@ -11,5 +11,9 @@ What it measures, and where:
 - ``time_to_accuracy``: one MNIST epoch of digitcnn per framework, wall time and test accuracy;
 - ``machine`` (CPU, versions, thread pools, float32 GEMM peak), ``flops`` (work per sample from
   layer shapes), ``workload`` (tutorial recipes, data, losses, optimizers);
-- ``report``: the stdout tables, ``results.json``, ``results.md`` and ``ratios.png``.
+- ``report``: the stdout tables, ``results.json``, ``RESULTS.md`` (headline table first) and
+  ``ratios.png``.
+
+Ad-hoc runs write to ./benchmark-results (or --out); ``--publish`` replaces the published run,
+benchmarks/results/ and benchmarks/RESULTS.md.
 """

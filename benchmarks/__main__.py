@@ -1,7 +1,9 @@
 """Benchmark scratchnet (numba and numpy backends) against torch on this machine.
 
 ``python -m benchmarks [--quick] [--models ...] [--threads N] [--device cpu|cuda] [--out DIR]``
-prints markdown tables and writes results.json, results.md and ratios.png to --out.
+prints markdown tables and writes results.json, RESULTS.md and ratios.png to --out
+(default ./benchmark-results). ``--publish`` runs the full suite and replaces the published
+run: benchmarks/results/ (results.json, ratios.png) and benchmarks/RESULTS.md.
 """
 import argparse
 import os
@@ -12,7 +14,8 @@ from . import frameworks, isolated, machine, ops, report, time_to_accuracy, trai
 
 PARTS = ("train", "ops", "jit", "memory", "accuracy")
 QUICK_MODELS = ["digitcnn", "lenet"]
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# ad-hoc runs never overwrite the published one
+DEFAULT_OUT = "benchmark-results"
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -49,11 +52,20 @@ def parse_args(argv):
                    help="fewer models, rounds and op cases; no time-to-accuracy run unless "
                         "--accuracy-steps is given")
     p.add_argument("--seed", type=int, default=0, help="initial weights and batch order")
-    p.add_argument("--out", default=DEFAULT_OUT,
-                   help="directory for results.json, results.md and ratios.png")
+    p.add_argument("--out", default=None,
+                   help=f"directory for results.json, RESULTS.md and ratios.png (default: "
+                        f"{DEFAULT_OUT}; with --publish: the published run)")
+    p.add_argument("--publish", action="store_true",
+                   help="replace the published run (benchmarks/results/ and "
+                        "benchmarks/RESULTS.md); not with --quick")
     args = p.parse_args(argv)
     if args.threads < 1:
         p.error(f"--threads must be at least 1, got {args.threads}")
+    if args.out is None:
+        args.out = report.PUBLISHED if args.publish else DEFAULT_OUT
+    args.publish = args.publish or _same_folder(args.out, report.PUBLISHED)
+    if args.publish and args.quick:
+        p.error("a quick run is not published: drop --quick, or write elsewhere with --out DIR")
     args.models = args.models or (QUICK_MODELS if args.quick else workload.model_names())
     args.rounds = args.rounds or (3 if args.quick else 7)
     args.round_seconds = args.round_seconds or (0.1 if args.quick else 0.5)
@@ -61,6 +73,10 @@ def parse_args(argv):
     if args.quick and args.accuracy_steps is None:
         args.skip = sorted(set(args.skip) | {"accuracy"})
     return args
+
+
+def _same_folder(a, b):
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def log(msg):
@@ -106,6 +122,7 @@ def main(argv=None):
                             "device": args.device, "rounds": args.rounds,
                             "round_seconds": args.round_seconds, "quick": args.quick,
                             "skipped": args.skip, "seed": args.seed,
+                            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                             "load_average_1min_at_start": load},
                "notes": notes, "models": {}}
 
@@ -132,7 +149,11 @@ def main(argv=None):
             "sides": time_to_accuracy.run(sides, args.threads, args.seed, args.accuracy_steps)}
     machine.set_blas_threads(1)
     results["machine"] = machine.facts(thread_info)
-    text, paths = report.write(results, args.out)
+    if args.publish:
+        text, paths = report.write(results, args.out, report_path=report.PUBLISHED_REPORT,
+                                   accuracy_dir=os.path.join(report.PUBLISHED, "accuracy"))
+    else:
+        text, paths = report.write(results, args.out)
     sys.stdout.write(text)
     log("wrote " + ", ".join(paths.values()))
     return results

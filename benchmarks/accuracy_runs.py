@@ -8,8 +8,9 @@ Each model is trained by ``scratchnet train`` exactly as a user would run it (it
 shipped MNIST, the full test set; for the two-digit models multimlp and multicnn, the
 tutorial's 40,000 + 4,000 two-digit images generated from MNIST with the seed), after an
 untimed ``--dry-run`` that compiles and caches the Numba kernels, so JIT time is not in the
-numbers. Writes ``accuracy.json`` and ``accuracy.md``
-(a markdown table) plus each run's folder to --out.
+numbers. Writes ``accuracy.json`` and ``accuracy.md`` (a markdown table) plus each run's
+folder to --out (default ./benchmark-results/accuracy); ``--publish`` writes them to
+benchmarks/results/accuracy instead and re-renders benchmarks/RESULTS.md with the table.
 """
 import argparse
 import contextlib
@@ -22,9 +23,11 @@ import time
 
 from scratchnet import cli, recipes
 
-from . import machine
+from . import machine, report
 
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "accuracy")
+# ad-hoc runs never overwrite the published tables
+DEFAULT_OUT = os.path.join("benchmark-results", "accuracy")
+PUBLISHED_OUT = os.path.join(report.PUBLISHED, "accuracy")
 
 
 def parse_args(argv):
@@ -33,7 +36,11 @@ def parse_args(argv):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--models", nargs="+", choices=list(recipes.RECIPES),
                    default=list(recipes.RECIPES), help="recipes to run")
-    p.add_argument("--out", default=DEFAULT_OUT, help="folder for the table and the runs")
+    p.add_argument("--out", default=None,
+                   help=f"folder for the table and the runs (default: {DEFAULT_OUT}; with "
+                        f"--publish: benchmarks/results/accuracy)")
+    p.add_argument("--publish", action="store_true",
+                   help="write the published tables and re-render benchmarks/RESULTS.md")
     p.add_argument("--backend", choices=["numba", "numpy"], default="numba")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--epochs", type=int, default=None,
@@ -44,7 +51,10 @@ def parse_args(argv):
                    help="test on the first N images only (a quick check; default: all 10,000, "
                         "or the 4,000 two-digit ones)")
     p.add_argument("--progress", action="store_true", help="show the progress bars")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.out is None:
+        args.out = PUBLISHED_OUT if args.publish else DEFAULT_OUT
+    return args
 
 
 def train_argv(model, args, out):
@@ -157,6 +167,8 @@ def main(argv=None):
     with open(os.path.join(args.out, "accuracy.md"), "w") as f:
         f.write(table)
     print(table)
+    if args.publish:
+        print(f"wrote {report.render_published()}")
     return 0
 
 

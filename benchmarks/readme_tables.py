@@ -1,19 +1,19 @@
-"""Copy the latest run's tables from ``benchmarks/results/results.md`` into the README.
+"""Copy the published run's tables from ``benchmarks/RESULTS.md`` into the README.
 
-The README shows three of the report's tables (training, inference, JIT compile time). Each
-sits under a marker line ``<!-- results: <section title> -->``; ``sync`` replaces the table
-that follows the marker with the table under ``## <section title>`` in results.md, and leaves
-everything else alone. Copying by hand once put the accuracy table's rows into the throughput
-tables; tests/test_benchmarks.py now checks that the README equals ``sync`` of itself.
+The README shows some of the report's tables (the headline one, say). Each sits under a
+marker line ``<!-- results: <section title> -->``; ``sync`` replaces the table that follows
+the marker with the table under ``## <section title>`` in RESULTS.md, and leaves everything
+else alone. Copying by hand once put the accuracy table's rows into the throughput tables;
+tests/test_benchmarks.py checks that the README equals ``sync`` of itself.
 
-    python -m benchmarks.readme_tables      # after python -m benchmarks
+    python -m benchmarks.readme_tables      # after python -m benchmarks --publish
 """
 import os
 import re
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
-RESULTS = os.path.join(ROOT, "benchmarks", "results", "results.md")
+RESULTS = os.path.join(ROOT, "benchmarks", "RESULTS.md")
 MARKER = re.compile(r"^<!-- results: (.+?) -->$")
 
 
@@ -58,7 +58,7 @@ def sync(readme, results_md):
             continue
         title = m.group(1)
         if title not in tables:
-            raise KeyError(f"README marks a table '{title}' that results.md does not have")
+            raise KeyError(f"README marks a table '{title}' that RESULTS.md does not have")
         first, end = _table_at(lines, i)
         out += lines[i:first] + tables[title]
         i = end

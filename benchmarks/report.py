@@ -1,12 +1,23 @@
-"""Output: markdown tables (stdout and ``results.md``), ``results.json`` and ``ratios.png``.
+"""Output: markdown tables (stdout and ``RESULTS.md``), ``results.json`` and ``ratios.png``.
 
 Ratios are scratchnet/torch throughput (or torch time / scratchnet time for ops): above 1
-means scratchnet is faster.
+means scratchnet is faster. The report opens with a headline table (numba against torch)
+that the README embeds; every table is rendered from ``results.json``, so
+
+    python -m benchmarks.report          # benchmarks/RESULTS.md from the published results
+
+re-renders the published report without measuring anything.
 """
+import argparse
 import json
 import os
 
 import numpy as np
+
+BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
+PUBLISHED = os.path.join(BENCHMARKS, "results")
+PUBLISHED_REPORT = os.path.join(BENCHMARKS, "RESULTS.md")
+HEADLINE = "Headline: numba backend against torch on the CPU"
 
 SHORT = {"scratchnet-numba": "numba", "scratchnet-numpy": "numpy", "torch-cpu": "torch",
          "torch-cuda": "torch-cuda"}
@@ -41,6 +52,8 @@ def _machine(res):
         lines.append(f"float32 GEMM peak: {peak['gflops']:.0f} GFLOP/s (numpy sgemm "
                      f"{peak['size']}², {peak['threads']} threads).")
     s = res["settings"]
+    if s.get("date"):
+        lines.insert(0, f"Run: {s['date']}, `{s['command'].strip()}`.")
     if any("train" in m for m in res["models"].values()):
         lines.append(f"Throughput: median of {s['rounds']} interleaved rounds "
                      f"(~{s['round_seconds']} s each) after warm-up; JIT compile time "
@@ -173,10 +186,63 @@ def _tta(res):
             + _table(["side", "wall time (s)", "samples/s", "test accuracy", "steps"], rows))
 
 
-def markdown(res):
-    """Every table, as markdown (printed to stdout and written to results.md)."""
+def _headline(res):
+    """One row per model: numba's training and inference throughput as a multiple of torch's,
+    and the first step's wait on a cold and a warm kernel cache."""
+    rows = []
+    for name, m in res["models"].items():
+        ratios = m.get("ratios", {})
+        jit = m.get("jit") or {}
+        cold, warm = jit.get("cold", {}), jit.get("warm", {})
+        rows.append([name, _short_ratio(ratios.get("train", {}).get("scratchnet-numba")),
+                     _short_ratio(ratios.get("infer", {}).get("scratchnet-numba")),
+                     f"{cold['first_step_s']:.1f} s" if "first_step_s" in cold else "—",
+                     f"{warm['first_step_s']:.1f} s" if "first_step_s" in warm else "—"])
+    return _table(["model", "training speed vs torch", "inference speed vs torch",
+                   "first step, cold cache", "first step, warm cache"], rows)
+
+
+def _short_ratio(r):
+    return "—" if r is None else f"{r['median']:.2f}×"
+
+
+def _headline_note(res):
+    m, t = res["machine"], res["machine"]["threads"]
+    return (f"Median throughput of scratchnet's numba backend divided by torch {m['torch']}'s "
+            f"on the same batches (above 1: scratchnet faster), {t['numba']} threads each, on "
+            f"{m['cpu']} ({m['cores_available']} cores); the first step includes compiling "
+            f"the kernels (cold cache) or loading them (warm cache).")
+
+
+# the accuracy runs' tables, by file name: each gets its own section, so the README can embed it
+ACCURACY_SECTIONS = {"accuracy.md": "Accuracy of full training runs (MNIST)",
+                     "accuracy_multidigit.md": "Accuracy of full training runs (two-digit MNIST)"}
+
+
+def _accuracy_tables(folder):
+    """["## title", table] for each accuracy run table found in ``folder``; [] if none."""
+    parts = []
+    for name, title in ACCURACY_SECTIONS.items():
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                parts += [f"## {title}", f.read().strip()]
+    return parts
+
+
+def markdown(res, chart=None, accuracy=()):
+    """Every table, as markdown (printed to stdout and written to RESULTS.md).
+
+    chart: the path of ratios.png relative to the report, shown under the headline when
+    given. accuracy: sections of full training runs' tables (see ACCURACY_SECTIONS), appended.
+    """
     sides = res["settings"]["sides"]
-    parts = ["# scratchnet benchmark results", _machine(res)]
+    parts = ["# scratchnet benchmark results"]
+    if any("ratios" in m for m in res["models"].values()) and "scratchnet-numba" in sides:
+        parts += [f"## {HEADLINE}", _headline(res), _headline_note(res)]
+    if chart:
+        parts.append(f"![scratchnet/torch throughput per model]({chart})")
+    parts += ["## Machine and method", _machine(res)]
     if res.get("notes"):
         parts.append("\n".join(f"- {n}" for n in res["notes"]))
     if any("train" in m for m in res["models"].values()):
@@ -195,6 +261,7 @@ def markdown(res):
         parts += ["## Memory of a training run (one fresh process per side)", _memory(res)]
     if res.get("time_to_accuracy", {}).get("sides"):
         parts += ["## Time to accuracy (one epoch)", _tta(res)]
+    parts += list(accuracy)
     return "\n\n".join(parts) + "\n"
 
 
@@ -241,17 +308,50 @@ def chart(res, path):
     plt.close(fig)
 
 
-def write(res, out_dir):
-    """results.json, results.md and (when any model was timed) ratios.png in ``out_dir``."""
+def write(res, out_dir, report_path=None, accuracy_dir=None):
+    """results.json and (when any model was timed) ratios.png in ``out_dir``, and the report.
+
+    report_path: where the markdown goes (default ``out_dir/RESULTS.md``; a published run
+    writes ``benchmarks/RESULTS.md``). accuracy_dir: a folder whose ``accuracy*.md`` tables
+    the report includes. Returns (markdown text, {"json", "markdown", "chart"?: path}).
+    """
     os.makedirs(out_dir, exist_ok=True)
-    paths = {"json": os.path.join(out_dir, "results.json"),
-             "markdown": os.path.join(out_dir, "results.md")}
+    report_path = report_path or os.path.join(out_dir, "RESULTS.md")
+    paths = {"json": os.path.join(out_dir, "results.json"), "markdown": report_path}
     with open(paths["json"], "w") as f:
         json.dump(res, f, indent=1, default=_plain)
-    text = markdown(res)
-    with open(paths["markdown"], "w") as f:
-        f.write(text)
+    chart_link = None
     if any("ratios" in m for m in res["models"].values()):
         paths["chart"] = os.path.join(out_dir, "ratios.png")
         chart(res, paths["chart"])
+        chart_link = os.path.relpath(paths["chart"], os.path.dirname(os.path.abspath(report_path)))
+    accuracy = _accuracy_tables(accuracy_dir) if accuracy_dir else ()
+    text = markdown(res, chart=chart_link, accuracy=accuracy)
+    with open(report_path, "w", encoding="utf-8") as f:
+        f.write(text)
     return text, paths
+
+
+def published_markdown():
+    """What benchmarks/RESULTS.md should say: the report of benchmarks/results/results.json,
+    its chart, and the accuracy tables in benchmarks/results/accuracy."""
+    with open(os.path.join(PUBLISHED, "results.json"), encoding="utf-8") as f:
+        res = json.load(f)
+    chart_link = None
+    if os.path.isfile(os.path.join(PUBLISHED, "ratios.png")):
+        chart_link = os.path.relpath(os.path.join(PUBLISHED, "ratios.png"), BENCHMARKS)
+    return markdown(res, chart=chart_link,
+                    accuracy=_accuracy_tables(os.path.join(PUBLISHED, "accuracy")))
+
+
+def render_published():
+    """Re-render benchmarks/RESULTS.md from benchmarks/results/results.json (no measuring)."""
+    with open(PUBLISHED_REPORT, "w", encoding="utf-8") as f:
+        f.write(published_markdown())
+    return PUBLISHED_REPORT
+
+
+if __name__ == "__main__":
+    argparse.ArgumentParser(prog="python -m benchmarks.report",
+                            description=render_published.__doc__).parse_args()
+    print(f"wrote {render_published()}")

@@ -44,7 +44,8 @@ def torch_optimizer(name, params):
     if r.optimizer == "sgd":
         return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, nesterov=r.nesterov,
                                weight_decay=wd)
-    cls = torch.optim.Adam if r.optimizer == "adam" else torch.optim.AdamW
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+           "adadelta": torch.optim.Adadelta}[r.optimizer]
     return cls(params, lr=r.lr, weight_decay=wd)
 
 

@@ -224,8 +224,8 @@ def check_finite(model_state, source):
             bad = int(value.size - np.count_nonzero(np.isfinite(value)))
             raise CheckpointError(
                 f"{source}: tensor {key} holds {bad} NaN or infinite value"
-                f"{'s' if bad != 1 else ''} (of {value.size}); these weights are unusable "
-                f"(the training run diverged)")
+                f"{'s' if bad != 1 else ''} (of {value.size}), so every output would be "
+                f"meaningless (a diverged training run leaves such weights)")
 
 
 def model_shapes(name):

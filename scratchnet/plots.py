@@ -74,7 +74,7 @@ def _batch_curve(ax, batches, key, accuracy):
     """Per-batch ``key`` along fractional epochs (epoch k ends at x = k)."""
     points = [(b["epoch"] - 1 + b["batch"] / b["batches"], b.get(key)) for b in batches
               if b.get(key) is not None and b.get("batches")]
-    if points:
+    if len(points) > 1:  # one point is no curve
         x, y = zip(*points)
         ax.plot(x, y, "-", lw=0.8, alpha=0.45, color="C0", label="train, per batch")
 

@@ -3,9 +3,9 @@
 MNIST was made this way (LeCun et al.): the digit, white on black, was size-normalised to fit
 a 20x20 box keeping its aspect ratio (with anti-aliasing, hence grey edges), then placed in a
 28x28 field so that its centre of mass lies at the centre. :func:`to_mnist` repeats those
-steps on an arbitrary image; :func:`load_image` reads any file PIL can open (a path, bytes, or a file object),
-in bounded memory.
-:func:`to_two_digit` does the same for two digits stacked on the 42 x 28 two-digit canvas.
+steps on an arbitrary image; :func:`load_image` reads any file PIL can open (a path, bytes
+or a file object) in bounded memory. :func:`to_two_digit` does the same for two digits
+stacked on the 42 x 28 two-digit canvas.
 """
 import io
 import os

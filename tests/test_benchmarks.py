@@ -160,7 +160,9 @@ def test_cli_quick_run_writes_every_output(tmp_path):
     assert set(mlp["ratios"]["train"]) == {"scratchnet-numba", "scratchnet-numpy"}
     assert {c["op"] for c in res["ops"]} >= {"conv2d", "maxpool2d", "relu", "linear"}
     assert all("error" not in t for c in res["ops"] for t in c["timings"].values())
-    assert (tmp_path / "results.md").read_text() == proc.stdout
+    assert (tmp_path / "RESULTS.md").read_text() == proc.stdout
+    assert proc.stdout.startswith("# scratchnet benchmark results\n\n## Headline")
+    assert "![scratchnet/torch throughput per model](ratios.png)" in proc.stdout
     assert (tmp_path / "ratios.png").stat().st_size > 0
     assert np.isfinite(res["gemm_peak"]["gflops"])
 
@@ -192,11 +194,33 @@ def test_readme_tables_replace_only_the_marked_table():
 
 
 def test_readme_shows_the_latest_results_tables():
-    """The README's throughput and compile-time tables are those of benchmarks/results/results.md
-    (run ``python -m benchmarks.readme_tables`` after a benchmark run)."""
+    """The README's embedded tables are those of benchmarks/RESULTS.md (run
+    ``python -m benchmarks.readme_tables`` after a published benchmark run)."""
     with open(readme_tables.README, encoding="utf-8") as f:
         readme = f.read()
     with open(readme_tables.RESULTS, encoding="utf-8") as f:
         results_md = f.read()
-    assert readme.count("<!-- results: ") == 3
+    assert readme.count("<!-- results: ") >= 1
     assert readme_tables.sync(readme, results_md) == readme
+
+
+def test_published_report_is_rendered_from_the_published_json():
+    """benchmarks/RESULTS.md is what ``python -m benchmarks.report`` makes of results.json."""
+    with open(report.PUBLISHED_REPORT, encoding="utf-8") as f:
+        assert f.read() == report.published_markdown()
+
+
+def test_ad_hoc_runs_do_not_write_the_published_results(tmp_path):
+    from benchmarks.__main__ import parse_args
+
+    quick = parse_args(["--quick"])
+    assert not quick.publish and os.path.realpath(quick.out) != os.path.realpath(report.PUBLISHED)
+    assert parse_args([]).out == parse_args(["--out", "benchmark-results"]).out
+    published = parse_args(["--publish"])
+    assert published.publish and published.out == report.PUBLISHED
+    assert parse_args(["--out", os.path.join(report.BENCHMARKS, "results", "")]).publish
+    assert not parse_args(["--out", str(tmp_path)]).publish
+    with pytest.raises(SystemExit):
+        parse_args(["--quick", "--publish"])
+    with pytest.raises(SystemExit):
+        parse_args(["--quick", "--out", report.PUBLISHED])

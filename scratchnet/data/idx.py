@@ -132,11 +132,11 @@ def read_idx(path):
     """Read an IDX file (raw or .gz) into a numpy array of its declared shape and type.
 
     Returns an array of shape ``(d0, d1, ...)`` as declared in the header, native byte
-    order, writable (it owns its memory). Raises DataError naming ``path`` when the file is
-    missing, the gzip stream is corrupt, the magic number is wrong, the dtype code is
-    unsupported, or the data length disagrees with the header. The length is checked before
-    the values are allocated: against the file's size, or for gzip against the trailer's
-    record of the content's length (and, when that disagrees, by counting the content).
+    order, writable (no other array shares its memory). Raises DataError naming ``path``
+    when the file is missing, the gzip stream is corrupt, the magic number is wrong, the
+    dtype code is unsupported, or the data length disagrees with the header. The length is
+    checked before the values are allocated: against the file's size, or for gzip against
+    the trailer's record of the content's length (and, when that disagrees, by counting).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
