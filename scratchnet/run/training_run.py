@@ -324,10 +324,10 @@ class Run:
         try:
             mean, std = (float(v) for v in normalize)
         except (TypeError, ValueError):
-            mean = std = math.nan
+            raise SettingsError(f"normalize= takes (mean, std), got {normalize!r}") from None
         if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
-            raise SettingsError(f"normalize={normalize!r}: expected (mean, std) with a finite "
-                                f"mean and a positive std")
+            raise SettingsError(f"normalize= mean {mean:g}, std {std:g}: expected a finite mean "
+                                f"and a positive std")
         return [mean, std]
 
     def _test_data(self, given):
