@@ -168,14 +168,3 @@ def resumed_config(saved, given, source):
     if config["dataset"] == TWO_DIGIT_DATASET:
         config["allow_pickle"] = given.get("allow_pickle", False)
     return config
-
-
-def recipe_of(config):
-    """The Recipe a config was made from."""
-    return recipes.from_config(config)
-
-
-def describe(config):
-    """The recipe in one line, as ``recipes.Recipe.describe`` writes it."""
-    return recipe_of(config).describe()
-
