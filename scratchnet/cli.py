@@ -134,6 +134,10 @@ def build_parser():
     _flag(t, "weight_decay", "L2 penalty, decoupled for AdamW (default: the recipe's, else the "
           "optimizer's torch default)")
     _flag(t, "val_split", "fraction of the training images held out for validation" + RECIPE)
+    _flag(t, "scheduler", "learning-rate schedule, stepped once per epoch: a class of "
+          "torch.optim.lr_scheduler and its arguments, StepLR:step_size=1,gamma=0.7 (a list: "
+          "MultiStepLR:milestones=[5;10]), or none"
+          + RECIPE, metavar="SPEC")
     _flag(t, "seed", "seeds weights, dropout, shuffling and the validation split")
     _flag(t, "dtype", "floating-point type of weights and data", choices=DTYPES)
     _add_data_flags(t)

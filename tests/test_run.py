@@ -337,3 +337,25 @@ def test_keywords_are_the_flags_with_their_defaults(capsys):
         for name, p in parameters.items():
             if name in TRAIN_SETTINGS and name != "batch_size":
                 assert p.default == TRAIN_SETTINGS[name][1], name
+
+
+def test_a_scheduler_from_the_command_line_or_python(tmp_path, capsys):
+    quick = ["--backend", "numpy", "--limit-train", "400", "--limit-test", "50", "--epochs", "3",
+             "--no-progress"]
+    code, stdout, err = cli(capsys, "train", "--model", "mlp", *quick, "--out", tmp_path / "cli",
+                            "--scheduler", "MultiStepLR:milestones=[1;2],gamma=0.5")
+    assert code == 0, err
+    assert "MultiStepLR milestones [1, 2] gamma 0.5" in stdout
+    run = sn.train("mlp", backend="numpy", limit_train=400, limit_test=50, epochs=3,
+                   no_progress=True, out=str(tmp_path / "py"),
+                   scheduler={"name": "MultiStepLR", "milestones": [1, 2], "gamma": 0.5})
+    assert [r["lr"] for r in run.history] == [0.1, 0.05, 0.025]
+    assert_same_checkpoint(tmp_path / "cli", tmp_path / "py")
+    for spec, fragment in (("Bogus", "no scheduler 'Bogus'"), ("StepLR", "'step_size'"),
+                           ("StepLR:step_size=x", "'x' is not a number")):
+        code, _, err = cli(capsys, "train", "--model", "mlp", "--scheduler", spec)
+        assert code == 2
+        assert_one_line_error(err, f"--scheduler {spec}", fragment)
+    none = Run.create("examplenet", scheduler="none", out=str(tmp_path / "none"))
+    assert none.scheduler is None and none.config["scheduler"] == {}
+    assert Run.create("examplenet", out=str(tmp_path / "ex")).scheduler.gamma == 0.7

@@ -390,7 +390,7 @@ class Run:
 
 
 def train(model=None, *, epochs=None, batch_size=None, lr=None, optimizer=None, momentum=None,
-          nesterov=None, weight_decay=None, val_split=None, seed=1, backend=None,
+          nesterov=None, weight_decay=None, val_split=None, scheduler=None, seed=1, backend=None,
           dtype="float32", data_dir=None, dataset=None, limit_train=None, limit_test=None,
           n_train=None, n_test=None, data_seed=None, allow_pickle=False, download=False,
           out=None, resume=None, dry_run=False, no_progress=False, callbacks=None):
