@@ -1,6 +1,7 @@
 """scratchnet: a CNN training stack in NumPy + Numba, proven op by op against PyTorch."""
 from . import backend, nn, optim  # noqa: F401
 from .backend import get_backend, set_backend, use_backend  # noqa: F401
+from .nn.functional import add, flatten  # noqa: F401
 from .random import manual_seed  # noqa: F401
 
 __version__ = "0.1.0"

@@ -11,7 +11,6 @@ Every failure prints one line ``scratchnet: error: ...`` to stderr and returns n
 This module parses and prints; :mod:`scratchnet.run` does the work (the Python API).
 """
 import argparse
-import math
 import os
 import re
 import signal
@@ -25,8 +24,8 @@ from .data import DATASETS
 from .callbacks import ProgressBar
 from .run import CHECKPOINT, METRICS  # noqa: F401  (names the benchmarks use)
 from .run import TRAIN_SETTINGS, Interrupted, NothingToTrain, Run, SettingsError
-from .run.datasets import describe as describe_data
-from .run.training_run import HEADS
+from .run import report
+from .run.report import HEADS
 from .run.settings import DATA_SETTINGS, DTYPES
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
@@ -44,8 +43,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows the defaults argparse holds; a flag left out is left out of the settings, which
-    then take the run layer's defaults (shown by :func:`_flag`)."""
+    """Defaults shown; flags left out take the run layer's (:func:`_flag` shows those)."""
 
 
 def _typed(name):
@@ -100,8 +98,19 @@ def _add_data_flags(p, test_only=False):
           choices=backend.BACKENDS)
 
 
-def _add_model_flag(p, help):
-    _flag(p, "model", help, choices=models.names())
+def _add_model_flag(p, help=None):
+    _flag(p, "model", help or "the network a .pt/.pth holds (default: inferred from its keys "
+          "and shapes)", choices=models.names())
+
+
+def _command(sub, func, help, description, checkpoint=None, **kw):
+    """The subcommand ``func`` runs (cmd_train: train), with its checkpoint argument if any."""
+    p = sub.add_parser(func.__name__[4:], help=help, description=description,
+                       formatter_class=_Formatter, **kw)
+    p.set_defaults(func=func)
+    if checkpoint:
+        p.add_argument("checkpoint", help=checkpoint)
+    return p
 
 
 def build_parser():
@@ -112,10 +121,8 @@ def build_parser():
                                 parser_class=_Parser)
     table = "\n".join(["recipes (flags override them):"]
                       + [f"  {n:10s} {r.describe()}" for n, r in recipes.RECIPES.items()])
-    t = sub.add_parser("train", help="train a model with its tutorial's recipe",
-                       formatter_class=_Formatter, epilog=table,
-                       description="Train a model; write checkpoint, metrics, plots and "
-                                   "events.jsonl to --out.")
+    t = _command(sub, cmd_train, "train a model with its tutorial's recipe", "Train a model; "
+                 "write checkpoint, metrics, plots and events.jsonl to --out.", epilog=table)
     _add_model_flag(t, "which network (required unless --resume)")
     _flag(t, "epochs", "passes over the training set" + RECIPE)
     _flag(t, "batch_size", "samples per step" + RECIPE)
@@ -127,6 +134,10 @@ def build_parser():
     _flag(t, "weight_decay", "L2 penalty, decoupled for AdamW (default: the recipe's, else the "
           "optimizer's torch default)")
     _flag(t, "val_split", "fraction of the training images held out for validation" + RECIPE)
+    _flag(t, "scheduler", "learning-rate schedule, stepped once per epoch: a class of "
+          "torch.optim.lr_scheduler and its arguments, StepLR:step_size=1,gamma=0.7 (a list: "
+          "MultiStepLR:milestones=[5;10]), or none"
+          + RECIPE, metavar="SPEC")
     _flag(t, "seed", "seeds weights, dropout, shuffling and the validation split")
     _flag(t, "dtype", "floating-point type of weights and data", choices=DTYPES)
     _add_data_flags(t)
@@ -135,64 +146,30 @@ def build_parser():
           metavar="DIR")
     _flag(t, "dry_run", "one epoch of a few batches, end to end, to check the set-up")
     _flag(t, "no_progress", "no progress bars")
-    t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="test accuracy, per class, and confusion matrix",
-                       formatter_class=_Formatter,
-                       description="Evaluate a checkpoint (.npz) or a PyTorch state dict "
-                                   "(.pt/.pth) on the test set.")
-    e.add_argument("checkpoint", help="checkpoint.npz, a run folder, or a .pt/.pth state dict")
-    _add_model_flag(e, "the network a .pt/.pth holds (default: inferred from its keys and "
-                    "shapes)")
+    weights = "checkpoint.npz, a run folder, or a .pt/.pth state dict"
+    e = _command(sub, cmd_evaluate, "test accuracy, per class, and confusion matrix",
+                 "Evaluate a checkpoint (.npz) or a PyTorch state dict (.pt/.pth) on the test "
+                 "set.", weights)
+    _add_model_flag(e)
     _add_data_flags(e, test_only=True)
     _flag(e, "batch_size", "test images per forward pass", default=1000)
     _flag(e, "normalize", "feed (pixels/255 - MEAN) / STD (default: the run's normalisation; "
           "for a .pt/.pth the model recipe's; pytorch/examples' mnist uses 0.1307 0.3081)",
           type=float, nargs=2, metavar=("MEAN", "STD"))
-    e.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="probability of each class for image files",
-                       formatter_class=_Formatter,
-                       description="Classify image files (PNG, JPEG, any size or colour): each "
-                                   "is turned into an MNIST-like 28x28 digit first (for the "
-                                   "two-digit models: a 42x28 canvas of two stacked digits, "
-                                   "and each digit gets its row).")
-    p.add_argument("checkpoint", help="checkpoint.npz, a run folder, or a .pt/.pth state dict")
+    p = _command(sub, cmd_predict, "probability of each class for image files",
+                 "Classify image files (PNG, JPEG, any size or colour): each is turned into an "
+                 "MNIST-like 28x28 digit first (for the two-digit models: a 42x28 canvas of two "
+                 "stacked digits, and each digit gets its row).", weights)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG/... image files")
-    _add_model_flag(p, "the network a .pt/.pth holds (default: inferred from its keys and "
-                    "shapes)")
-    p.set_defaults(func=cmd_predict)
+    _add_model_flag(p)
 
-    x = sub.add_parser("export", help="save the weights as a PyTorch state dict",
-                       formatter_class=_Formatter,
-                       description="Write a checkpoint's weights as a torch state dict that the "
-                                   "model's PyTorch twin (reference.models) loads.")
-    x.add_argument("checkpoint", help="checkpoint.npz or a run folder")
+    x = _command(sub, cmd_export, "save the weights as a PyTorch state dict",
+                 "Write a checkpoint's weights as a torch state dict that the model's PyTorch "
+                 "twin (reference.models) loads.", "checkpoint.npz or a run folder")
     x.add_argument("output", help="the .pt/.pth file to write")
-    x.set_defaults(func=cmd_export)
     return parser
-
-
-def _percent(v):
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}%"
-
-
-def _accuracies(m, prefix):
-    """"accuracy 91.00%", and for two digits " (first 93.00%, second 95.00%, both 88.50%)"."""
-    text = f"accuracy {_percent(m[f'{prefix}accuracy'])}"
-    if f"{prefix}accuracy_both" in m:
-        text += (f" (first {_percent(m[f'{prefix}accuracy_first'])}, second "
-                 f"{_percent(m[f'{prefix}accuracy_second'])}, both "
-                 f"{_percent(m[f'{prefix}accuracy_both'])})")
-    return text
-
-
-def _loss(m, prefix):
-    """"loss 0.1234", and for two digits " (first 0.1000, second 0.1468)"."""
-    text = f"loss {m[f'{prefix}loss']:.4f}"
-    if f"{prefix}loss_first" in m:
-        text += f" (first {m[f'{prefix}loss_first']:.4f}, second {m[f'{prefix}loss_second']:.4f})"
-    return text
 
 
 def _kernels_cached():
@@ -212,11 +189,8 @@ class _Printer:
     timer = None
 
     def on_train_start(self, run):
-        c = run.config
-        print(f"training {c['model']} on {run.train_size} "
-              f"{describe_data(c, 'train')} images ({recipes.from_config(c).describe()}),"
-              f" {c['backend']} backend, {c['dtype']}; run folder {run.out}", flush=True)
-        if c["backend"] == "numba":
+        print(f"training {run.describe()}", flush=True)
+        if run.config["backend"] == "numba":
             if not _kernels_cached():
                 print(self.NOTICE, flush=True)
             else:  # some may be missing (a new model or batch shape): say so if the step lags
@@ -230,12 +204,8 @@ class _Printer:
             self.timer.cancel()
     on_batch_end = on_train_end = stop_timer
 
-    def on_epoch_end(self, run, r):
-        line = (f"epoch {r['epoch']}/{run.config['epochs']}: train {_loss(r, 'train_')} "
-                f"{_accuracies(r, 'train_')}")
-        if r["val_loss"] is not None:
-            line += f" | val {_loss(r, 'val_')} {_accuracies(r, 'val_')}"
-        print(line + f" | {r['samples_per_s']:.0f} samples/s, {r['seconds']:.1f} s", flush=True)
+    def on_epoch_end(self, run, record):
+        print(report.epoch_text(record, run.config["epochs"]), flush=True)
 
 
 def _settings(args, names):
@@ -258,35 +228,16 @@ def cmd_train(args):
         print(f"scratchnet: interrupted at epoch {e.epoch}, batch {e.batch}; saved "
               f"{e.checkpoint} (continue with --resume {run.out})", file=sys.stderr, flush=True)
         return 128 + e.signal
-    loss = f", {_loss(run.test, 'test_')}" if "test_loss_first" in run.test else ""
-    print(f"test {_accuracies(run.test, 'test_')}{loss} on {run.test['test_samples']} images; "
-          f"wrote {run.out}", flush=True)
+    loss = f", {report.loss_text(run.test, 'test_')}" if "test_loss_first" in run.test else ""
+    print(f"test {report.accuracy_text(run.test, 'test_')}{loss} on {run.test['test_samples']} "
+          f"images; wrote {run.out}", flush=True)
     return 0
-
-
-def _print_per_class_and_confusion(matrix, per_class, classes, what=""):
-    names = classes or [str(c) for c in range(len(matrix))]
-    print(f"per-class accuracy{what}: " + "  ".join(f"{n}: {_percent(a)}"
-                                                   for n, a in zip(names, per_class)))
-    print(f"confusion matrix{what} (rows: true class, columns: predicted class):")
-    width = max(4, len(str(matrix.max())) + 1)
-    print("true\\pred" + "".join(f"{c:>{width}}" for c in range(len(matrix))))
-    for r, row in enumerate(matrix):
-        print(f"{r:>9}" + "".join(f"{v:>{width}}" for v in row))
 
 
 def cmd_evaluate(args):
     run = Run.load(args.checkpoint, getattr(args, "model", None))
-    r = run.evaluate(**_settings(args, ("batch_size", "normalize", "backend",
-                                        *DATA_SETTINGS)))
-    print(f"{r['model']} on {r['samples']} {r['data']} test images: {_accuracies(r, '')}, "
-          f"{_loss(r, '')}")
-    if np.ndim(r["labels"]) == 1:
-        _print_per_class_and_confusion(r["confusion_matrix"], r["per_class_accuracy"],
-                                       r["classes"])
-    for head, matrix, per_class in zip(HEADS, r["confusion_matrix"], r["per_class_accuracy"]) \
-            if np.ndim(r["labels"]) == 2 else ():
-        _print_per_class_and_confusion(matrix, per_class, r["classes"], f", {head} digit")
+    print(report.evaluation_text(run.evaluate(**_settings(
+        args, ("batch_size", "normalize", "backend", *DATA_SETTINGS)))))
     return 0
 
 

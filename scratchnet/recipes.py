@@ -5,6 +5,7 @@ overrides one field (:func:`resolve`). ``normalize`` is ``(mean, std)`` applied 
 to [0, 1], or None to feed the [0, 1] pixels as they are.
 """
 import dataclasses
+import inspect
 from dataclasses import dataclass
 
 from . import optim
@@ -29,7 +30,7 @@ class Recipe:
     normalize: tuple | None = None
     val_split: float = 0.0
     # a torch.optim.lr_scheduler class and its arguments, e.g. {"name": "StepLR",
-    # "step_size": 1, "gamma": 0.7}; stepped once per epoch
+    # "step_size": 1, "gamma": 0.7}, stepped once per epoch; None or {}: none
     scheduler: dict | None = None
 
     def describe(self):
@@ -123,14 +124,56 @@ def make_optimizer(recipe, params):
     return cls(params, lr=recipe.lr, weight_decay=wd)
 
 
+def parse_scheduler(spec):
+    """A scheduler as recipes hold it, from ``"StepLR:step_size=1,gamma=0.7"`` (or ``"none"``,
+    or such a dict already): {"name": class in scratchnet.optim.lr_scheduler, its arguments}.
+
+    ValueError naming what is wrong: an unknown class or argument, a value that is no number.
+    """
+    if isinstance(spec, dict):
+        args = dict(spec)
+        name = args.pop("name", None)
+    elif isinstance(spec, str) and spec.strip().lower() == "none":
+        return {}
+    elif isinstance(spec, str):
+        name, _, rest = spec.partition(":")
+        args = {}
+        for item in filter(None, rest.split(",")):
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise ValueError(f"expected NAME:ARG=VALUE,..., got {item!r}")
+            args[key.strip()] = _number(value.strip())
+    else:
+        raise ValueError(f"scheduler: expected a dict or a string like "
+                         f"'StepLR:step_size=1,gamma=0.7', got {spec!r}")
+    if not spec:
+        return {}
+    names = [n for n in optim.lr_scheduler.__all__ if n != "LRScheduler"]
+    if name not in names:
+        raise ValueError(f"no scheduler {name!r}: expected one of {', '.join(names)}")
+    try:
+        inspect.signature(getattr(optim.lr_scheduler, name)).bind(None, **args)
+    except TypeError as e:
+        raise ValueError(f"{name}: {e}") from None
+    return {"name": name, **args}
+
+
+def _number(text):
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    if text.startswith("[") and text.endswith("]"):  # MultiStepLR's milestones=[5;10]
+        return [_number(t) for t in text[1:-1].split(";") if t]
+    if text in ("min", "max", "rel", "abs"):  # ReduceLROnPlateau's modes
+        return text
+    raise ValueError(f"{text!r} is not a number")
+
+
 def make_scheduler(recipe, optimizer):
     """The torch-equivalent learning-rate scheduler ``recipe`` names over ``optimizer``, or None."""
     if not recipe.scheduler:
         return None
-    args = dict(recipe.scheduler)
-    name = args.pop("name")
-    cls = getattr(optim.lr_scheduler, name, None)
-    if name not in optim.lr_scheduler.__all__ or name == "LRScheduler":
-        raise ValueError(f"unknown scheduler {name!r}: scratchnet.optim.lr_scheduler has no such "
-                         f"class")
-    return cls(optimizer, **args)
+    args = dict(parse_scheduler(recipe.scheduler))
+    return getattr(optim.lr_scheduler, args.pop("name"))(optimizer, **args)

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -145,11 +146,34 @@ def test_float64_on_the_numpy_backend(tmp_path, capsys):
                             "--backend", "numpy", "--out", out, *FAST)
     assert code == 0, err
     assert "numpy backend, float64" in stdout
-    assert "compiles" not in stdout  # the first-compile notice is the numba backend's only
+    assert "numba:" not in stdout  # the first-compile notice is the numba backend's only
     model, ckpt = load_model(out)
     assert all(v.dtype == np.float64 for v in ckpt.model_state.values())
     assert all(v.dtype == np.float64 for s in ckpt.optimizer_state["state"].values()
                for k, v in s.items() if k != "step")
+
+
+def test_the_compile_notice_only_when_kernels_must_compile(tmp_path, capsys, monkeypatch):
+    from scratchnet import cli
+    args = ["train", "--model", "mlp", "--dry-run", "--backend", "numba", *FAST]
+    assert run(capsys, *args, "--out", tmp_path / "warm-up")[0] == 0  # compiled now, if not yet
+    code, stdout, _ = run(capsys, *args, "--out", tmp_path / "warm")
+    assert code == 0 and "numba:" not in stdout
+    with monkeypatch.context() as m:  # an empty disk cache: said before the first step
+        m.setattr(cli, "_kernels_cached", lambda: False)
+        code, stdout, _ = run(capsys, *args, "--out", tmp_path / "cold")
+    assert code == 0 and stdout.splitlines()[1].startswith("numba: compiling the kernels")
+    original = sn.optim.SGD.step
+
+    def slow_first_step(self, closure=None):  # as a step compiling kernels would be
+        if not getattr(self, "slowed", False):
+            self.slowed = True
+            time.sleep(0.5)
+        return original(self, closure)
+    monkeypatch.setattr(sn.optim.SGD, "step", slow_first_step)
+    monkeypatch.setattr(cli, "COMPILE_NOTICE_AFTER_S", 0.1)
+    code, stdout, _ = run(capsys, *args, "--out", tmp_path / "slow")
+    assert code == 0 and stdout.count("numba: compiling the kernels") == 1
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path, capsys):

@@ -158,6 +158,11 @@ def _net(dtype):
         snn.Linear(8, 3).to(dtype))
 
 
+def _ops(model):
+    """The names of the ops the model's last forward recorded (fused steps included)."""
+    return [type(e.op).__name__ for e in model.__dict__["_tape"].entries]
+
+
 def _run(model, x, dout_seed=0):
     model.zero_grad()
     out = model(x)
@@ -174,12 +179,11 @@ def test_sequential_fused_equals_unfused(backend, dtype, batch, rng):
     x = rng.standard_normal((batch, 2, 9, 9)).astype(dtype)
     with use_backend(backend):
         fused = _run(model, x)
-        steps = model.__dict__["_last_steps"]
-        assert [type(s).__name__ for s in steps] == [
+        assert _ops(model) == [
             "_ConvReluPool", "_ConvReluPool", "_ConvRelu", "Flatten", "_LinearRelu", "Linear"]
         with fusion.disabled():
             plain = _run(model, x)
-            assert model.__dict__["_last_steps"] is not steps
+            assert _ops(model) == [type(m).__name__ for m in model]
     for a, b in zip(fused[:2], plain[:2]):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(fused[2], plain[2]):
@@ -211,19 +215,62 @@ def test_fallbacks_unbatched_empty_and_errors(backend, rng):
             model.backward(np.zeros((2, 4), np.float32))
 
 
-def test_chain_models_fuse_and_switch(monkeypatch, rng):
-    model = sn.models.build("lenet")
+@pytest.mark.parametrize("name, fused", [
+    ("lenet", ["_ConvReluPool", "_ConvReluPool", "Flatten", "_LinearRelu", "Linear",
+               "LogSoftmax"]),
+    ("widecnn", ["_ConvReluPool", "_ConvReluPool", "Flatten", "_LinearRelu", "Dropout",
+                 "_LinearRelu", "Dropout", "Linear", "LogSoftmax"]),
+    ("examplenet", ["_ConvRelu", "_ConvReluPool", "Dropout", "Flatten", "_LinearRelu",
+                    "Dropout", "Linear", "LogSoftmax"]),
+    ("digitcnn", ["_ConvReluPool", "_ConvReluPool", "Flatten", "_LinearRelu", "Linear"]),
+])
+def test_functional_models_fuse_and_switch(name, fused, rng):
+    """Models written with F.* calls in forward still run their conv/linear runs fused."""
+    model = sn.models.build(name)
     x = rng.standard_normal((2, 1, 28, 28)).astype(np.float32)
     model(x)
-    kinds = [type(s).__name__ for s in model.__dict__["_last_steps"]]
-    assert kinds[:2] == ["_ConvReluPool", "_ConvReluPool"] and "_LinearRelu" in kinds
+    assert _ops(model) == fused
     fusion.set_enabled(False)
     try:
         model(x)
-        assert model.__dict__["_last_steps"] == model.steps
+        assert not any(op.startswith("_") for op in _ops(model))
     finally:
         fusion.set_enabled(True)
     assert fusion.is_enabled()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_runs_cut_short_and_deferred_outputs_read_by_numpy(backend, rng):
+    """A deferred output read by NumPy (then not fused), a layer called twice, a conv-pool
+    with no ReLU after it: each equals the unfused computation, gradients included."""
+    F = snn.functional
+
+    class Net(snn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = snn.Conv2d(1, 3, 3, dtype=np.float64)
+            self.fc = snn.Linear(3 * 3 * 3, 2).to(np.float64)
+
+        def forward(self, x):
+            h = self.conv(x)
+            self.seen_shape = h.shape          # NumPy attribute access on a deferred output
+            a = F.relu(h)                      # h already ran: this ReLU runs on its own
+            b = F.max_pool2d(self.conv(x), 2)  # the conv again; pool, then no ReLU: cut short
+            s = F.add(F.max_pool2d(a, 2), b)
+            return self.fc(sn.flatten(s, 1))
+
+    sn.manual_seed(1)
+    model = Net()
+    x = rng.standard_normal((2, 1, 8, 8))
+    with use_backend(backend):
+        fused = _run(model, x)
+        with fusion.disabled():
+            plain = _run(model, x)
+    assert model.seen_shape == (2, 3, 6, 6)
+    for a, b in zip(fused[:2], plain[:2]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    for a, b in zip(fused[2], plain[2]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -236,8 +283,7 @@ def test_mlp128_fuses_linear_leaky_relu(backend, dtype, rng):
     x = rng.random((6, 784)).astype(dtype)
     with use_backend(backend):
         fused = _run(model, x)
-        assert [type(s).__name__ for s in model.__dict__["_last_steps"]] == [
-            "_LinearLeakyRelu", "Linear"]
+        assert _ops(model) == ["_LinearLeakyRelu", "Linear"]
         with fusion.disabled():
             plain = _run(model, x)
     for a, b in zip(fused[:2], plain[:2]):

@@ -322,3 +322,22 @@ def test_bad_backward_calls():
     layer(x, t)
     with pytest.raises(ValueError, match=r"NLLLoss.backward: expected a scalar grad_output"):
         layer.backward(np.ones(2))
+
+
+@pytest.mark.parametrize("be", BACKENDS)
+@pytest.mark.parametrize("cls", ("CrossEntropyLoss", "NLLLoss"))
+def test_unbatched_none_reduction_is_0d_and_backward_implies_one(be, cls, rng):
+    """One unbatched sample with reduction="none" gives a 0-d loss; ``backward()`` with no
+    argument then takes 1 as torch's ``loss.backward()`` does."""
+    x = rng.standard_normal(5)
+    target = np.array(3)
+    layer = getattr(nn, cls)(reduction="none")
+    with use_backend(be):
+        loss = layer(x, target)
+        dx = layer.backward()
+    tx = torch.tensor(x, requires_grad=True)
+    tloss = getattr(torch.nn, cls)(reduction="none")(tx, torch.tensor(3))
+    tloss.backward()
+    assert np.shape(loss) == () == tuple(tloss.shape)
+    assert_close(loss, tloss, np.float64, "loss")
+    assert_close(dx, tx.grad, np.float64, "d input")

@@ -58,6 +58,7 @@ def test_history_evaluate_and_predict(python_run):
     probs = python_run.predict(images[:5])
     assert probs.shape == (5, 10) and np.allclose(probs.sum(1), 1)
     assert np.array_equal(probs.argmax(1), result["predictions"][:5])
+    assert np.array_equal(python_run.predict(images[3]), probs[3:4])
     loaded = Run.load(python_run.out)
     assert np.array_equal(loaded.predict(images[:5]), probs)
     assert loaded.history == python_run.history
@@ -91,6 +92,29 @@ def test_a_signal_saves_and_the_run_resumes_exactly(python_run, tmp_path, capsys
     Run.resume(out).train(no_progress=True)
     assert_same_checkpoint(out, python_run.out)
     assert numbers(read_metrics(out)) == numbers(read_metrics(python_run.out))
+
+
+def test_resume_removes_what_a_killed_save_left(tmp_path):
+    sn.train("mlp", out=str(tmp_path / "r"), backend="numpy", limit_train=100, limit_test=20,
+             epochs=1, no_progress=True)
+    stale = tmp_path / "r" / ".checkpoint.npz.k1ll3d9x.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    Run.resume(tmp_path / "r").train(epochs=2, no_progress=True)
+    assert sorted(p.name for p in (tmp_path / "r").iterdir() if p.name.startswith(".")) == []
+
+
+def test_training_a_finished_run_further_is_unfinished_until_tested(tmp_path, monkeypatch):
+    quick = dict(backend="numpy", limit_train=100, limit_test=20, no_progress=True)
+    sn.train("mlp", out=str(tmp_path / "r"), epochs=1, **quick)
+    with monkeypatch.context() as m:
+        send_at_step(m, signal.SIGINT, 2)
+        with pytest.raises(Interrupted):
+            Run.resume(tmp_path / "r").train(epochs=2, no_progress=True)
+    meta = checkpoint.load_checkpoint(tmp_path / "r" / "checkpoint.npz").meta
+    assert not meta["finished"] and meta["config"]["epochs"] == 2
+    assert "test_accuracy" not in read_metrics(tmp_path / "r")
+    run = Run.resume(tmp_path / "r").train(no_progress=True)
+    assert run.finished and len(run.history) == 2 and "test_accuracy" in read_metrics(run.out)
 
 
 def test_nothing_to_train_changes_nothing(python_run, capsys):
@@ -285,3 +309,53 @@ def test_export_writes_what_the_torch_twin_loads(mnist_cnn_pt, tmp_path, capsys)
     loaded.load_state_dict(torch.load(tmp_path / "again.pth", weights_only=True))
     for name, value in twin.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
+
+
+def test_find_lists_run_folders_newest_first(python_run, tmp_path):
+    from scratchnet.run import find
+    other = tmp_path / "runs" / "b"
+    sn.train("mlp", out=str(other), backend="numpy", limit_train=100, limit_test=20, epochs=1,
+             no_progress=True)
+    (tmp_path / "runs" / "not-a-run").mkdir()
+    assert find([tmp_path / "runs"]) == [other.resolve()]
+    assert find([other / "checkpoint.npz", python_run.out, tmp_path / "runs"]) == \
+        [other.resolve(), python_run.out.resolve()]
+
+
+def test_keywords_are_the_flags_with_their_defaults(capsys):
+    import inspect
+    import re
+    from scratchnet.run import TRAIN_SETTINGS
+    for command, function, extra in (("train", sn.train, {"callbacks"}),
+                                     ("evaluate", Run.evaluate, {"self"})):
+        assert main([command, "--help"]) == 0
+        help_text = capsys.readouterr().out
+        flags = set(re.findall(r"^ +--([a-z][a-z-]+)", help_text, re.MULTILINE)) - {"help"}
+        parameters = inspect.signature(function).parameters
+        names = {name.replace("_", "-") for name in parameters} - extra
+        assert names - {"model"} == flags - {"model"}  # evaluate: Run.load takes the model
+        for name, p in parameters.items():
+            if name in TRAIN_SETTINGS and name != "batch_size":
+                assert p.default == TRAIN_SETTINGS[name][1], name
+
+
+def test_a_scheduler_from_the_command_line_or_python(tmp_path, capsys):
+    quick = ["--backend", "numpy", "--limit-train", "400", "--limit-test", "50", "--epochs", "3",
+             "--no-progress"]
+    code, stdout, err = cli(capsys, "train", "--model", "mlp", *quick, "--out", tmp_path / "cli",
+                            "--scheduler", "MultiStepLR:milestones=[1;2],gamma=0.5")
+    assert code == 0, err
+    assert "MultiStepLR milestones [1, 2] gamma 0.5" in stdout
+    run = sn.train("mlp", backend="numpy", limit_train=400, limit_test=50, epochs=3,
+                   no_progress=True, out=str(tmp_path / "py"),
+                   scheduler={"name": "MultiStepLR", "milestones": [1, 2], "gamma": 0.5})
+    assert [r["lr"] for r in run.history] == [0.1, 0.05, 0.025]
+    assert_same_checkpoint(tmp_path / "cli", tmp_path / "py")
+    for spec, fragment in (("Bogus", "no scheduler 'Bogus'"), ("StepLR", "'step_size'"),
+                           ("StepLR:step_size=x", "'x' is not a number")):
+        code, _, err = cli(capsys, "train", "--model", "mlp", "--scheduler", spec)
+        assert code == 2
+        assert_one_line_error(err, f"--scheduler {spec}", fragment)
+    none = Run.create("examplenet", scheduler="none", out=str(tmp_path / "none"))
+    assert none.scheduler is None and none.config["scheduler"] == {}
+    assert Run.create("examplenet", out=str(tmp_path / "ex")).scheduler.gamma == 0.7

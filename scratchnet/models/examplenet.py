@@ -1,10 +1,12 @@
 """``examplenet``: the ``Net`` of pytorch/examples' ``mnist/main.py`` (saved as ``mnist_cnn.pt``)."""
+import scratchnet as sn
+import scratchnet.nn.functional as F
+
 from .. import nn
-from .chain import Chain
 
 
-class ExampleNet(Chain):
-    """(N, 1, 28, 28) -> log-probabilities (N, 10).
+class ExampleNet(nn.Module):
+    """(N, 1, 28, 28) -> log-probabilities (N, 10), line for line as the example writes it.
 
     conv1 Conv2d(1,32,3,1) -> relu -> conv2 Conv2d(32,64,3,1) -> relu -> max_pool2d(2)
     -> dropout1 Dropout(0.25) -> flatten (9216) -> fc1 Linear(9216,128) -> relu
@@ -21,6 +23,18 @@ class ExampleNet(Chain):
         self.dropout2 = nn.Dropout(0.5)
         self.fc1 = nn.Linear(9216, 128)
         self.fc2 = nn.Linear(128, 10)
-        self.steps = [
-            self.conv1, nn.ReLU(), self.conv2, nn.ReLU(), nn.MaxPool2d(2), self.dropout1,
-            nn.Flatten(), self.fc1, nn.ReLU(), self.dropout2, self.fc2, nn.LogSoftmax(dim=1)]
+
+    def forward(self, x):
+        x = self.conv1(x)
+        x = F.relu(x)
+        x = self.conv2(x)
+        x = F.relu(x)
+        x = F.max_pool2d(x, 2)
+        x = self.dropout1(x)
+        x = sn.flatten(x, 1)
+        x = self.fc1(x)
+        x = F.relu(x)
+        x = self.dropout2(x)
+        x = self.fc2(x)
+        output = F.log_softmax(x, dim=1)
+        return output

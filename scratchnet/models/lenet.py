@@ -1,9 +1,11 @@
 """``lenet``: the LeNet-style network of PyTorch's MNIST example (``conv1``/``conv2``/``fc1``/``fc2``)."""
+import scratchnet as sn
+import scratchnet.nn.functional as F
+
 from .. import nn
-from .chain import Chain
 
 
-class LeNet(Chain):
+class LeNet(nn.Module):
     """(N, 1, 28, 28) -> log-probabilities (N, 10).
 
     conv1 Conv2d(1,10,5) -> max_pool2d(2) -> relu -> conv2 Conv2d(10,20,5) -> max_pool2d(2) -> relu
@@ -18,7 +20,10 @@ class LeNet(Chain):
         self.conv2 = nn.Conv2d(10, 20, 5)
         self.fc1 = nn.Linear(320, 50)
         self.fc2 = nn.Linear(50, 10)
-        self.steps = [
-            self.conv1, nn.MaxPool2d(2), nn.ReLU(),
-            self.conv2, nn.MaxPool2d(2), nn.ReLU(),
-            nn.Flatten(), self.fc1, nn.ReLU(), self.fc2, nn.LogSoftmax(dim=1)]
+
+    def forward(self, x):
+        x = F.relu(F.max_pool2d(self.conv1(x), 2))
+        x = F.relu(F.max_pool2d(self.conv2(x), 2))
+        x = sn.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        return F.log_softmax(self.fc2(x), dim=1)

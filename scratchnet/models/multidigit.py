@@ -2,7 +2,8 @@
 
 Each network ends in one Linear layer of 20 outputs; :class:`TwoHeads` splits them into the
 first digit's logits (columns 0..9) and the second digit's (10..19), and in backward joins the
-two heads' gradients back into one (N, 20) array, so every model is still layers run in order.
+two heads' gradients back into one (N, 20) array, which the model's tape (nn/tape.py) sends
+on through the layers.
 
     model = MultiCNN()
     first, second = model(x)                       # x (N, 1, 42, 28) -> (N, 10), (N, 10)
@@ -12,7 +13,6 @@ two heads' gradients back into one (N, 20) array, so every model is still layers
 import numpy as np
 
 from .. import nn
-from .chain import Chain
 
 NUM_CLASSES = 10
 
@@ -68,7 +68,7 @@ class TwoHeads(nn.Module):
         return f"num_classes={self.num_classes}"
 
 
-class MultiMLP(Chain):
+class MultiMLP(nn.Module):
     """(N, 1, 42, 28) -> (first, second) logits, each (N, 10).
 
     flatten-linear1(1176, 64)-linear2(64, 20), no activation in between (as the tutorial
@@ -83,10 +83,12 @@ class MultiMLP(Chain):
         self.linear1 = nn.Linear(42 * 28, 64)
         self.linear2 = nn.Linear(64, 2 * NUM_CLASSES)
         self.heads = TwoHeads(NUM_CLASSES)
-        self.steps = [self.flatten, self.linear1, self.linear2, self.heads]
+
+    def forward(self, x):
+        return self.heads(self.linear2(self.linear1(self.flatten(x))))
 
 
-class MultiCNN(Chain):
+class MultiCNN(nn.Module):
     """(N, 1, 42, 28) -> (first, second) logits, each (N, 10).
 
     layers: Conv2d(1,32,4)-ReLU-MaxPool2d(2,2)-Conv2d(32,64,4)-ReLU-MaxPool2d(2,2)  -> (N, 64, 8, 4)
@@ -104,7 +106,9 @@ class MultiCNN(Chain):
             nn.Flatten(), nn.Linear(2048, 128), nn.ReLU(), nn.Dropout(0.5),
             nn.Linear(128, 2 * NUM_CLASSES))
         self.heads = TwoHeads(NUM_CLASSES)
-        self.steps = [self.layers, self.heads]
+
+    def forward(self, x):
+        return self.heads(self.layers(x))
 
 
 def split_pair_labels(target, n):

@@ -1,9 +1,11 @@
 """``widecnn``: the wide two-conv network with three fully connected layers and dropout."""
+import scratchnet as sn
+import scratchnet.nn.functional as F
+
 from .. import nn
-from .chain import Chain
 
 
-class WideCNN(Chain):
+class WideCNN(nn.Module):
     """(N, 1, 28, 28) -> log-probabilities (N, 10).
 
     conv1 Conv2d(1,150,5,padding=2) -> relu -> max_pool2d(2) -> conv2 Conv2d(150,64,5,padding=2)
@@ -22,8 +24,11 @@ class WideCNN(Chain):
         self.fc3 = nn.Linear(500, 10)
         self.dropout1 = nn.Dropout(0.5)
         self.dropout2 = nn.Dropout(0.5)
-        self.steps = [
-            self.conv1, nn.ReLU(), nn.MaxPool2d(2),
-            self.conv2, nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), self.fc1, nn.ReLU(), self.dropout1,
-            self.fc2, nn.ReLU(), self.dropout2, self.fc3, nn.LogSoftmax(dim=1)]
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = sn.flatten(x, 1)
+        x = self.dropout1(F.relu(self.fc1(x)))
+        x = self.dropout2(F.relu(self.fc2(x)))
+        return F.log_softmax(self.fc3(x), dim=1)

@@ -43,6 +43,47 @@ class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, padding_mode="zeros", dtype=None):
         super().__init__()
+        dtype = np.dtype(np.float32 if dtype is None else dtype)
+        if dtype.type not in FLOAT_DTYPES:
+            raise TypeError(f"Conv2d: dtype must be float32 or float64, got {dtype}")
+        self._configure(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                        padding_mode)
+        shape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
+        self.weight = Parameter(init.kaiming_uniform(shape, a=math.sqrt(5), dtype=dtype))
+        if bias:
+            fan_in = init.calculate_fan_in(shape)
+            self.bias = Parameter(init.bias_uniform((self.out_channels,), fan_in, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
+
+    @classmethod
+    def from_weights(cls, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+        """A Conv2d over the given ``weight`` (C_out, C_in/groups, KH, KW) and ``bias``
+        (C_out,) or None, each a Parameter (gradients add into it) or an array (a constant);
+        what ``functional.conv2d`` runs. Draws no random numbers."""
+        layer = cls.__new__(cls)
+        Module.__init__(layer)
+        weight = weight if isinstance(weight, Parameter) else Parameter(np.asarray(weight))
+        if weight.data.ndim != 4 or weight.data.dtype.type not in FLOAT_DTYPES:
+            raise ValueError(f"conv2d: expected a float32/float64 weight of shape (C_out, "
+                             f"C_in/groups, KH, KW), got {weight.data.dtype} {weight.data.shape}")
+        c_out, c_in, kh, kw = weight.data.shape
+        layer._configure(c_in * groups, c_out, (kh, kw), stride, padding, dilation, groups,
+                         "zeros")
+        layer.weight = weight
+        if bias is None:
+            layer.register_parameter("bias", None)
+        else:
+            bias = bias if isinstance(bias, Parameter) else Parameter(np.asarray(bias))
+            if bias.data.shape != (c_out,):
+                raise ValueError(f"conv2d: expected bias of shape ({c_out},), got "
+                                 f"{bias.data.shape}")
+            layer.bias = bias
+        return layer
+
+    def _configure(self, in_channels, out_channels, kernel_size, stride, padding, dilation,
+                   groups, padding_mode):
+        """Check and store the geometry arguments (everything but the parameters)."""
         if not isinstance(groups, (int, np.integer)) or groups <= 0:
             raise ValueError(f"Conv2d: groups must be a positive integer, got {groups!r}")
         if in_channels % groups != 0:
@@ -61,10 +102,6 @@ class Conv2d(Module):
         if padding_mode != "zeros":
             raise NotImplementedError(
                 f"Conv2d: padding_mode={padding_mode!r} is not implemented; only 'zeros' is")
-        dtype = np.dtype(np.float32 if dtype is None else dtype)
-        if dtype.type not in FLOAT_DTYPES:
-            raise TypeError(f"Conv2d: dtype must be float32 or float64, got {dtype}")
-
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
         self.kernel_size = _pair(kernel_size, "kernel_size", 1)
@@ -80,14 +117,6 @@ class Conv2d(Module):
         else:
             self.padding = _pair(padding, "padding", 0)
         self._padding_tblr = self._explicit_padding()
-
-        shape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
-        self.weight = Parameter(init.kaiming_uniform(shape, a=math.sqrt(5), dtype=dtype))
-        if bias:
-            fan_in = init.calculate_fan_in(shape)
-            self.bias = Parameter(init.bias_uniform((self.out_channels,), fan_in, dtype=dtype))
-        else:
-            self.register_parameter("bias", None)
         self._cache = None
         self._backend = None
         self._out_shape = None

@@ -1,28 +1,34 @@
-"""Layer fusion: containers run an execution plan in which some runs of layers are one step.
+"""Layer fusion: runs of ops recorded on the tape that execute as one fused op.
 
-``Sequential`` and ``models.Chain`` do not call their layers one by one; they call
-:func:`plan`, which replaces each run of
+While a tape is open (``tape.py``), a ``Conv2d`` or ``Linear`` call is deferred, and the ops
+applied to its output extend the run while it matches a prefix of
 
 - ``Conv2d, ReLU, MaxPool2d`` or ``Conv2d, MaxPool2d, ReLU`` -> one conv+bias+ReLU+pool op
   (ReLU and max pooling commute exactly, gradient included),
 - ``Conv2d, ReLU`` -> one conv+bias+ReLU op,
 - ``Linear, ReLU`` -> one linear+ReLU op,
-- ``Linear, LeakyReLU`` -> one linear+LeakyReLU op,
+- ``Linear, LeakyReLU`` -> one linear+LeakyReLU op.
 
-by a fused step that calls the fused op pair of the current backend (``conv2d_relu_maxpool2d``,
-``conv2d_relu``, ``linear_relu``, ``linear_leaky_relu``; the numpy backend's versions are the compositions of the single
-ops, the numba backend's one parallel pass) on the **same** Parameter objects. Module structure,
-state-dict keys and results are unchanged: the fused numba kernels do the same arithmetic in the
-same order (tests/test_fusion.py checks fused == unfused exactly).
+The ReLU and pool may be modules or ``functional`` calls (``F.relu``, ``F.max_pool2d``): both
+run as the same layer classes. The run becomes a fused step that calls the fused op pair of the
+current backend (``conv2d_relu_maxpool2d``, ``conv2d_relu``, ``linear_relu``,
+``linear_leaky_relu``; the numpy backend's versions are the compositions of the single ops, the
+numba backend's one parallel pass) on the **same** Parameter objects, so module structure,
+state-dict keys and results are unchanged (tests/test_fusion.py checks fused == unfused
+exactly). A run that stops early (a Conv2d followed by a Dropout) runs its longest fused
+prefix, or its layers one by one.
+
+Why deferred rather than a plan: a forward written with ``F.*`` calls has no list of layers to
+plan over, and the fused kernels need the whole run before they start. Deferring each head by
+one op costs a small object per Conv2d/Linear call.
 
 Fusion is on by default. Turn it off with the environment variable ``SCRATCHNET_FUSION=0``, or
 in code with ``scratchnet.nn.fusion.set_enabled(False)`` or ``with fusion.disabled(): ...``.
 
 What changes for a user: after a fused forward, the individual layers inside a fused run hold
-no forward cache, so calling ``backward`` on one of them directly (instead of on the container)
-raises "backward called before forward". A step falls back to the plain layer calls for inputs
-the fused ops don't take (unbatched, empty batch, wrong dtype), so error messages are the
-layers' own.
+no forward cache, so only the model's backward (the tape) can run their backward. A step falls
+back to the plain layer calls for inputs the fused ops don't take (unbatched, empty batch,
+wrong dtype), so error messages are the layers' own.
 """
 import contextlib
 import os
@@ -37,14 +43,14 @@ from .linear import Linear
 from .module import backward_steps
 from .pooling import MaxPool2d
 
-__all__ = ["plan", "set_enabled", "is_enabled", "disabled"]
+__all__ = ["set_enabled", "is_enabled", "disabled"]
 
 _enabled = os.environ.get("SCRATCHNET_FUSION", "1").strip().lower() not in ("0", "false", "no",
                                                                             "off")
 
 
 def set_enabled(flag):
-    """Turn layer fusion on or off for every container from the next forward on."""
+    """Turn layer fusion on or off for every model from the next forward on."""
     global _enabled
     _enabled = bool(flag)
 
@@ -55,7 +61,7 @@ def is_enabled():
 
 @contextlib.contextmanager
 def disabled():
-    """``with fusion.disabled(): ...`` runs containers layer by layer."""
+    """``with fusion.disabled(): ...`` runs models layer by layer."""
     previous = _enabled
     set_enabled(False)
     try:
@@ -71,11 +77,11 @@ class _FusedStep:
                  "_main", "_workspace")
     skips_input_grad = True
 
-    def __init__(self, layers):
+    def __init__(self, layers, workspace=None):
         self.layers = layers
         self._main = layers[0]
         # buffers the numba ops reuse from step to step while training (numba_backend/fused.py)
-        self._workspace = {}
+        self._workspace = {} if workspace is None else workspace
         self._cache = self._backend = None
         self._fallback = False
         self._out_shape = self._out_dtype = None
@@ -119,8 +125,8 @@ def _conv_ok(conv, x):
 class _ConvReluPool(_FusedStep):
     __slots__ = ("_pool",)
 
-    def __init__(self, layers):
-        super().__init__(layers)
+    def __init__(self, layers, workspace=None):
+        super().__init__(layers, workspace)
         self._pool = next(m for m in layers if isinstance(m, MaxPool2d))
 
     def __call__(self, x):
@@ -201,44 +207,55 @@ class _LinearLeakyRelu(_LinearRelu):
         return (self.layers[1].negative_slope,)
 
 
-def _match(layers, i):
-    """(fused step class, run length) for the run starting at layers[i], or (None, 1)."""
-    first = layers[i]
-    nxt = layers[i + 1] if i + 1 < len(layers) else None
-    nxt2 = layers[i + 2] if i + 2 < len(layers) else None
-    if type(first) is Conv2d:
-        if type(nxt) is ReLU and type(nxt2) is MaxPool2d:
-            return _ConvReluPool, 3
-        if type(nxt) is MaxPool2d and type(nxt2) is ReLU:
-            return _ConvReluPool, 3
-        if type(nxt) is ReLU:
-            return _ConvRelu, 2
-    elif type(first) is Linear and type(nxt) is ReLU:
-        return _LinearRelu, 2
-    elif type(first) is Linear and type(nxt) is LeakyReLU:
-        return _LinearLeakyRelu, 2
-    return None, 1
+PATTERNS = (
+    ((Conv2d, ReLU, MaxPool2d), _ConvReluPool),
+    ((Conv2d, MaxPool2d, ReLU), _ConvReluPool),
+    ((Conv2d, ReLU), _ConvRelu),
+    ((Linear, ReLU), _LinearRelu),
+    ((Linear, LeakyReLU), _LinearLeakyRelu),
+)
+_LONGEST = max(len(types) for types, _ in PATTERNS)
 
 
-def build_plan(layers):
-    """The execution plan for ``layers``: each entry a layer or a fused step over a run."""
-    steps, i = [], 0
-    while i < len(layers):
-        cls, n = _match(layers, i)
-        steps.append(cls(layers[i:i + n]) if cls is not None else layers[i])
-        i += n
-    return steps
+def _types(layers):
+    return tuple(map(type, layers))
 
 
-def plan(owner, layers):
-    """``owner``'s cached execution plan for ``layers`` (rebuilt when they or the switch change)."""
-    if not _enabled:
-        return layers
-    key = tuple(map(id, layers))
-    cached = owner.__dict__.get("_fusion_plan")
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    steps = build_plan(layers)
-    # the plan holds the layers themselves, so their ids stay unique while the key is cached
-    owner.__dict__["_fusion_plan"] = (key, steps)
-    return steps
+def is_prefix(layers):
+    """True if ``layers`` (in call order) can still grow into a fused run."""
+    types = _types(layers)
+    return any(p[:len(types)] == types for p, _ in PATTERNS)
+
+
+def is_complete(layers):
+    """True if ``layers`` is a fused run that no op can extend."""
+    types = _types(layers)
+    return len(types) == _LONGEST or not any(
+        len(p) > len(types) and p[:len(types)] == types for p, _ in PATTERNS)
+
+
+def step_class(layers):
+    """The fused step class for the longest pattern equal to ``layers``, or None."""
+    types = _types(layers)
+    return next((cls for p, cls in PATTERNS if p == types), None)
+
+
+def signature(layer):
+    """What a run's workspace depends on for ``layer`` (its type and arguments)."""
+    if isinstance(layer, MaxPool2d):
+        return ("max_pool2d", layer._pairs(), layer.ceil_mode)
+    if isinstance(layer, LeakyReLU):
+        return ("leaky_relu", layer.negative_slope)
+    return (type(layer).__name__,)
+
+
+def defers(module, x):
+    """True if a call of ``module`` on ``x`` should wait for the next op (a fusable head)."""
+    t = type(module)
+    if t is Conv2d:
+        return _conv_ok(module, x)
+    if t is Linear:
+        w = module.weight.data
+        return (isinstance(x, np.ndarray) and x.ndim == 2 and x.shape[1] == module.in_features
+                and x.dtype == w.dtype)
+    return False

@@ -43,6 +43,32 @@ class Linear(Module):
         self._in_shape = None
         self._out_shape = self._out_dtype = None
 
+    @classmethod
+    def from_weights(cls, weight, bias=None):
+        """A Linear over the given ``weight`` (out, in) and ``bias`` (out,) or None, each a
+        Parameter (gradients add into it) or an array (a constant); what ``functional.linear``
+        runs. Draws no random numbers."""
+        layer = cls.__new__(cls)
+        Module.__init__(layer)
+        weight = weight if isinstance(weight, Parameter) else Parameter(np.asarray(weight))
+        if weight.data.ndim != 2 or weight.data.dtype.type not in (np.float32, np.float64):
+            raise ValueError(f"linear: expected a float32/float64 weight of shape (out, in), "
+                             f"got {weight.data.dtype} {weight.data.shape}")
+        layer.out_features, layer.in_features = weight.data.shape
+        layer.weight = weight
+        if bias is None:
+            layer.register_parameter("bias", None)
+        else:
+            bias = bias if isinstance(bias, Parameter) else Parameter(np.asarray(bias))
+            if bias.data.shape != (layer.out_features,):
+                raise ValueError(f"linear: expected bias of shape ({layer.out_features},), "
+                                 f"got {bias.data.shape}")
+            layer.bias = bias
+        layer._cache = layer._backend = None
+        layer._in_shape = None
+        layer._out_shape = layer._out_dtype = None
+        return layer
+
     def forward(self, x):
         x = float_input("Linear", x)
         if x.ndim == 0 or x.shape[-1] != self.in_features:

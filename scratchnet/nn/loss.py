@@ -109,8 +109,8 @@ class _WeightedLoss(Module):
     def backward(self, grad_output=None):
         """d(loss)/d(input), in input's shape.
 
-        ``grad_output`` defaults to 1 for a reduced loss; for ``reduction="none"`` it is
-        required and must have the loss's shape.
+        ``grad_output`` defaults to 1 for a 0-d loss (reduced, or one unbatched sample with
+        ``reduction="none"``); otherwise it is required and must have the loss's shape.
         """
         name = type(self).__name__
         if self._cache is None:
@@ -119,8 +119,12 @@ class _WeightedLoss(Module):
         x_shape, dtype, loss_shape = self._shapes
         if self.reduction == "none":
             if grad_output is None:
-                raise ValueError(f"{name}.backward: grad_output is required for reduction='none' "
-                                 f"(expected an array of shape {loss_shape})")
+                if loss_shape != ():
+                    raise ValueError(f"{name}.backward: grad_output is required for "
+                                     f"reduction='none' (expected an array of shape "
+                                     f"{loss_shape})")
+                # one unbatched sample: a 0-d loss, for which torch implies 1 too
+                grad_output = 1.0
             g = np.asarray(grad_output, dtype=dtype)
             if g.shape != loss_shape:
                 raise ValueError(f"{name}.backward: expected grad_output of shape {loss_shape}, "

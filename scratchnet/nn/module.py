@@ -1,17 +1,21 @@
 """``Module``: the base of every layer and model, with torch.nn.Module's bookkeeping.
 
-Contract (what every subclass implements):
+Contract: a subclass implements ``forward(x)``. Then either
 
-- ``forward(x)`` computes the output and keeps what ``backward`` needs;
-- ``backward(dout)`` returns the gradient w.r.t. the input of the last ``forward`` and **adds**
-  parameter gradients into ``p.grad`` (torch accumulates the same way; ``zero_grad()`` clears).
+- it also implements ``backward(dout)`` (a **leaf**: every layer in ``scratchnet.nn``): forward
+  keeps what backward needs; backward returns the gradient w.r.t. the input of the last
+  forward and **adds** parameter gradients into ``p.grad`` (torch accumulates the same way;
+  ``zero_grad()`` clears); or
+- it does not (a **composite**: a model written as in torch, calling layers and
+  ``scratchnet.nn.functional`` ops): its forward is recorded on a tape and ``backward(dout)``
+  replays it in reverse (``tape.py``), with the same result as a hand-written chain.
 
 A training loop needs only the parameter gradients: torch never computes the gradient of an
-input that does not require grad. :func:`backward_to_params` asks for the same saving. Modules
-that can skip their input gradient (``Conv2d``, ``Linear``, the containers and models) set
-``skips_input_grad = True`` and take ``backward(dout, input_grad=False)``, returning None; a
-container then passes ``input_grad=False`` to its first step with parameters and does not run
-the parameter-free steps before it (a Flatten in front of the first Linear) at all.
+input that does not require grad. :func:`backward_to_params` asks for the same saving.
+Composites and the modules that set ``skips_input_grad = True`` (``Conv2d``, ``Linear``) take
+``backward(dout, input_grad=False)`` and return None: the tape then skips the ops that see only
+the input and hold no parameters (a Flatten in front of the first Linear), and the first ones
+with parameters skip their dx.
 
 Parameters and submodules are registered by attribute assignment, in order, so
 ``named_parameters()`` and ``state_dict()`` produce torch's key names (``conv_layers.0.weight``).
@@ -20,6 +24,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from . import tape as _tape
 from .parameter import Parameter
 
 FLOAT_DTYPES = (np.float32, np.float64)
@@ -31,7 +36,7 @@ def backward_to_params(module, dout):
     The input gradient is skipped where the module can skip it (``skips_input_grad``) and
     computed and dropped where it cannot, so any Module may be passed.
     """
-    if getattr(module, "skips_input_grad", False):
+    if getattr(module, "skips_input_grad", False) or getattr(module, "_composite", False):
         module.backward(dout, input_grad=False)
     else:
         module.backward(dout)
@@ -68,6 +73,12 @@ class Module:
 
     # True where backward(dout, input_grad=False) skips the input gradient (see the docstring)
     skips_input_grad = False
+    # True for classes without their own backward: forward is recorded, backward replays it
+    _composite = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._composite = cls.backward is Module.backward
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -109,31 +120,73 @@ class Module:
     def forward(self, x):
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
-    def backward(self, dout):
-        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+    def backward(self, dout=None, input_grad=True):
+        """Replay the last forward's tape: d(input) from d(output), adding into every p.grad.
+
+        ``dout``: the gradient of what forward returned (a tuple of them for a tuple output;
+        None means 1 for a 0-d output). With ``input_grad=False`` only the parameter gradients
+        are computed and None is returned.
+        """
+        tape = self.__dict__.get("_tape")
+        if tape is None:
+            raise RuntimeError(f"{type(self).__name__}: backward called before forward")
+        return tape.backward(dout, input_grad)
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        tape = _tape.active()
+        if tape is None:
+            if self._composite:
+                return _tape.run_composite(self, args, kwargs)
+            return self.forward(*args, **kwargs)
+        if self._composite:
+            return self.forward(*args, **kwargs)  # its ops join the open tape
+        return tape.run_leaf(self, args, kwargs)
 
     # ----- traversal -----
     def children(self):
         """Direct submodules, in registration order."""
         return iter(self._modules.values())
 
-    def named_modules(self, prefix=""):
-        """``(name, module)`` for this module and every descendant, depth first."""
+    def named_children(self):
+        """``(name, module)`` for each direct submodule, each module once."""
+        seen = set()
+        for name, child in self._modules.items():
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                yield name, child
+
+    def named_modules(self, memo=None, prefix="", remove_duplicate=True):
+        """``(name, module)`` for this module and every descendant, depth first; a module
+        registered twice is listed once (unless ``remove_duplicate`` is False), as in torch."""
+        if memo is None:
+            memo = set()
+        if remove_duplicate:
+            if id(self) in memo:
+                return
+            memo.add(id(self))
         yield prefix, self
         for name, child in self._modules.items():
-            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+            if child is None:
+                continue
+            yield from child.named_modules(memo, f"{prefix}.{name}" if prefix else name,
+                                           remove_duplicate)
 
     def modules(self):
         for _, m in self.named_modules():
             yield m
 
-    def named_parameters(self, prefix=""):
-        """``(dotted name, Parameter)`` pairs, in torch's order."""
-        for mod_name, module in self.named_modules(prefix):
+    def named_parameters(self, prefix="", recurse=True, remove_duplicate=True):
+        """``(dotted name, Parameter)`` pairs, in torch's order; a shared Parameter once
+        unless ``remove_duplicate`` is False (``state_dict`` lists it under every name)."""
+        modules = self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate) \
+            if recurse else [(prefix, self)]
+        seen = set()
+        for mod_name, module in modules:
             for name, p in module._parameters.items():
+                if remove_duplicate:
+                    if id(p) in seen:
+                        continue
+                    seen.add(id(p))
                 yield (f"{mod_name}.{name}" if mod_name else name), p
 
     def parameters(self):
@@ -143,7 +196,8 @@ class Module:
     # ----- state -----
     def state_dict(self):
         """``OrderedDict`` of name → ndarray (copies), with torch's key names."""
-        return OrderedDict((name, p.data.copy()) for name, p in self.named_parameters())
+        return OrderedDict((name, p.data.copy())
+                           for name, p in self.named_parameters(remove_duplicate=False))
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy arrays from ``state_dict`` into the parameters, cast to each parameter's dtype.
@@ -151,7 +205,7 @@ class Module:
         Raises KeyError naming missing and unexpected keys (when ``strict``) and ValueError
         naming any key whose shape differs from the parameter's.
         """
-        own = OrderedDict(self.named_parameters())
+        own = OrderedDict(self.named_parameters(remove_duplicate=False))
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         if strict and (missing or unexpected):

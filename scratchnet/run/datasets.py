@@ -5,7 +5,7 @@ A config (see :mod:`.settings`) names ``dataset`` (``mnist``, ``fashion-mnist`` 
 """
 import numpy as np
 
-from ..data import DataError, load_mnist, multidigit, normalize, train_val_split
+from ..data import DATASETS, DataError, load_mnist, multidigit, normalize, train_val_split
 from .settings import TWO_DIGIT_DATASET
 
 
@@ -97,5 +97,4 @@ def train_and_val(config, model):
 
 def classes(dataset):
     """Class names to print and plot for ``dataset``, or None where the digits say it all."""
-    from ..data import DATASETS
     return None if dataset in ("mnist", TWO_DIGIT_DATASET) else DATASETS[dataset]["classes"]

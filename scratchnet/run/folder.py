@@ -80,11 +80,13 @@ def read_metrics(out):
         return json.load(f)
 
 
-def write_plots(out, history, images, labels, predictions, matrices, classes):
+def write_plots(out, title, history, test, images, labels, predictions, matrices, classes):
     """curves.png (when epochs were trained), predictions.png and confusion_matrix.png."""
     from .. import plots  # matplotlib is slow to import; only finished runs need it
     if history:
-        plots.training_curves(history, os.path.join(out, "curves.png"))
+        batches = plots.read_batch_events(os.path.join(out, EVENTS))
+        plots.training_curves(history, os.path.join(out, "curves.png"), title=title, test=test,
+                              batches=batches)
     plots.prediction_grid(images, predictions, labels, os.path.join(out, "predictions.png"),
                           classes=classes)
     titles = None if labels.ndim == 1 else ["first digit", "second digit"]

@@ -57,6 +57,14 @@ def _text(name, value):
     return str(value)
 
 
+def _scheduler(name, value):
+    try:
+        return recipes.parse_scheduler(value)
+    except ValueError as e:
+        shown = value if isinstance(value, str) else repr(value)
+        raise SettingsError(f"{name}={shown}: {e}") from None
+
+
 positive_int = _check(lambda v: isinstance(v, int) and v > 0, "a positive integer")
 positive_float = _check(lambda v: _number(v) and v > 0, "a positive number")
 nonneg_float = _check(lambda v: _number(v) and v >= 0, "a number >= 0")
@@ -74,6 +82,7 @@ TRAIN_SETTINGS = {
     "nesterov": (_flag, None),
     "weight_decay": (nonneg_float, None),
     "val_split": (fraction, None),
+    "scheduler": (_scheduler, None),
     "seed": (seed_int, 1),
     "backend": (_choice(backend.BACKENDS), None),
     "dtype": (_choice(DTYPES), "float32"),
@@ -168,14 +177,3 @@ def resumed_config(saved, given, source):
     if config["dataset"] == TWO_DIGIT_DATASET:
         config["allow_pickle"] = given.get("allow_pickle", False)
     return config
-
-
-def recipe_of(config):
-    """The Recipe a config was made from."""
-    return recipes.from_config(config)
-
-
-def describe(config):
-    """The recipe in one line, as ``recipes.Recipe.describe`` writes it."""
-    return recipe_of(config).describe()
-

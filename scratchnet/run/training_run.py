@@ -19,11 +19,11 @@ from .. import checkpoint, models, recipes, tasks, training
 from .. import random as sn_random
 from ..callbacks import CallbackList, ProgressBar
 from ..events import EventLog
+from ..fileio import remove_stale_temps
 from . import datasets, folder, signals
+from .report import confusion, test_report
 from .settings import (DATA_SETTINGS, TRAIN_SETTINGS, TWO_DIGIT_DATASET, SettingsError,
                        checked, new_config, reject_misplaced, resumed_config, two_digit)
-
-HEADS = ("first", "second")
 
 
 class NothingToTrain(SettingsError):
@@ -50,32 +50,6 @@ def _run_checkpoint(path, *keys):
         raise checkpoint.CheckpointError(
             f"{path}: not a checkpoint of `scratchnet train` (no {', '.join(missing)} in it)")
     return ckpt
-
-
-def _confusion(labels, predictions):
-    """The confusion matrix, or for two digits the list (first digit's, second digit's)."""
-    if labels.ndim == 1:
-        return training.confusion_matrix(labels, predictions)
-    return [training.confusion_matrix(labels[:, h], predictions[:, h]) for h in range(2)]
-
-
-def _report(result, labels):
-    """Metrics of an evaluation ``result`` on ``labels`` as metrics.json stores them: loss,
-    accuracy, per-class accuracy and confusion matrix (for two digits both digits' summed, and
-    each digit's, ``_first``/``_second``), prefixed ``test_`` where metrics.json has it."""
-    matrices = _confusion(labels, result["predictions"])
-    report = {"test_samples": int(len(labels)), "test_loss": result["loss"],
-              "test_accuracy": result["accuracy"]}
-    report.update({f"test_{k}": v for k, v in result.items()
-                   if k not in ("loss", "accuracy", "predictions")})
-    matrix = matrices if labels.ndim == 1 else sum(matrices)
-    report["per_class_accuracy"] = training.per_class_accuracy(matrix).tolist()
-    report["confusion_matrix"] = matrix.tolist()
-    if labels.ndim == 2:
-        for head, m in zip(HEADS, matrices):
-            report[f"per_class_accuracy_{head}"] = training.per_class_accuracy(m).tolist()
-            report[f"confusion_matrix_{head}"] = m.tolist()
-    return report, matrices
 
 
 class Run:
@@ -106,6 +80,14 @@ class Run:
     @property
     def epochs_done(self):
         return self.state.epoch if self.state is not None else 0
+
+    def describe(self):
+        """One line: "lenet on 60000 mnist images (SGD lr 0.001 ...), numba backend, ..."."""
+        c = self.config
+        images = "" if self.train_size is None else f" on {self.train_size} " + \
+            f"{datasets.describe(c, 'train')} images"
+        return (f"{c['model']}{images} ({recipes.from_config(c).describe()}), {c['backend']} "
+                f"backend, {c['dtype']}; run folder {self.out}")
 
     @property
     def checkpoint_file(self):
@@ -140,6 +122,8 @@ class Run:
         config = resumed_config(ckpt.meta["config"], given, path)
         out = given.get("out") or os.path.dirname(os.path.abspath(path))
         folder.check_usable(out)
+        if os.path.isdir(out):
+            remove_stale_temps(out)  # what a save killed mid-write left behind
         run = cls._build(config, out, ckpt, path)
         run.target_epochs = given.get("epochs")
         return run
@@ -186,9 +170,8 @@ class Run:
             state = checkpoint.load_torch_state_dict(path)
             name = model or checkpoint.infer_model(state)
             dtype = np.result_type(*state.values()).name if state else "float32"
-            recipe = recipes.resolve(name)
-            config = {"model": name, "dtype": dtype, "backend": sn_backend.get_backend(),
-                      "normalize": list(recipe.normalize) if recipe.normalize else None,
+            config = {"model": name, **recipes.as_config(recipes.resolve(name)), "dtype": dtype,
+                      "backend": sn_backend.get_backend(),
                       "dataset": TWO_DIGIT_DATASET if two_digit(name) else "mnist"}
             progress, out, finished = None, None, True
         else:
@@ -226,6 +209,7 @@ class Run:
                 f"nothing to train: {self.out} has trained {done} epoch{'s' * (done != 1)} "
                 f"already; pass epochs=N with N > {done} to train more")
         self.config["epochs"] = target
+        self.finished, self.test = False, None  # until this training's test report is written
         observers = [EventLog()] if self.out is not None else []
         observers += [] if no_progress else [ProgressBar()]
         observers = CallbackList(observers + list(callbacks or ()))
@@ -243,15 +227,16 @@ class Run:
                 self._fit(train, val, observers)
                 x_test = datasets.inputs(test_images, self.model, self.config["normalize"])
                 result = training.evaluate(self.model, self.task, x_test, test_labels, 1000)
-                self.test, matrices = _report(result, test_labels)
+                self.test, matrices = test_report(result, test_labels)
                 self.finished = True
                 self.save()
                 if self.out is not None:
-                    folder.write_plots(self.out, self.history, test_images, test_labels,
-                                       result["predictions"], matrices,
+                    title = f"{self.config['model']} on {self.config['dataset']}"
+                    folder.write_plots(self.out, title, self.history, self.test, test_images,
+                                       test_labels, result["predictions"], matrices,
                                        datasets.classes(self.config["dataset"]))
                 status = "finished"
-            except Interrupted:
+            except KeyboardInterrupt:  # Interrupted, or a second Ctrl-C
                 status = "interrupted"
                 raise
             finally:
@@ -298,11 +283,13 @@ class Run:
 
     # ----- using it -----
 
-    def evaluate(self, batch_size=1000, normalize=None, backend=None, **data):
+    def evaluate(self, *, data_dir=None, dataset=None, limit_test=None, n_test=None,
+                 data_seed=None, allow_pickle=False, download=False, batch_size=1000,
+                 normalize=None, backend=None):
         """Loss, accuracy, per-class accuracy and confusion matrix on the test set.
 
-        ``data``: the test data's settings (data_dir, dataset, limit_test, n_test, data_seed,
-        allow_pickle, download), default the run's own. ``normalize``: (mean, std) instead of
+        The test data's keywords are ``scratchnet evaluate``'s flags (default: MNIST's test set,
+        for a two-digit run the run's own test set). ``normalize``: (mean, std) instead of
         the run's. ``backend``: the op implementation (default: the selected one). Returns a
         dict: ``model``, ``data`` (where the images came from), ``samples``, ``loss``,
         ``accuracy`` (two digits: also each digit's loss and accuracy, ``accuracy_both``),
@@ -311,6 +298,9 @@ class Run:
         """
         TRAIN_SETTINGS["batch_size"][0]("batch_size", batch_size)
         normalization = self._normalization(normalize)
+        data = {"data_dir": data_dir, "dataset": dataset, "limit_test": limit_test,
+                "n_test": n_test, "data_seed": data_seed, "allow_pickle": allow_pickle,
+                "download": download}
         config = self._test_data(checked(data, DATA_SETTINGS, "evaluate"))
         if backend is not None:
             TRAIN_SETTINGS["backend"][0]("backend", backend)
@@ -319,7 +309,7 @@ class Run:
             images, labels = datasets.load("test", config, config.get("limit_test"))
             x = datasets.inputs(images, self.model, normalization)
             result = training.evaluate(self.model.eval(), self.task, x, labels, batch_size)
-        matrices = _confusion(labels, result["predictions"])
+        matrices = confusion(labels, result["predictions"])
         return {"model": self.config["model"], "data": datasets.describe(config, "test"),
                 "samples": len(labels),
                 **{k: v for k, v in result.items() if k != "predictions"},
@@ -334,10 +324,10 @@ class Run:
         try:
             mean, std = (float(v) for v in normalize)
         except (TypeError, ValueError):
-            mean = std = math.nan
+            raise SettingsError(f"normalize= takes (mean, std), got {normalize!r}") from None
         if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
-            raise SettingsError(f"normalize={normalize!r}: expected (mean, std) with a finite "
-                                f"mean and a positive std")
+            raise SettingsError(f"normalize= mean {mean:g}, std {std:g}: expected a finite mean "
+                                f"and a positive std")
         return [mean, std]
 
     def _test_data(self, given):
@@ -367,13 +357,16 @@ class Run:
         if not isinstance(images, np.ndarray):
             images = np.stack([load(os.fspath(i)) if isinstance(i, (str, os.PathLike))
                                else np.asarray(i) for i in images])
+        if images.ndim == 2:  # one image
+            images = images[None]
         return datasets.inputs(images, self.model, self.config["normalize"])
 
     def predict(self, images):
         """Class probabilities, (N, 10), or (N, 2, 10) for the two-digit models.
 
         ``images``: image files (any size or colour, made MNIST-like first, as ``scratchnet
-        predict`` does) or uint8 arrays shaped like the dataset's images.
+        predict`` does), or uint8 images shaped like the dataset's: (N, 28, 28) or one
+        (28, 28); (N, 42, 28) for two digits.
         """
         x = self._images(images)
         return self.task.probabilities(self.model.eval()(x))
@@ -391,16 +384,25 @@ class Run:
 
     def export(self, path):
         """Write the weights as a PyTorch state dict that reference.models' twin loads."""
-        checkpoint.save_torch_state_dict(path, self.model.state_dict())
+        checkpoint.save_torch_state_dict(path, self.model.state_dict(),
+                                         expected=self.config["model"])
         return Path(path)
 
 
-def train(model=None, *, resume=None, callbacks=None, no_progress=False, **settings):
-    """Train ``model`` with its recipe, ``settings`` over it (the flags of ``scratchnet train``
-    as keywords), or continue the run in ``resume``; returns the :class:`Run`.
+def train(model=None, *, epochs=None, batch_size=None, lr=None, optimizer=None, momentum=None,
+          nesterov=None, weight_decay=None, val_split=None, scheduler=None, seed=1, backend=None,
+          dtype="float32", data_dir=None, dataset=None, limit_train=None, limit_test=None,
+          n_train=None, n_test=None, data_seed=None, allow_pickle=False, download=False,
+          out=None, resume=None, dry_run=False, no_progress=False, callbacks=None):
+    """Train ``model`` with its recipe, the keywords over it, or continue the run in ``resume``
+    (a run folder or its checkpoint); returns the :class:`Run`. The keywords are the flags of
+    ``scratchnet train``, with the same defaults (None: the recipe's); see ``--help``.
 
         run = scratchnet.train("lenet", epochs=2, out="runs/lenet")
     """
+    given = dict(locals())
+    settings = {k: v for k, v in given.items()
+                if k in TRAIN_SETTINGS and k != "model" and v != TRAIN_SETTINGS[k][1]}
     if resume is not None:
         run = Run.resume(resume, model=model, **settings)
     else:
