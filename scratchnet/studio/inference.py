@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .. import checkpoint, models, nn, preprocess, recipes, tasks
-from ..data import normalize
+from .. import models, nn, preprocess, tasks
+from ..run import Run
 
 # an image may declare at most this many pixels (a 16 MP phone photo); bigger ones are refused
 # before decoding, since preprocessing holds a few float copies of it
@@ -41,7 +41,8 @@ class Loaded:
     model: object
     name: str
     normalization: tuple | None
-    config: dict | None
+    config: dict
+    run: Run
 
     @property
     def two_digit(self):
@@ -68,7 +69,8 @@ _cache_lock = threading.Lock()
 
 
 def load(path):
-    """The model in ``path`` (.npz checkpoint or .pt/.pth state dict), cached until it changes."""
+    """The model in ``path`` (.npz checkpoint or .pt/.pth state dict) as :meth:`Run.load`
+    gives it, cached until the file changes."""
     stat = os.stat(path)
     key = (path, stat.st_mtime_ns, stat.st_size)
     with _cache_lock:  # one load per file at a time; other threads wait for its result
@@ -81,24 +83,10 @@ def load(path):
 
 
 def _load(path):
-    config = None
-    if checkpoint.is_torch_file(path):
-        state = checkpoint.load_torch_state_dict(path)  # torch.load(weights_only=True)
-        name = checkpoint.infer_model(state)
-        dtype = np.result_type(*state.values()) if state else np.float32
-        normalization = recipes.resolve(name).normalize
-    else:
-        ckpt = checkpoint.load_checkpoint(path)
-        if "model" not in ckpt.meta or "config" not in ckpt.meta:
-            raise checkpoint.CheckpointError(
-                f"{os.path.basename(path)}: not a checkpoint of `scratchnet train`")
-        state, name, config = ckpt.model_state, ckpt.meta["model"], ckpt.meta["config"]
-        dtype = config.get("dtype", "float32")
-        normalization = (config["normalize"] if "normalize" in config
-                         else recipes.resolve(name).normalize)
-    model = models.build(name, dtype=dtype)
-    checkpoint.load_weights(model, state, os.path.basename(path), name)
-    return Loaded(model.eval(), name, tuple(normalization) if normalization else None, config)
+    run = Run.load(path)  # what `scratchnet predict` loads: the model and its run's config
+    normalization = run.config["normalize"]
+    return Loaded(run.model, run.config["model"],
+                  tuple(normalization) if normalization else None, run.config, run)
 
 
 class _Upload(io.BytesIO):
@@ -150,18 +138,10 @@ def image_from_pixels(pixels, two_digit):
         raise InputError(str(e), 422) from None
 
 
-def model_input(loaded, images):
-    """uint8 images (N, H, W) -> the model's input, normalised as its training run did."""
-    mean, std = loaded.normalization or (None, None)
-    return normalize(images, mean, std, dtype=loaded.model.dtype,
-                     input_shape=loaded.model.input_shape)
-
-
 def probabilities(loaded, images):
     """Class probabilities for uint8 images (N, H, W): (N, 10), or (N, 2, 10) for two digits."""
     with LOCK:
-        out = loaded.model(model_input(loaded, images))
-    return tasks.for_model(models.OUTPUTS[loaded.name]).probabilities(out)
+        return loaded.run.predict(images)
 
 
 def _leaf_layers(model):
@@ -301,7 +281,7 @@ def filters(loaded):
 
 def predict(loaded, image):
     """Everything the draw page shows for one preprocessed uint8 image (H, W)."""
-    x = model_input(loaded, image[None])
+    x = loaded.run.inputs(image[None])
     with LOCK:
         out, records = capture_activations(loaded.model, x)
     probs = tasks.for_model(models.OUTPUTS[loaded.name]).probabilities(out)[0]
