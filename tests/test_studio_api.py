@@ -533,14 +533,17 @@ def test_methods_and_hosts_that_are_refused(studio):
 
 
 def test_capture_activations_records_every_layer_of_every_model_and_restores_them():
+    functions = {f: getattr(nn.functional, f) for f in inference.SHOWN_FUNCTIONS}
     for name in models.names():
         model = models.build(name).eval()
         x = np.random.default_rng(0).standard_normal((2, *model.input_shape)).astype(np.float32)
         expected = model(x)
         out, records = inference.capture_activations(model, x)
         leaves = inference._leaf_layers(model)
-        assert len(records) == len(leaves), name  # each layer called once
-        assert {id(layer) for _, layer, _ in records} == {id(layer) for _, layer in leaves}
+        layers = [r for r in records if not isinstance(r[1], inference.FunctionCall)]
+        assert len(layers) == len(leaves), name  # each layer called once
+        assert {id(layer) for _, layer, _ in layers} == {id(layer) for _, layer in leaves}
+        assert {f: getattr(nn.functional, f) for f in functions} == functions
         if isinstance(expected, tuple):
             for a, b in zip(out, expected):
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -549,6 +552,22 @@ def test_capture_activations_records_every_layer_of_every_model_and_restores_the
             if isinstance(model, nn.Sequential):  # its output is its last layer's
                 np.testing.assert_allclose(records[-1][2], expected, rtol=1e-5, atol=1e-6)
         assert all("forward" not in layer.__dict__ for _, layer in leaves), name
+
+
+def test_the_functional_ops_a_forward_calls_are_shown_too():
+    """lenet's forward is conv1, F.max_pool2d, F.relu, ...: the pooled and rectified maps are
+    the model's own (its output follows from the last one)."""
+    model = models.build("lenet").eval()
+    x = np.random.default_rng(1).standard_normal((1, 1, 28, 28)).astype(np.float32)
+    out, records = inference.capture_activations(model, x)
+    assert [name for name, _, _ in records] == [
+        "conv1", "F.max_pool2d", "F.relu", "conv2", "F.max_pool2d", "F.relu", "fc1", "F.relu",
+        "fc2"]
+    conv1, pool, relu = (r[2] for r in records[:3])
+    np.testing.assert_array_equal(pool, conv1.reshape(1, 10, 12, 2, 12, 2).max(axis=(3, 5)))
+    np.testing.assert_array_equal(relu, np.maximum(pool, 0))
+    shift = records[-1][2] - out  # log_softmax: the logits less one constant per row
+    np.testing.assert_allclose(shift, np.repeat(shift[:, :1], 10, axis=1), atol=1e-5)
 
 
 def test_capture_activations_uses_forward_hooks_where_layers_have_them():

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from .. import models, nn, preprocess, tasks
+from ..nn import functional as F
 from ..run import Run
 
 # an image may declare at most this many pixels (a 16 MP phone photo); bigger ones are refused
@@ -145,56 +146,82 @@ def probabilities(loaded, images):
 
 
 def _leaf_layers(model):
-    """``(name, layer)`` for every layer without children; the steps a Chain model calls but
-    does not register (its ``F.relu``-like ReLU and pooling) are included, named ""."""
-    found, seen = [], set()
+    """``(name, layer)`` for every registered layer without children."""
+    return [(name, module) for name, module in model.named_modules()
+            if next(iter(module.children()), None) is None]
 
-    def add(name, module):
-        if id(module) not in seen and next(iter(module.children()), None) is None:
-            seen.add(id(module))
-            found.append((name, module))
 
-    modules = list(model.named_modules())
-    for name, module in modules:  # registered layers first, so they keep their names
-        add(name, module)
-    for _, module in modules:
-        steps = getattr(module, "steps", None)
-        for step in steps if isinstance(steps, (list, tuple)) else ():
-            if isinstance(step, nn.Module):
-                add("", step)
-    return found
+@dataclass(frozen=True)
+class FunctionCall:
+    """One call of an ``nn.functional`` op in a model's forward (``F.relu(x)``): a step with
+    an output to show that is not a registered layer."""
+
+    function: str
+    kind: str
+    arguments: str
+
+    def extra_repr(self):
+        return self.arguments
+
+
+# the functional ops whose outputs the page shows, with the layer class each one stands for;
+# dropout (the identity in eval mode), flatten and the final (log-)softmax show nothing new
+SHOWN_FUNCTIONS = {"relu": "ReLU", "leaky_relu": "LeakyReLU", "max_pool2d": "MaxPool2d"}
+
+
+def _kind(layer):
+    return layer.kind if isinstance(layer, FunctionCall) else type(layer).__name__
 
 
 def capture_activations(model, x):
-    """Run ``model(x)`` and record what each leaf layer returned, in call order.
+    """Run ``model(x)`` and record what each leaf layer, and each ``nn.functional`` op of
+    ``SHOWN_FUNCTIONS`` its forward calls, returned, in call order.
 
-    Returns ``(output, [(name, layer, layer_output), ...])``. Uses the layers'
+    Returns ``(output, [(name, layer, output), ...])``, a :class:`FunctionCall` standing for
+    the layer of a functional op (named ``F.relu``...). Uses the layers'
     ``register_forward_hook`` where they have one, and otherwise wraps each layer instance's
-    ``forward`` for the duration of the call. Fusion is turned off meanwhile, so that every
-    layer runs by itself (a fused conv-relu-pool would hide two of its three outputs).
+    ``forward`` (and the functional ops) for the duration of the call. Fusion is turned off
+    meanwhile, so that every layer runs by itself (a fused conv-relu-pool would hide two of
+    its three outputs).
     """
     records = []
-    names = {id(layer): name for name, layer in _leaf_layers(model)}
-    layers = [layer for _, layer in _leaf_layers(model)]
+    leaves = _leaf_layers(model)
+    names = {id(layer): name for name, layer in leaves}
 
     def record(layer, output):
         records.append((names[id(layer)], layer, output))
 
     undo = []
     try:
-        for layer in layers:
+        for _, layer in leaves:
             if hasattr(layer, "register_forward_hook"):
                 handle = layer.register_forward_hook(
                     lambda module, inputs, output: record(module, output))
                 undo.append(handle.remove)
             else:
                 undo.append(_wrap_forward(layer, record))
+        for function, kind in SHOWN_FUNCTIONS.items():
+            undo.append(_wrap_function(function, kind, records))
         with nn.fusion.disabled():
             out = model(x)
     finally:
         for restore in reversed(undo):
             restore()
     return out, records
+
+
+def _wrap_function(function, kind, records):
+    """Make ``nn.functional.<function>`` also record its calls; returns the undo function."""
+    original = getattr(F, function)
+
+    def recording(input, *args, **kwargs):
+        output = original(input, *args, **kwargs)
+        arguments = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
+        records.append((f"F.{function}", FunctionCall(function, kind, arguments), output))
+        return output
+
+    setattr(F, function, recording)
+    return lambda: setattr(F, function, original)
 
 
 def _wrap_forward(layer, record):
@@ -240,7 +267,7 @@ def encode_image(u8):
 
 
 def _layer_label(name, layer):
-    kind = type(layer).__name__
+    kind = _kind(layer)
     extra = layer.extra_repr() if hasattr(layer, "extra_repr") else ""
     return {"name": name, "type": kind, "description": f"{kind}({extra})"}
 
@@ -288,7 +315,7 @@ def predict(loaded, image):
     heads = probs if probs.ndim == 2 else probs[None]
     activations = [_activation_entry(name, layer, output) for name, layer, output in records
                    if isinstance(output, np.ndarray)
-                   and type(layer).__name__ not in IDENTITY_LAYERS]
+                   and _kind(layer) not in IDENTITY_LAYERS]
     return {"model": loaded.name, "two_digit": loaded.two_digit,
             "digits": [int(np.argmax(p)) for p in heads],
             "probabilities": [[float(v) for v in p] for p in heads],
