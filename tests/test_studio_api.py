@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 
 from scratchnet import checkpoint, cli, models, nn
 from scratchnet import events as scratchnet_events
+from scratchnet.run import Run
 from scratchnet.studio import inference
 from scratchnet.studio import server as studio_server
 
@@ -391,10 +392,15 @@ def test_test_digits_evaluate_the_latest_checkpoint_and_follow_it(studio, runs_d
             f.write(saved)
 
 
-def test_test_digits_of_a_two_digit_model(studio):
+def test_test_digits_of_a_two_digit_model(studio, runs_dir):
     status, _, body = request(studio, f"/api/runs/{run_id(studio, 'multimlp')}/test-digits")
     assert status == 200 and body["evaluated"] == 200
     assert all(len(s["label"]) == 2 and s["image"]["shape"] == [42, 28] for s in body["samples"])
+    # the run's own test set, the one `scratchnet evaluate` scores it on
+    images, labels = Run.load(runs_dir / "runs" / "multimlp").test_set()
+    for s in body["samples"]:
+        assert s["label"] == labels[s["index"]].tolist()
+        assert base64.b64decode(s["image"]["data"]) == images[s["index"]].tobytes()
 
 
 def _get(server, path):

@@ -330,6 +330,16 @@ class Run:
                 "confusion_matrix": matrices, "predictions": result["predictions"],
                 "labels": labels, "classes": datasets.classes(config["dataset"])}
 
+    def test_set(self, *, data_dir=None, dataset=None, limit_test=None, n_test=None,
+                 data_seed=None, allow_pickle=False, download=False):
+        """(uint8 images, labels) of the test set :meth:`evaluate` scores with the same
+        keywords: MNIST's, or a two-digit run's own. Labels are (N,), or (N, 2) for two."""
+        data = {"data_dir": data_dir, "dataset": dataset, "limit_test": limit_test,
+                "n_test": n_test, "data_seed": data_seed, "allow_pickle": allow_pickle,
+                "download": download}
+        config = self._test_data(checked(data, DATA_SETTINGS, "evaluate"))
+        return datasets.load("test", config, config.get("limit_test"))
+
     def _normalization(self, normalize):
         if normalize is None:
             return self.config["normalize"]
