@@ -245,3 +245,25 @@ def test_a_finished_run_shows_its_whole_history(studio, browser):
         "  n += Math.abs(d[i] - 74) < 30 && Math.abs(d[i+1] - 85) < 30 && d[i+2] > 180;"
         "return n;")
     assert drawn > 50
+
+
+def test_a_run_started_after_the_page_opened_appears_and_is_followed(browser, tmp_path):
+    """The learner's order: serve an empty folder, open the page, then start training."""
+    server = ServerThread([str(tmp_path)])
+    try:
+        browser.get(f"{server.url}/train")
+        wait_for(browser, lambda d: by_testid(d, "run-select")[0].text == "no runs found",
+                 "the empty chooser")
+        folder = tmp_path / "later"
+        folder.mkdir()
+        append_event(str(folder), {"type": "start", "model": MODEL, "epochs": 1,
+                                   "batches_per_epoch": 20, "batch_size": 64,
+                                   "resumed": False, "config": {"model": MODEL}})
+        wait_for(browser, lambda d: by_testid(d, "run-status")[0].text.lower() == "running",
+                 "the new run, chosen", 20)
+        assert by_testid(browser, "run-select")[0].text == f"later · {MODEL} · running"
+        append_event(str(folder), {"type": "end", "status": "failed"})
+        wait_for(browser, lambda d: by_testid(d, "run-select")[0].text == f"later · {MODEL} · failed",
+                 "the chooser's status, updated", 20)
+    finally:
+        server.stop()

@@ -156,8 +156,9 @@
       }));
     }
     const noEvents = state.detail && !state.detail.has_events && !state.count;
+    const epochs = (state.start && state.start.epochs) || (state.detail && state.detail.epochs);
     lineChart(document.getElementById("norm-chart"), chartSeries, {
-      log: true, empty: noEvents ? "this run has no events.jsonl: only epoch records" : null });
+      log: true, xMax: epochs, empty: noEvents ? "this run has no events.jsonl: only epoch records" : null });
     legend(document.getElementById("norm-legend"), chartSeries);
     if (!withNorms.length) return;
     const norms = withNorms[withNorms.length - 1].norms;
