@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 from scratchnet import checkpoint, cli, models, nn
 from scratchnet import events as scratchnet_events
 from scratchnet.run import Run
-from scratchnet.studio import inference
+from scratchnet.studio import inference, testdigits
 from scratchnet.studio import server as studio_server
 
 from tests.studio_helpers import ServerThread, append_event, train_run
@@ -401,6 +401,20 @@ def test_test_digits_of_a_two_digit_model(studio, runs_dir):
     for s in body["samples"]:
         assert s["label"] == labels[s["index"]].tolist()
         assert base64.b64decode(s["image"]["data"]) == images[s["index"]].tobytes()
+
+
+def test_a_checkpoint_from_before_dtype_and_normalize_were_saved_takes_the_recipes(runs_dir,
+                                                                                  tmp_path):
+    run = Run.load(runs_dir / "runs" / "mlp128")
+    ckpt = checkpoint.load_checkpoint(str(run.checkpoint_file))
+    old = tmp_path / "old.npz"
+    checkpoint.save_checkpoint(str(old), {"model": "mlp128", "config": {}}, ckpt.model_state)
+    loaded = inference.load(str(old))
+    assert loaded.config["dtype"] == "float32" and loaded.model.dtype == np.float32
+    assert loaded.config["normalize"] == run.config["normalize"]  # the recipe's, as trained
+    images = np.stack([np.frombuffer(base64.b64decode(s["image"]["data"]), np.uint8)
+                       .reshape(28, 28) for s in testdigits.evaluate(str(old))["samples"][:8]])
+    np.testing.assert_array_equal(inference.probabilities(loaded, images), run.predict(images))
 
 
 def _get(server, path):
