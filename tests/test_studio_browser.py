@@ -261,9 +261,10 @@ def test_a_run_started_after_the_page_opened_appears_and_is_followed(browser, tm
                                    "resumed": False, "config": {"model": MODEL}})
         wait_for(browser, lambda d: by_testid(d, "run-status")[0].text.lower() == "running",
                  "the new run, chosen", 20)
-        assert by_testid(browser, "run-select")[0].text == f"later · {MODEL} · running"
+        chooser = by_testid(browser, "run-select")[0]
+        assert chooser.text == f"later · {MODEL} · running"
         append_event(str(folder), {"type": "end", "status": "failed"})
-        wait_for(browser, lambda d: by_testid(d, "run-select")[0].text == f"later · {MODEL} · failed",
+        wait_for(browser, lambda d: chooser.text == f"later · {MODEL} · failed",
                  "the chooser's status, updated", 20)
     finally:
         server.stop()
