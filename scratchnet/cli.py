@@ -1,10 +1,11 @@
-"""The ``scratchnet`` command: train, evaluate, predict, export.
+"""The ``scratchnet`` command: train, evaluate, predict, export, serve.
 
     scratchnet train --model digitcnn                  # the tutorial's recipe; flags override it
     scratchnet train --resume runs/digitcnn-...        # continue a run, bitwise as if never stopped
     scratchnet evaluate runs/digitcnn-.../checkpoint.npz   # or a PyTorch state dict (.pt/.pth)
     scratchnet predict runs/digitcnn-.../checkpoint.npz my_digit.png
     scratchnet export runs/digitcnn-.../checkpoint.npz digitcnn.pth
+    scratchnet serve runs                              # the studio: http://127.0.0.1:8000/
 
 Every failure prints one line ``scratchnet: error: ...`` to stderr and returns non-zero:
 1 for bad data, files or numbers, 2 for bad usage, 130 when interrupted (143 on SIGTERM).
@@ -19,7 +20,7 @@ import threading
 
 import numpy as np
 
-from . import __version__, backend, models, recipes
+from . import __version__, backend, models, recipes, studio
 from .data import DATASETS
 from .callbacks import ProgressBar
 from .run import CHECKPOINT, METRICS  # noqa: F401  (names the benchmarks use)
@@ -169,6 +170,8 @@ def build_parser():
                  "Write a checkpoint's weights as a torch state dict that the model's PyTorch "
                  "twin (reference.models) loads.", "checkpoint.npz or a run folder")
     x.add_argument("output", help="the .pt/.pth file to write")
+
+    studio.add_parser(sub, formatter_class=_Formatter)
     return parser
 
 

@@ -1,8 +1,7 @@
-"""Helpers for the studio's tests and screenshots: a real run (a model trained briefly through
-the library, written as a run folder with checkpoint.npz, metrics.json and events.jsonl in the
-agreed format), a server in a thread, and headless Chromium drawing on the page."""
+"""Helpers for the studio's tests and screenshots: a real run (a model trained briefly by
+``scratchnet.train``, which writes checkpoint.npz, metrics.json and events.jsonl), events
+appended by hand, a server in a thread, and headless Chromium drawing on the page."""
 import json
-import math
 import os
 import shutil
 import threading
@@ -10,107 +9,27 @@ import time
 
 import numpy as np
 
-from scratchnet import checkpoint, models, optim, recipes, tasks, training
-from scratchnet import random as sn_random
-from scratchnet.data import DataLoader, load_mnist, normalize
-
-EVENT_EVERY = 10  # batches per batch event, as the run layer writes them
-
+import scratchnet
+from scratchnet import recipes
 
 def append_event(folder, event):
-    """Append one event to ``folder``/events.jsonl, as the training loop does."""
+    """Append one event to ``folder``/events.jsonl as scratchnet.events writes them, so that a
+    test can grow a log line by line."""
     event = {"time": time.time(), **event}
     with open(os.path.join(folder, "events.jsonl"), "a", encoding="utf-8") as f:
         f.write(json.dumps(event) + "\n")
         f.flush()
 
 
-def _norms(model):
-    return {name: {"weight": float(np.linalg.norm(p.data)),
-                   "grad": float(np.linalg.norm(p.grad)) if p.grad is not None else None}
-            for name, p in model.named_parameters()}
-
-
-def _finite(v):
-    return v if isinstance(v, float) and math.isfinite(v) else None
-
-
 def train_run(folder, name="mlp128", epochs=1, batches=None, seed=0, lr=None, limit_test=2000):
-    """Train model ``name`` on MNIST (``batches`` per epoch, default all) with its recipe's
-    optimizer and write the run folder; returns the test accuracy on ``limit_test`` images."""
-    os.makedirs(folder, exist_ok=True)
-    sn_random.manual_seed(seed)
-    recipe = recipes.resolve(name, lr=lr)
-    model = models.build(name)
-    task = tasks.for_model(models.OUTPUTS[name])
-    mean, std = recipe.normalize or (None, None)
-    images, labels = load_mnist("train")
-    x = normalize(images, mean, std, input_shape=model.input_shape)
-    test_images, test_labels = load_mnist("test")
-    test_images, test_labels = test_images[:limit_test], test_labels[:limit_test]
-    x_test = normalize(test_images, mean, std, input_shape=model.input_shape)
-    if recipe.optimizer == "sgd":
-        optimizer = optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                              nesterov=recipe.nesterov)
-    else:
-        optimizer = optim.Adam(model.parameters(), lr=recipe.lr)
-    loader = DataLoader(x, labels, recipe.batch_size, shuffle=True, rng=seed)
-    per_epoch = min(batches or len(loader), len(loader))
-    config = {"model": name, "optimizer": recipe.optimizer, "lr": recipe.lr,
-              "batch_size": recipe.batch_size, "epochs": epochs, "dtype": "float32",
-              "normalize": list(recipe.normalize) if recipe.normalize else None,
-              "dataset": "mnist", "data_dir": None, "seed": seed}
-    append_event(folder, {"type": "start", "model": name, "epochs": epochs,
-                          "batches_per_epoch": per_epoch, "batch_size": recipe.batch_size,
-                          "resumed": False, "config": config})
-    history = []
-    for epoch in range(1, epochs + 1):
-        model.train()
-        started = time.perf_counter()
-        window = [0.0, 0, 0]  # loss sum, correct, samples since the last event
-        totals = [0.0, 0, 0]
-        for batch, (xb, yb) in enumerate(loader, start=1):
-            out = model(xb)
-            loss = task.loss(out, yb)
-            optimizer.zero_grad()
-            model.backward(task.backward())
-            optimizer.step()
-            correct = int(np.sum(task.predict(out) == yb))
-            for acc in (window, totals):
-                acc[0] += loss * len(yb)
-                acc[1] += correct
-                acc[2] += len(yb)
-            if batch % EVENT_EVERY == 0 or batch == per_epoch:
-                seconds = time.perf_counter() - started
-                rate = totals[2] / max(seconds, 1e-9)
-                left = (per_epoch - batch + (epochs - epoch) * per_epoch) * recipe.batch_size
-                append_event(folder, {
-                    "type": "batch", "epoch": epoch, "batch": batch, "batches": per_epoch,
-                    "loss": window[0] / window[2], "accuracy": window[1] / window[2],
-                    "lr": recipe.lr, "samples_per_s": rate, "eta_s": left / rate,
-                    "norms": _norms(model)})
-                window = [0.0, 0, 0]
-            if batch == per_epoch:
-                break
-        result = training.evaluate(model, task, x_test, test_labels)
-        record = {"epoch": epoch, "train_loss": totals[0] / totals[2],
-                  "train_accuracy": totals[1] / totals[2], "val_loss": None,
-                  "val_accuracy": None, "test_loss": _finite(result["loss"]),
-                  "test_accuracy": result["accuracy"], "lr": recipe.lr,
-                  "seconds": time.perf_counter() - started,
-                  "samples_per_s": totals[2] / (time.perf_counter() - started)}
-        history.append(record)
-        meta = {"model": name, "config": config, "finished": epoch == epochs}
-        checkpoint.save_checkpoint(os.path.join(folder, "checkpoint.npz"), meta,
-                                   model.state_dict())
-        append_event(folder, {"type": "epoch", **record})
-    metrics = {"model": name, "config": config, "epochs": history,
-               "test_loss": history[-1]["test_loss"],
-               "test_accuracy": history[-1]["test_accuracy"]}
-    with open(os.path.join(folder, "metrics.json"), "w", encoding="utf-8") as f:
-        json.dump(metrics, f, indent=2)
-    append_event(folder, {"type": "end", "status": "finished"})
-    return history[-1]["test_accuracy"]
+    """Train model ``name`` with its recipe through ``scratchnet.train`` (on the first
+    ``batches`` batches' worth of MNIST's training images, default all, none held out), which
+    writes the run folder; returns the test accuracy on ``limit_test`` images."""
+    recipe = recipes.resolve(name)
+    run = scratchnet.train(name, epochs=epochs, lr=lr, seed=seed, val_split=0.0,
+                           limit_train=batches and batches * recipe.batch_size,
+                           limit_test=limit_test, out=folder, no_progress=True)
+    return run.test["test_accuracy"]
 
 
 DIGIT_STROKES = {

@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from scratchnet import checkpoint, cli, models
-from scratchnet.studio import inference
+from scratchnet import checkpoint, cli, models, nn
+from scratchnet import events as scratchnet_events
+from scratchnet.run import Run
+from scratchnet.studio import inference, testdigits
 from scratchnet.studio import server as studio_server
 
 from tests.studio_helpers import ServerThread, append_event, train_run
@@ -390,31 +392,123 @@ def test_test_digits_evaluate_the_latest_checkpoint_and_follow_it(studio, runs_d
             f.write(saved)
 
 
-def test_test_digits_of_a_two_digit_model(studio):
+def test_test_digits_of_a_two_digit_model(studio, runs_dir):
     status, _, body = request(studio, f"/api/runs/{run_id(studio, 'multimlp')}/test-digits")
     assert status == 200 and body["evaluated"] == 200
     assert all(len(s["label"]) == 2 and s["image"]["shape"] == [42, 28] for s in body["samples"])
+    # the run's own test set, the one `scratchnet evaluate` scores it on
+    images, labels = Run.load(runs_dir / "runs" / "multimlp").test_set()
+    for s in body["samples"]:
+        assert s["label"] == labels[s["index"]].tolist()
+        assert base64.b64decode(s["image"]["data"]) == images[s["index"]].tobytes()
+
+
+def test_a_checkpoint_from_before_dtype_and_normalize_were_saved_takes_the_recipes(runs_dir,
+                                                                                  tmp_path):
+    run = Run.load(runs_dir / "runs" / "mlp128")
+    ckpt = checkpoint.load_checkpoint(str(run.checkpoint_file))
+    old = tmp_path / "old.npz"
+    checkpoint.save_checkpoint(str(old), {"model": "mlp128", "config": {}}, ckpt.model_state)
+    loaded = inference.load(str(old))
+    assert loaded.config["dtype"] == "float32" and loaded.model.dtype == np.float32
+    assert loaded.config["normalize"] == run.config["normalize"]  # the recipe's, as trained
+    images = np.stack([np.frombuffer(base64.b64decode(s["image"]["data"]), np.uint8)
+                       .reshape(28, 28) for s in testdigits.evaluate(str(old))["samples"][:8]])
+    np.testing.assert_array_equal(inference.probabilities(loaded, images), run.predict(images))
+
+
+def _get(server, path):
+    status, _, body = request(server, path)
+    assert status == 200, body
+    return body
+
+
+def _all_events(server, rid):
+    events, since = [], 0
+    while True:
+        body = _get(server, f"/api/runs/{rid}/events?since={since}")
+        events += body["events"]
+        since = body["next"]
+        if not body["more"]:
+            return events
 
 
 def test_a_run_written_by_scratchnet_train_is_served(tmp_path, capsys):
-    out = tmp_path / "runs" / "mlp-dry"
-    assert cli.main(["train", "--model", "mlp", "--dry-run", "--no-progress",
+    """`scratchnet train` writes the log the training page reads; the API serves it as written,
+    and a resumed run's log goes on in the same file."""
+    out = tmp_path / "runs" / "mlp-short"
+    assert cli.main(["train", "--model", "mlp", "--epochs", "1", "--limit-train", "2000",
+                     "--limit-test", "500", "--no-progress", "--backend", "numpy",
                      "--out", str(out)]) == 0
-    if not (out / "events.jsonl").exists():
-        pytest.skip("scratchnet train writes no events.jsonl in this version")
     server = ServerThread([str(tmp_path / "runs")])
     try:
-        _, _, listing = request(server, "/api/runs")
-        (run,) = listing["runs"]
-        assert run["model"] == "mlp" and run["status"] == "finished"
-        _, _, log = request(server, f"/api/runs/{run['id']}/events?since=0")
-        kinds = [e["type"] for e in log["events"]]
-        assert kinds[0] == "start" and kinds[-1] == "end" and "batch" in kinds
-        assert all(isinstance(e["time"], float) for e in log["events"])
-        status, _, digits = request(server, f"/api/runs/{run['id']}/test-digits")
-        assert status == 200 and digits["evaluated"] == 500
+        (run,) = _get(server, "/api/runs")["runs"]
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert (run["model"], run["status"], run["epoch"], run["epochs"]) == ("mlp", "finished",
+                                                                            1, 1)
+        assert run["test_accuracy"] == metrics["test_accuracy"]
+        assert run["has_events"] and run["has_checkpoint"]
+        events = _all_events(server, run["id"])
+        assert events == scratchnet_events.read(out / "events.jsonl")  # as the run layer reads
+        start, *middle, epoch, end = events
+        assert start["type"] == "start" and start["model"] == "mlp" and not start["resumed"]
+        assert start["epochs"] == 1 and start["config"] == metrics["config"]
+        assert end == {"type": "end", "time": end["time"], "status": "finished"}
+        batches = [e for e in middle if e["type"] == "batch"]
+        assert batches == middle and batches
+        per_epoch = start["batches_per_epoch"]
+        assert [b["batch"] for b in batches] == [*range(10, per_epoch, 10), per_epoch]
+        ckpt = checkpoint.load_checkpoint(str(out / "checkpoint.npz"))
+        for b in batches:
+            assert b["epoch"] == 1 and b["batches"] == per_epoch
+            assert 0 < b["loss"] and 0 <= b["accuracy"] <= 1 and b["lr"] == metrics["config"]["lr"]
+            assert set(b["norms"]) == set(ckpt.model_state)
+            assert all(v["grad"] > 0 and v["weight"] > 0 for v in b["norms"].values())
+        assert batches[-1]["eta_s"] == 0 and batches[-1]["samples_per_s"] > 0
+        for name, value in ckpt.model_state.items():  # the last norms are the saved weights'
+            assert batches[-1]["norms"][name]["weight"] == pytest.approx(
+                float(np.linalg.norm(value.astype(np.float64))), rel=1e-9)
+        assert epoch["type"] == "epoch"
+        assert {k: v for k, v in epoch.items() if k not in ("type", "time")} == \
+            metrics["epochs"][0]
+        assert epoch["val_loss"] is not None  # mlp's recipe holds out a validation set
+        detail = _get(server, f"/api/runs/{run['id']}")
+        assert detail["history"] == metrics["epochs"] and detail["config"] == metrics["config"]
+        assert detail["test"]["test_accuracy"] == metrics["test_accuracy"]
+        info = detail["model_info"]
+        assert (info["model"], info["two_digit"], info["image_shape"]) == ("mlp", False, [28, 28])
+        assert info["parameters"] == sum(v.size for v in ckpt.model_state.values())
+        assert info["normalization"] == metrics["config"]["normalize"]
+        digits = _get(server, f"/api/runs/{run['id']}/test-digits")
+        assert digits["evaluated"] == 500 and len(digits["samples"]) == 48
+
+        assert cli.main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
+        (run,) = _get(server, "/api/runs")["runs"]
+        assert (run["status"], run["epoch"], run["epochs"]) == ("finished", 2, 2)
+        events = _all_events(server, run["id"])
+        starts = [e for e in events if e["type"] == "start"]
+        assert [s["resumed"] for s in starts] == [False, True] and starts[1]["epochs"] == 2
+        assert [e["epoch"] for e in events if e["type"] == "epoch"] == [1, 2]
+        assert [e["status"] for e in events if e["type"] == "end"] == ["finished", "finished"]
+        assert _get(server, f"/api/runs/{run['id']}")["history"] == \
+            json.loads((out / "metrics.json").read_text())["epochs"]
     finally:
         server.stop()
+
+
+def test_a_run_in_its_first_epoch_is_listed_before_its_first_checkpoint(studio, runs_dir):
+    folder = runs_dir / "runs" / "first-epoch"
+    folder.mkdir()
+    try:
+        assert "first-epoch" not in [r["name"] for r in request(studio, "/api/runs")[2]["runs"]]
+        append_event(str(folder), {"type": "start", "model": "lenet", "epochs": 3})
+        _, _, body = request(studio, "/api/runs")
+        run = next(r for r in body["runs"] if r["name"] == "first-epoch")
+        assert (run["status"], run["model"], run["has_checkpoint"]) == ("running", "lenet", False)
+        assert body["runs"][0]["name"] == "first-epoch"  # the newest first
+    finally:
+        folder.joinpath("events.jsonl").unlink()
+        folder.rmdir()
 
 
 # ----- pages, static files, safety -----
@@ -459,21 +553,41 @@ def test_methods_and_hosts_that_are_refused(studio):
 
 
 def test_capture_activations_records_every_layer_of_every_model_and_restores_them():
+    functions = {f: getattr(nn.functional, f) for f in inference.SHOWN_FUNCTIONS}
     for name in models.names():
         model = models.build(name).eval()
         x = np.random.default_rng(0).standard_normal((2, *model.input_shape)).astype(np.float32)
         expected = model(x)
         out, records = inference.capture_activations(model, x)
         leaves = inference._leaf_layers(model)
-        assert len(records) == len(leaves), name  # each layer called once
-        assert {id(layer) for _, layer, _ in records} == {id(layer) for _, layer in leaves}
+        layers = [r for r in records if not isinstance(r[1], inference.FunctionCall)]
+        assert len(layers) == len(leaves), name  # each layer called once
+        assert {id(layer) for _, layer, _ in layers} == {id(layer) for _, layer in leaves}
+        assert {f: getattr(nn.functional, f) for f in functions} == functions
         if isinstance(expected, tuple):
             for a, b in zip(out, expected):
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
         else:
             np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
-            np.testing.assert_allclose(records[-1][2], expected, rtol=1e-5, atol=1e-6)
+            if isinstance(model, nn.Sequential):  # its output is its last layer's
+                np.testing.assert_allclose(records[-1][2], expected, rtol=1e-5, atol=1e-6)
         assert all("forward" not in layer.__dict__ for _, layer in leaves), name
+
+
+def test_the_functional_ops_a_forward_calls_are_shown_too():
+    """lenet's forward is conv1, F.max_pool2d, F.relu, ...: the pooled and rectified maps are
+    the model's own (its output follows from the last one)."""
+    model = models.build("lenet").eval()
+    x = np.random.default_rng(1).standard_normal((1, 1, 28, 28)).astype(np.float32)
+    out, records = inference.capture_activations(model, x)
+    assert [name for name, _, _ in records] == [
+        "conv1", "F.max_pool2d", "F.relu", "conv2", "F.max_pool2d", "F.relu", "fc1", "F.relu",
+        "fc2"]
+    conv1, pool, relu = (r[2] for r in records[:3])
+    np.testing.assert_array_equal(pool, conv1.reshape(1, 10, 12, 2, 12, 2).max(axis=(3, 5)))
+    np.testing.assert_array_equal(relu, np.maximum(pool, 0))
+    shift = records[-1][2] - out  # log_softmax: the logits less one constant per row
+    np.testing.assert_allclose(shift, np.repeat(shift[:, :1], 10, axis=1), atol=1e-5)
 
 
 def test_capture_activations_uses_forward_hooks_where_layers_have_them():
@@ -508,10 +622,9 @@ def test_capture_activations_uses_forward_hooks_where_layers_have_them():
 
 def test_serve_prints_the_url_serves_and_stops_cleanly_on_ctrl_c(runs_dir):
     env = {**os.environ, "PYTHONPATH": ROOT}
-    code = ("import sys; from scratchnet.studio import serve; "
-            "serve([sys.argv[1]], host=sys.argv[2], port=0)")
     for host, warns in (("127.0.0.1", False), ("0.0.0.0", True)):
-        proc = subprocess.Popen([sys.executable, "-c", code, str(runs_dir / "runs"), host],
+        proc = subprocess.Popen([sys.executable, "-m", "scratchnet", "serve",
+                                 str(runs_dir / "runs"), "--host", host, "--port", "0"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=env)
         try:
@@ -542,6 +655,21 @@ def test_serve_command_line_arguments():
     assert (args.paths, args.host, args.port) == (["a", "b.pth"], "0.0.0.0", 0)
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "--port", "70000"])
+
+
+def test_serve_is_a_command_of_scratchnet(capsys, studio):
+    assert cli.main(["serve", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: scratchnet serve") and "--port" in out and "PATH" in out
+    assert cli.main(["--help"]) == 0 and "serve" in capsys.readouterr().out
+    assert cli.main(["serve", "--port", "http"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "expected a port number" in err
+    port = studio.server.server_address[1]
+    assert cli.main(["serve", ".", "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"scratchnet: error: cannot listen on 127.0.0.1:{port} (")
+    assert err.count("\n") == 1
 
 
 def test_a_busy_port_is_one_clear_error(studio):

@@ -7,18 +7,23 @@ which is missing, where they cannot be installed.
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
 from PIL import Image, ImageDraw
 
 from scratchnet import checkpoint, models
+from scratchnet import events as scratchnet_events
 from tests.studio_helpers import (DIGIT_STROKES, ServerThread, append_event, browser_missing,
                                   draw, start_browser, train_run)
 
 pytestmark = pytest.mark.skipif(browser_missing() is not None,
                                 reason=f"no headless browser: {browser_missing()}")
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL, BATCHES = "digitcnn", 300  # ~96% on the test set after these batches
 
 
@@ -245,3 +250,77 @@ def test_a_finished_run_shows_its_whole_history(studio, browser):
         "  n += Math.abs(d[i] - 74) < 30 && Math.abs(d[i+1] - 85) < 30 && d[i+2] > 180;"
         "return n;")
     assert drawn > 50
+
+
+def test_a_run_started_after_the_page_opened_appears_and_is_followed(browser, tmp_path):
+    """The learner's order: serve an empty folder, open the page, then start training."""
+    server = ServerThread([str(tmp_path)])
+    try:
+        browser.get(f"{server.url}/train")
+        wait_for(browser, lambda d: by_testid(d, "run-select")[0].text == "no runs found",
+                 "the empty chooser")
+        folder = tmp_path / "later"
+        folder.mkdir()
+        append_event(str(folder), {"type": "start", "model": MODEL, "epochs": 1,
+                                   "batches_per_epoch": 20, "batch_size": 64,
+                                   "resumed": False, "config": {"model": MODEL}})
+        wait_for(browser, lambda d: by_testid(d, "run-status")[0].text.lower() == "running",
+                 "the new run, chosen", 20)
+        chooser = by_testid(browser, "run-select")[0]
+        assert chooser.text == f"later · {MODEL} · running"
+        append_event(str(folder), {"type": "end", "status": "failed"})
+        wait_for(browser, lambda d: chooser.text == f"later · {MODEL} · failed",
+                 "the chooser's status, updated", 20)
+    finally:
+        server.stop()
+
+
+def test_the_training_page_follows_scratchnet_train_live(browser, tmp_path):
+    """A real `scratchnet train` in another process: the page follows it while it runs
+    (checked while the process is paused, so the page must match the log line for line),
+    then shows it finished, all without a reload."""
+    out = tmp_path / "live-train"
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scratchnet", "train", "--model", "mlp", "--epochs", "2",
+         "--limit-train", "6000", "--limit-test", "500", "--no-progress", "--out", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    server = ServerThread([str(tmp_path)])
+    try:
+        browser.get(f"{server.url}/train")
+        browser.execute_script("window.notReloaded = true;")
+        end = time.time() + 120
+        while not any(e["type"] == "epoch" for e in _events(out)):
+            assert proc.poll() is None and time.time() < end, proc.stderr.read()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGSTOP)  # hold training still in its second epoch
+        try:
+            events = _events(out)
+            last = [e for e in events if e["type"] == "batch"][-1]
+            wait_for(browser, lambda d: by_testid(d, "status")[0].get_attribute(
+                "data-events") == str(len(events)), "the page to catch up with the log", 30)
+            assert by_testid(browser, "run-status")[0].text.lower() == "running"
+            assert by_testid(browser, "batch")[0].text == f"{last['batch']} / {last['batches']}"
+            assert by_testid(browser, "epoch")[0].text == f"{last['epoch']} / 2"
+            names = by_testid(browser, "norms")[0].text
+            assert all(name in names for name in last["norms"])
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        assert proc.wait(120) == 0, proc.stderr.read()
+        wait_for(browser, lambda d: by_testid(d, "run-status")[0].text.lower() == "finished",
+                 "the finished run", 30)
+        events = _events(out)
+        last = [e for e in events if e["type"] == "batch"][-1]
+        assert by_testid(browser, "batch")[0].text == f"{last['batches']} / {last['batches']}"
+        assert by_testid(browser, "epoch")[0].text == "2 / 2"
+        assert browser.find_element("id", "eta").text == "done"
+        assert browser.execute_script("return window.notReloaded === true")
+    finally:
+        proc.kill()
+        proc.wait()
+        server.stop()
+
+
+def _events(out):
+    path = out / "events.jsonl"
+    return scratchnet_events.read(path) if path.exists() else []

@@ -99,16 +99,39 @@ def checkpoint_path(path):
     return os.path.join(path, CHECKPOINT) if os.path.isdir(path) else os.fspath(path)
 
 
+RUN_FILES = (CHECKPOINT, EVENTS, METRICS)
+
+
+def is_run_folder(path):
+    """Whether ``path`` holds a run: its checkpoint, or the events and metrics a run writes
+    before its first checkpoint."""
+    return any((Path(path) / name).is_file() for name in RUN_FILES)
+
+
+def updated(path):
+    """Unix time the run in ``path`` last wrote one of its files (0 when it has none)."""
+    times = []
+    for name in RUN_FILES:
+        try:
+            times.append((Path(path) / name).stat().st_mtime)
+        except OSError:
+            pass
+    return max(times, default=0.0)
+
+
 def find(paths=("runs",)):
     """The run folders in or at ``paths`` (a run folder, a checkpoint, or a folder of runs),
-    newest first."""
+    newest first; a run still in its first epoch (events, no checkpoint yet) is one too."""
     found = []
     for path in map(Path, paths):
         if path.is_file():
             found.append(path.parent)
-        elif (path / CHECKPOINT).is_file():
+        elif is_run_folder(path):
             found.append(path)
         elif path.is_dir():
-            found += [p for p in path.iterdir() if (p / CHECKPOINT).is_file()]
+            try:
+                found += [p for p in sorted(path.iterdir()) if p.is_dir() and is_run_folder(p)]
+            except OSError:  # unreadable folder: nothing found in it
+                pass
     unique = list(dict.fromkeys(p.resolve() for p in found))
-    return sorted(unique, key=lambda p: (p / CHECKPOINT).stat().st_mtime, reverse=True)
+    return sorted(unique, key=updated, reverse=True)

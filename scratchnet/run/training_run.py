@@ -52,6 +52,17 @@ def _run_checkpoint(path, *keys):
     return ckpt
 
 
+def _inference_config(name, saved):
+    """A loaded model's config: what its checkpoint saved, over the recipe's settings (a
+    checkpoint from before dtype or normalize were saved gets float32 and the recipe's)."""
+    config = {"model": name, **recipes.as_config(recipes.resolve(name)), "dtype": "float32",
+              "backend": sn_backend.get_backend(),
+              "dataset": TWO_DIGIT_DATASET if two_digit(name) else "mnist"}
+    config.update(saved)
+    config["model"] = name
+    return config
+
+
 class Run:
     """A model trained (or to be trained) from a recipe; see the module docstring.
 
@@ -170,9 +181,7 @@ class Run:
             state = checkpoint.load_torch_state_dict(path)
             name = model or checkpoint.infer_model(state)
             dtype = np.result_type(*state.values()).name if state else "float32"
-            config = {"model": name, **recipes.as_config(recipes.resolve(name)), "dtype": dtype,
-                      "backend": sn_backend.get_backend(),
-                      "dataset": TWO_DIGIT_DATASET if two_digit(name) else "mnist"}
+            config = _inference_config(name, {"dtype": dtype})
             progress, out, finished = None, None, True
         else:
             path = folder.checkpoint_path(path)
@@ -180,7 +189,10 @@ class Run:
             state, name = ckpt.model_state, ckpt.meta["model"]
             if model is not None and model != name:
                 raise checkpoint.CheckpointError(f"{path} holds a {name} model, not {model}")
-            config, out = dict(ckpt.meta["config"]), os.path.dirname(os.path.abspath(path))
+            if not isinstance(ckpt.meta["config"], dict) or name not in models.names():
+                raise checkpoint.CheckpointError(f"{path}: its model or config is damaged")
+            config = _inference_config(name, ckpt.meta["config"])
+            out = os.path.dirname(os.path.abspath(path))
             progress, finished = ckpt.meta.get("progress"), ckpt.meta.get("finished", False)
         built = models.build(name, dtype=config["dtype"])
         checkpoint.load_weights(built, state, path, name)
@@ -318,6 +330,16 @@ class Run:
                 "confusion_matrix": matrices, "predictions": result["predictions"],
                 "labels": labels, "classes": datasets.classes(config["dataset"])}
 
+    def test_set(self, *, data_dir=None, dataset=None, limit_test=None, n_test=None,
+                 data_seed=None, allow_pickle=False, download=False):
+        """(uint8 images, labels) of the test set :meth:`evaluate` scores with the same
+        keywords: MNIST's, or a two-digit run's own. Labels are (N,), or (N, 2) for two."""
+        data = {"data_dir": data_dir, "dataset": dataset, "limit_test": limit_test,
+                "n_test": n_test, "data_seed": data_seed, "allow_pickle": allow_pickle,
+                "download": download}
+        config = self._test_data(checked(data, DATA_SETTINGS, "evaluate"))
+        return datasets.load("test", config, config.get("limit_test"))
+
     def _normalization(self, normalize):
         if normalize is None:
             return self.config["normalize"]
@@ -348,8 +370,9 @@ class Run:
                 "allow_pickle": given.get("allow_pickle", False),
                 "limit_test": given.get("limit_test")}
 
-    def _images(self, images):
-        """Image files (paths) or uint8 arrays -> the model's input batch."""
+    def inputs(self, images):
+        """Image files (paths, made MNIST-like as ``scratchnet predict`` does) or uint8 images
+        (N, H, W) -> the model's input batch, normalised as the run was trained."""
         from ..preprocess import load_digit, load_two_digit  # PIL is needed only here
         load = load_two_digit if two_digit(self.config["model"]) else load_digit
         if isinstance(images, (str, os.PathLike)):
@@ -368,7 +391,7 @@ class Run:
         predict`` does), or uint8 images shaped like the dataset's: (N, 28, 28) or one
         (28, 28); (N, 42, 28) for two digits.
         """
-        x = self._images(images)
+        x = self.inputs(images)
         return self.task.probabilities(self.model.eval()(x))
 
     def predict_files(self, paths):

@@ -51,9 +51,9 @@ def add_parser(subparsers, **kwargs):
     """Add the ``serve`` command to ``subparsers`` (argparse); ``kwargs`` go to add_parser."""
     p = subparsers.add_parser(
         "serve", help="local web page: draw digits for a model, watch training live",
-        description="Serve the studio: a page to draw a digit and see every layer's response, "
-                    "and a page to watch runs train. PATH is a checkpoint (.npz, .pt/.pth), "
-                    "a run folder, or a folder of run folders.", **kwargs)
+        description="Serve the studio: a page to draw a digit and see every layer's response,\n"
+                    "and a page to watch runs train, live. PATH is a checkpoint (.npz,\n"
+                    ".pt/.pth), a run folder, or a folder of run folders.", **kwargs)
     p.add_argument("paths", nargs="*", default=DEFAULT_PATHS, metavar="PATH",
                    help="checkpoints, run folders, or folders of runs")
     p.add_argument("--host", default="127.0.0.1",

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .. import checkpoint, models, nn, preprocess, recipes, tasks
-from ..data import normalize
+from .. import models, nn, preprocess, tasks
+from ..nn import functional as F
+from ..run import Run
 
 # an image may declare at most this many pixels (a 16 MP phone photo); bigger ones are refused
 # before decoding, since preprocessing holds a few float copies of it
@@ -41,7 +42,8 @@ class Loaded:
     model: object
     name: str
     normalization: tuple | None
-    config: dict | None
+    config: dict
+    run: Run
 
     @property
     def two_digit(self):
@@ -68,7 +70,8 @@ _cache_lock = threading.Lock()
 
 
 def load(path):
-    """The model in ``path`` (.npz checkpoint or .pt/.pth state dict), cached until it changes."""
+    """The model in ``path`` (.npz checkpoint or .pt/.pth state dict) as :meth:`Run.load`
+    gives it, cached until the file changes."""
     stat = os.stat(path)
     key = (path, stat.st_mtime_ns, stat.st_size)
     with _cache_lock:  # one load per file at a time; other threads wait for its result
@@ -81,24 +84,10 @@ def load(path):
 
 
 def _load(path):
-    config = None
-    if checkpoint.is_torch_file(path):
-        state = checkpoint.load_torch_state_dict(path)  # torch.load(weights_only=True)
-        name = checkpoint.infer_model(state)
-        dtype = np.result_type(*state.values()) if state else np.float32
-        normalization = recipes.resolve(name).normalize
-    else:
-        ckpt = checkpoint.load_checkpoint(path)
-        if "model" not in ckpt.meta or "config" not in ckpt.meta:
-            raise checkpoint.CheckpointError(
-                f"{os.path.basename(path)}: not a checkpoint of `scratchnet train`")
-        state, name, config = ckpt.model_state, ckpt.meta["model"], ckpt.meta["config"]
-        dtype = config.get("dtype", "float32")
-        normalization = (config["normalize"] if "normalize" in config
-                         else recipes.resolve(name).normalize)
-    model = models.build(name, dtype=dtype)
-    checkpoint.load_weights(model, state, os.path.basename(path), name)
-    return Loaded(model.eval(), name, tuple(normalization) if normalization else None, config)
+    run = Run.load(path)  # what `scratchnet predict` loads: the model and its run's config
+    normalization = run.config["normalize"]
+    return Loaded(run.model, run.config["model"],
+                  tuple(normalization) if normalization else None, run.config, run)
 
 
 class _Upload(io.BytesIO):
@@ -150,71 +139,89 @@ def image_from_pixels(pixels, two_digit):
         raise InputError(str(e), 422) from None
 
 
-def model_input(loaded, images):
-    """uint8 images (N, H, W) -> the model's input, normalised as its training run did."""
-    mean, std = loaded.normalization or (None, None)
-    return normalize(images, mean, std, dtype=loaded.model.dtype,
-                     input_shape=loaded.model.input_shape)
-
-
 def probabilities(loaded, images):
     """Class probabilities for uint8 images (N, H, W): (N, 10), or (N, 2, 10) for two digits."""
     with LOCK:
-        out = loaded.model(model_input(loaded, images))
-    return tasks.for_model(models.OUTPUTS[loaded.name]).probabilities(out)
+        return loaded.run.predict(images)
 
 
 def _leaf_layers(model):
-    """``(name, layer)`` for every layer without children; the steps a Chain model calls but
-    does not register (its ``F.relu``-like ReLU and pooling) are included, named ""."""
-    found, seen = [], set()
+    """``(name, layer)`` for every registered layer without children."""
+    return [(name, module) for name, module in model.named_modules()
+            if next(iter(module.children()), None) is None]
 
-    def add(name, module):
-        if id(module) not in seen and next(iter(module.children()), None) is None:
-            seen.add(id(module))
-            found.append((name, module))
 
-    modules = list(model.named_modules())
-    for name, module in modules:  # registered layers first, so they keep their names
-        add(name, module)
-    for _, module in modules:
-        steps = getattr(module, "steps", None)
-        for step in steps if isinstance(steps, (list, tuple)) else ():
-            if isinstance(step, nn.Module):
-                add("", step)
-    return found
+@dataclass(frozen=True)
+class FunctionCall:
+    """One call of an ``nn.functional`` op in a model's forward (``F.relu(x)``): a step with
+    an output to show that is not a registered layer."""
+
+    function: str
+    kind: str
+    arguments: str
+
+    def extra_repr(self):
+        return self.arguments
+
+
+# the functional ops whose outputs the page shows, with the layer class each one stands for;
+# dropout (the identity in eval mode), flatten and the final (log-)softmax show nothing new
+SHOWN_FUNCTIONS = {"relu": "ReLU", "leaky_relu": "LeakyReLU", "max_pool2d": "MaxPool2d"}
+
+
+def _kind(layer):
+    return layer.kind if isinstance(layer, FunctionCall) else type(layer).__name__
 
 
 def capture_activations(model, x):
-    """Run ``model(x)`` and record what each leaf layer returned, in call order.
+    """Run ``model(x)`` and record what each leaf layer, and each ``nn.functional`` op of
+    ``SHOWN_FUNCTIONS`` its forward calls, returned, in call order.
 
-    Returns ``(output, [(name, layer, layer_output), ...])``. Uses the layers'
+    Returns ``(output, [(name, layer, output), ...])``, a :class:`FunctionCall` standing for
+    the layer of a functional op (named ``F.relu``...). Uses the layers'
     ``register_forward_hook`` where they have one, and otherwise wraps each layer instance's
-    ``forward`` for the duration of the call. Fusion is turned off meanwhile, so that every
-    layer runs by itself (a fused conv-relu-pool would hide two of its three outputs).
+    ``forward`` (and the functional ops) for the duration of the call. Fusion is turned off
+    meanwhile, so that every layer runs by itself (a fused conv-relu-pool would hide two of
+    its three outputs).
     """
     records = []
-    names = {id(layer): name for name, layer in _leaf_layers(model)}
-    layers = [layer for _, layer in _leaf_layers(model)]
+    leaves = _leaf_layers(model)
+    names = {id(layer): name for name, layer in leaves}
 
     def record(layer, output):
         records.append((names[id(layer)], layer, output))
 
     undo = []
     try:
-        for layer in layers:
+        for _, layer in leaves:
             if hasattr(layer, "register_forward_hook"):
                 handle = layer.register_forward_hook(
                     lambda module, inputs, output: record(module, output))
                 undo.append(handle.remove)
             else:
                 undo.append(_wrap_forward(layer, record))
+        for function, kind in SHOWN_FUNCTIONS.items():
+            undo.append(_wrap_function(function, kind, records))
         with nn.fusion.disabled():
             out = model(x)
     finally:
         for restore in reversed(undo):
             restore()
     return out, records
+
+
+def _wrap_function(function, kind, records):
+    """Make ``nn.functional.<function>`` also record its calls; returns the undo function."""
+    original = getattr(F, function)
+
+    def recording(input, *args, **kwargs):
+        output = original(input, *args, **kwargs)
+        arguments = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
+        records.append((f"F.{function}", FunctionCall(function, kind, arguments), output))
+        return output
+
+    setattr(F, function, recording)
+    return lambda: setattr(F, function, original)
 
 
 def _wrap_forward(layer, record):
@@ -260,7 +267,7 @@ def encode_image(u8):
 
 
 def _layer_label(name, layer):
-    kind = type(layer).__name__
+    kind = _kind(layer)
     extra = layer.extra_repr() if hasattr(layer, "extra_repr") else ""
     return {"name": name, "type": kind, "description": f"{kind}({extra})"}
 
@@ -301,14 +308,14 @@ def filters(loaded):
 
 def predict(loaded, image):
     """Everything the draw page shows for one preprocessed uint8 image (H, W)."""
-    x = model_input(loaded, image[None])
+    x = loaded.run.inputs(image[None])
     with LOCK:
         out, records = capture_activations(loaded.model, x)
     probs = tasks.for_model(models.OUTPUTS[loaded.name]).probabilities(out)[0]
     heads = probs if probs.ndim == 2 else probs[None]
     activations = [_activation_entry(name, layer, output) for name, layer, output in records
                    if isinstance(output, np.ndarray)
-                   and type(layer).__name__ not in IDENTITY_LAYERS]
+                   and _kind(layer) not in IDENTITY_LAYERS]
     return {"model": loaded.name, "two_digit": loaded.two_digit,
             "digits": [int(np.argmax(p)) for p in heads],
             "probabilities": [[float(v) for v in p] for p in heads],

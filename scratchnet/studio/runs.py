@@ -11,9 +11,10 @@ import os
 import time
 from dataclasses import dataclass
 
-CHECKPOINT = "checkpoint.npz"
-METRICS = "metrics.json"
-EVENTS = "events.jsonl"
+from .. import run as run_layer
+from ..run import CHECKPOINT, EVENTS, METRICS
+from ..run.folder import updated as folder_updated
+
 TORCH_SUFFIXES = (".pt", ".pth")
 WEIGHT_SUFFIXES = (".npz",) + TORCH_SUFFIXES
 # the most bytes of events.jsonl one request returns; the client asks again from ``next``
@@ -55,31 +56,25 @@ def _run_id(path):
     return hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:12]
 
 
-def _is_run_folder(path):
-    return any(os.path.isfile(os.path.join(path, f)) for f in (CHECKPOINT, EVENTS, METRICS))
+def _is_lone_weights(path):
+    """A weight file given by itself: a .pt/.pth, or an .npz that is not a run's checkpoint."""
+    return (os.path.isfile(path) and path.lower().endswith(WEIGHT_SUFFIXES)
+            and os.path.basename(path) != CHECKPOINT)
 
 
 def discover(paths):
-    """Every run under ``paths``: weight files, run folders, and run folders one level down."""
+    """Every run under ``paths`` (run folders, as :func:`scratchnet.run.find` finds them, a
+    run's checkpoint.npz meaning its folder), and the lone weight files among ``paths``."""
     found = {}
-    for path in paths:
-        if os.path.isfile(path):
-            if path.lower().endswith(WEIGHT_SUFFIXES):
-                run = Run(_run_id(path), "checkpoint", os.path.abspath(path))
-                found[run.id] = run
-        elif os.path.isdir(path):
-            if _is_run_folder(path):
-                candidates = [path]
-            else:
-                try:
-                    names = sorted(os.listdir(path))
-                except OSError:
-                    continue
-                candidates = [os.path.join(path, n) for n in names]
-            for folder in candidates:
-                if os.path.isdir(folder) and _is_run_folder(folder):
-                    run = Run(_run_id(folder), "run", os.path.abspath(folder))
-                    found[run.id] = run
+    lone = [p for p in map(str, paths) if _is_lone_weights(p)]
+    folders = [p for p in map(str, paths) if os.path.isdir(p)
+               or (os.path.isfile(p) and os.path.basename(p) == CHECKPOINT)]
+    for folder in run_layer.find(folders):
+        run = Run(_run_id(folder), "run", str(folder))
+        found[run.id] = run
+    for path in lone:
+        run = Run(_run_id(path), "checkpoint", os.path.abspath(path))
+        found[run.id] = run
     return found
 
 
@@ -92,18 +87,17 @@ def _mtime(path):
 
 def updated(run):
     """Unix time the run last changed (its newest file), or None."""
-    times = [t for t in (_mtime(run.checkpoint), _mtime(run.events), _mtime(run.metrics))
-             if t is not None]
-    return max(times) if times else None
+    if run.kind == "run":
+        return folder_updated(run.path) or None
+    return _mtime(run.path)
 
 
 def read_metrics(run):
     """metrics.json as a dict, or None when absent or unreadable (mid-write, damaged)."""
-    if run.metrics is None:
+    if run.kind != "run":
         return None
     try:
-        with open(run.metrics, encoding="utf-8") as f:
-            data = json.load(f)
+        data = run_layer.read_metrics(run.path)
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

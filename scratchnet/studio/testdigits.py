@@ -3,45 +3,36 @@
 The sample is the same every time (drawn with a fixed seed), so successive checkpoints of a
 run can be compared digit by digit; results are cached by the checkpoint's modification time.
 """
-import functools
 import os
 import threading
 
 import numpy as np
 
-from ..data import load_mnist, multidigit
 from . import inference
 
 SAMPLE = 500  # test images evaluated
 SHOWN = 48  # of which the page shows the misclassified first, then correct ones
 SEED = 0
-TWO_DIGIT_DATASET = "two-digit"
 
 _cache = {}
+_test_sets = {}
 _lock = threading.Lock()
 
 
 def _test_set(loaded):
-    """(images uint8 (N, H, W), labels (N,) or (N, 2)) of the test split the model was made for."""
-    config = loaded.config or {}
-    if loaded.two_digit:
-        seed = config.get("data_seed")
-        return _load(True, None, None, config.get("seed", 1) if seed is None else seed,
-                     config.get("n_test") or 4000)
-    return _load(False, config.get("dataset") or "mnist", config.get("data_dir"), None, None)
-
-
-@functools.lru_cache(maxsize=4)  # a run's checkpoint changes every epoch, its test set never
-def _load(two_digit, dataset, data_dir, seed, n_test):
-    if two_digit:
-        images, labels = multidigit.load_multidigit("test", seed=seed, n_test=n_test)
-        return images, np.ascontiguousarray(labels.T)
-    try:
-        return load_mnist("test", data_dir=data_dir, dataset=dataset)
-    except (OSError, ValueError):
-        if data_dir is None:
-            raise
-        return load_mnist("test", dataset=dataset)  # the run's folder moved: the shipped copy
+    """(images uint8 (N, H, W), labels (N,) or (N, 2)) of the test set ``scratchnet evaluate``
+    scores the run on (:meth:`scratchnet.run.Run.test_set`)."""
+    key = tuple(loaded.config.get(k) for k in ("model", "dataset", "data_dir", "data_seed",
+                                               "n_train", "n_test"))
+    with _lock:
+        if key in _test_sets:
+            return _test_sets[key]
+    found = loaded.run.test_set()
+    with _lock:
+        _test_sets[key] = found  # a run's checkpoint changes every epoch, its test set never
+        while len(_test_sets) > 4:
+            del _test_sets[next(iter(_test_sets))]
+    return found
 
 
 def evaluate(checkpoint_path):

@@ -74,26 +74,19 @@ const Studio = (() => {
   function query(name) { return new URLSearchParams(location.search).get(name); }
 
   // Fill the header's run chooser; calls onChange(run) now and whenever the choice changes.
-  async function runChooser(select, filter, onChange) {
-    const { runs } = await api("/api/runs");
-    const usable = runs.filter(filter);
-    select.innerHTML = "";
-    if (!usable.length) {
-      select.append(el("option", { text: "no runs found", value: "" }));
-      select.disabled = true;
-      onChange(null, runs);
-      return;
-    }
-    for (const run of usable) {
+  // Fills the run <select> with the runs that pass filter and calls onChange(run, runs) with
+  // the chosen one (null while there are none). The list is fetched again every refreshMs, so
+  // runs started after the page opened appear, and each option's status stays current.
+  async function runChooser(select, filter, onChange, refreshMs = 5000) {
+    let usable = [], chosen = null;
+    const label = (run) => {
       const bits = [run.name];
       if (run.model && !run.name.includes(run.model)) bits.push(run.model);
       if (run.status) bits.push(run.status);
-      select.append(el("option", { value: run.id, text: bits.join(" · ") }));
-    }
-    const wanted = query("run");
-    select.value = usable.some((r) => r.id === wanted) ? wanted : usable[0].id;
-    const choose = () => {
-      const run = usable.find((r) => r.id === select.value);
+      return bits.join(" · ");
+    };
+    const choose = (runs) => {
+      const run = usable.find((r) => r.id === chosen);
       const url = new URL(location.href);
       url.searchParams.set("run", run.id);
       history.replaceState(null, "", url);
@@ -104,8 +97,50 @@ const Studio = (() => {
       }
       onChange(run, runs);
     };
-    select.addEventListener("change", choose);
-    choose();
+    async function refresh(first) {
+      let runs;
+      try {
+        ({ runs } = await api("/api/runs"));
+      } catch (error) {
+        if (first) throw error;
+        return;  // the server may be restarting: try again next time
+      }
+      usable = runs.filter(filter);
+      if (!usable.length) {
+        if (first || chosen !== null) {
+          select.innerHTML = "";
+          select.append(el("option", { text: "no runs found", value: "" }));
+          select.disabled = true;
+          chosen = null;
+          onChange(null, runs);
+        }
+        return;
+      }
+      select.disabled = false;
+      const ids = new Set(usable.map((r) => r.id));
+      for (const option of [...select.options]) if (!ids.has(option.value)) option.remove();
+      usable.forEach((run, i) => {  // update in place: an open dropdown stays open
+        let option = [...select.options].find((o) => o.value === run.id);
+        if (!option) {
+          option = el("option", { value: run.id, text: label(run) });
+          select.insertBefore(option, select.options[i] || null);
+        } else if (option.text !== label(run)) option.text = label(run);
+      });
+      if (chosen !== null && ids.has(chosen)) {
+        select.value = chosen;
+        return;
+      }
+      const wanted = query("run");
+      chosen = ids.has(wanted) ? wanted : usable[0].id;
+      select.value = chosen;
+      choose(runs);
+    }
+    select.addEventListener("change", () => {
+      chosen = select.value;
+      choose(usable);
+    });
+    await refresh(true);
+    setInterval(refresh, refreshMs);
   }
 
   function niceTicks(lo, hi, count) {

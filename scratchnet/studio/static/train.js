@@ -112,9 +112,11 @@
     renderNorms();
   }
 
-  function epochSeries(key) {
+  // at: where on the epoch axis a record's value belongs (its epoch's end, or its middle for
+  // a mean over the epoch's batches)
+  function epochSeries(key, at = 0) {
     return [...state.epochs.values()].sort((a, b) => a.epoch - b.epoch)
-      .filter((r) => r[key] != null).map((r) => [r.epoch, r[key]]);
+      .filter((r) => r[key] != null).map((r) => [r.epoch - at, r[key]]);
   }
 
   function curves(kind) {
@@ -124,7 +126,7 @@
     if (!test.length && final != null && state.epochs.size) test.push([Math.max(...state.epochs.keys()), final]);
     return [
       { name: "train (batches)", colour: COLOURS.train, points: batchPoints, width: 1.2, faint: true },
-      { name: "train (epoch)", colour: COLOURS.train, points: epochSeries(`train_${kind}`), dots: true },
+      { name: "train (epoch mean)", colour: COLOURS.train, points: epochSeries(`train_${kind}`, 0.5), dots: true },
       { name: "validation", colour: COLOURS.val, points: epochSeries(`val_${kind}`), dots: true },
       { name: "test", colour: COLOURS.test, points: test, dots: true },
     ];
@@ -154,8 +156,9 @@
       }));
     }
     const noEvents = state.detail && !state.detail.has_events && !state.count;
+    const epochs = (state.start && state.start.epochs) || (state.detail && state.detail.epochs);
     lineChart(document.getElementById("norm-chart"), chartSeries, {
-      log: true, empty: noEvents ? "this run has no events.jsonl: only epoch records" : null });
+      log: true, xMax: epochs, empty: noEvents ? "this run has no events.jsonl: only epoch records" : null });
     legend(document.getElementById("norm-legend"), chartSeries);
     if (!withNorms.length) return;
     const norms = withNorms[withNorms.length - 1].norms;
