@@ -79,6 +79,7 @@ class EventLog(Callback):
         if self.file.tell() and not _ends_with_newline(path):
             self.file.write("\n")  # the previous writer was killed mid-line
         self._reset(None)
+        self.warming_up = True
         self._write({"type": "start", "model": run.config["model"],
                      "epochs": run.config["epochs"],
                      "batches_per_epoch": run.batches_per_epoch,
@@ -95,9 +96,12 @@ class EventLog(Callback):
         if self.file is None:
             return
         n = info["samples"]
-        if self.since is None and info["batch"] == 1:
+        if self.warming_up:  # the process's first batch may compile kernels: not timed
+            self.warming_up = False
+            self.since = None
+        elif self.since is None and info["batch"] == 1:
             self.since = 0.0  # an epoch's clock starts at zero
-        if self.since is None:  # resumed mid-epoch: time the batches after this one
+        if self.since is None:  # time the batches after this one
             self.since = info["seconds"]
         else:
             self.timed_samples += n

@@ -91,3 +91,11 @@ def test_nan_and_inf_are_written_as_null(tmp_path):
     batch = json.loads(lines[1])  # strict JSON: no NaN
     assert batch["loss"] is None and batch["lr"] is None and batch["accuracy"] == 0.5
     assert batch["norms"]["weight"]["grad"] is None
+
+
+def test_speed_leaves_out_the_first_batch_which_may_compile(logged):
+    _, rec, log = logged
+    first = [e for e in log if e["type"] == "batch"][0]
+    infos = rec.infos[:10]
+    timed = infos[-1]["seconds"] - infos[0]["seconds"]  # batches 2..10
+    assert first["samples_per_s"] == pytest.approx(sum(i["samples"] for i in infos[1:]) / timed)
