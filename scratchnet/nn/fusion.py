@@ -15,8 +15,8 @@ current backend (``conv2d_relu_maxpool2d``, ``conv2d_relu``, ``linear_relu``,
 ``linear_leaky_relu``; the numpy backend's versions are the compositions of the single ops, the
 numba backend's one parallel pass) on the **same** Parameter objects, so module structure,
 state-dict keys and results are unchanged (tests/test_fusion.py checks fused == unfused
-exactly). A run that stops early (a Conv2d followed by a Dropout) runs its longest fused
-prefix, or its layers one by one.
+exactly). A run cut short by another op runs fused if it is a pattern itself (``Conv2d,
+ReLU`` before a Dropout), else layer by layer (``Conv2d, MaxPool2d`` with no ReLU after it).
 
 Why deferred rather than a plan: a forward written with ``F.*`` calls has no list of layers to
 plan over, and the fused kernels need the whole run before they start. Deferring each head by
