@@ -1,4 +1,4 @@
-"""``examplenet``: the ``Net`` of pytorch/examples' ``mnist/main.py`` (saved as ``mnist_cnn.pt``)."""
+"""``examplenet``: the ``Net`` of pytorch/examples' ``mnist/main.py`` (its ``mnist_cnn.pt``)."""
 import scratchnet as sn
 import scratchnet.nn.functional as F
 

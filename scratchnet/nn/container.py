@@ -1,12 +1,15 @@
 """``Sequential`` and ``ModuleList``, as in torch.nn.
 
-Neither has a backward of its own: a Sequential's forward is recorded on the tape like any
-model's (``tape.py``), so fusion applies to its Conv2d-ReLU-MaxPool2d runs as well.
+A Sequential knows its layers before it runs, so it needs no tape: it runs an execution plan
+(``fusion.plan``) in which runs such as Conv2d-ReLU-MaxPool2d are single fused steps, and its
+backward walks the same steps in reverse. That keeps the per-step Python cost of small
+Sequential models (mlp128) at one list walk each way.
 """
 import operator
 from collections import OrderedDict
 
-from .module import Module
+from . import fusion
+from .module import Module, backward_steps
 
 
 def _check_module(owner, name, m):
@@ -51,9 +54,22 @@ class Sequential(Module):
         return self
 
     def forward(self, x):
-        for m in self._modules.values():
+        steps = fusion.plan(self, list(self._modules.values()))
+        # backward must walk the steps this forward took (fusion may be switched in between)
+        self.__dict__["_last_steps"] = steps
+        for m in steps:
             x = m(x)
         return x
+
+    skips_input_grad = True
+
+    def backward(self, dout, input_grad=True):
+        """Gradient w.r.t. the input of the last forward (None with ``input_grad=False``:
+        then only the parameter gradients are computed, see ``module.backward_to_params``)."""
+        steps = self.__dict__.get("_last_steps")
+        if steps is None:
+            raise RuntimeError("Sequential: backward called before forward")
+        return backward_steps(steps, dout, input_grad)
 
 
 class ModuleList(Module):

@@ -1,6 +1,8 @@
-"""Layer fusion: runs of ops recorded on the tape that execute as one fused op.
+"""Layer fusion: runs of layers that execute as one fused op.
 
-While a tape is open (``tape.py``), a ``Conv2d`` or ``Linear`` call is deferred, and the ops
+A ``Sequential`` knows its layers up front and runs a plan (:func:`plan`) in which the runs
+below are fused steps. In a forward written with calls (a model on the tape, ``tape.py``) the
+runs are found as they happen: a ``Conv2d`` or ``Linear`` call is deferred, and the ops
 applied to its output extend the run while it matches a prefix of
 
 - ``Conv2d, ReLU, MaxPool2d`` or ``Conv2d, MaxPool2d, ReLU`` -> one conv+bias+ReLU+pool op
@@ -15,8 +17,8 @@ current backend (``conv2d_relu_maxpool2d``, ``conv2d_relu``, ``linear_relu``,
 ``linear_leaky_relu``; the numpy backend's versions are the compositions of the single ops, the
 numba backend's one parallel pass) on the **same** Parameter objects, so module structure,
 state-dict keys and results are unchanged (tests/test_fusion.py checks fused == unfused
-exactly). A run that stops early (a Conv2d followed by a Dropout) runs its longest fused
-prefix, or its layers one by one.
+exactly). A run cut short by another op runs fused if it is a pattern itself (``Conv2d,
+ReLU`` before a Dropout), else layer by layer (``Conv2d, MaxPool2d`` with no ReLU after it).
 
 Why deferred rather than a plan: a forward written with ``F.*`` calls has no list of layers to
 plan over, and the fused kernels need the whole run before they start. Deferring each head by
@@ -43,7 +45,7 @@ from .linear import Linear
 from .module import backward_steps
 from .pooling import MaxPool2d
 
-__all__ = ["set_enabled", "is_enabled", "disabled"]
+__all__ = ["plan", "set_enabled", "is_enabled", "disabled"]
 
 _enabled = os.environ.get("SCRATCHNET_FUSION", "1").strip().lower() not in ("0", "false", "no",
                                                                             "off")
@@ -77,14 +79,18 @@ class _FusedStep:
                  "_main", "_workspace")
     skips_input_grad = True
 
-    def __init__(self, layers, workspace=None):
-        self.layers = layers
-        self._main = layers[0]
+    def __init__(self, layers):
         # buffers the numba ops reuse from step to step while training (numba_backend/fused.py)
-        self._workspace = {} if workspace is None else workspace
+        self._workspace = {}
         self._cache = self._backend = None
         self._fallback = False
         self._out_shape = self._out_dtype = None
+        self.rebind(layers)
+
+    def rebind(self, layers):
+        """Run over ``layers`` from now on (a functional ReLU or pool is a new layer per call)."""
+        self.layers = layers
+        self._main = layers[0]
 
     def _unfused_forward(self, x):
         self._fallback = True
@@ -125,8 +131,8 @@ def _conv_ok(conv, x):
 class _ConvReluPool(_FusedStep):
     __slots__ = ("_pool",)
 
-    def __init__(self, layers, workspace=None):
-        super().__init__(layers, workspace)
+    def rebind(self, layers):
+        super().rebind(layers)
         self._pool = next(m for m in layers if isinstance(m, MaxPool2d))
 
     def __call__(self, x):
@@ -214,39 +220,26 @@ PATTERNS = (
     ((Linear, ReLU), _LinearRelu),
     ((Linear, LeakyReLU), _LinearLeakyRelu),
 )
-_LONGEST = max(len(types) for types, _ in PATTERNS)
 
 
-def _types(layers):
-    return tuple(map(type, layers))
+_MATCHES = {}
 
 
-def is_prefix(layers):
-    """True if ``layers`` (in call order) can still grow into a fused run."""
-    types = _types(layers)
-    return any(p[:len(types)] == types for p, _ in PATTERNS)
+def match(types):
+    """``(is_prefix, is_complete, step_class)`` for a run of layer ``types`` (a tuple): can it
+    still grow into a fused run, can no op extend it, and its fused step class (or None)."""
+    found = _MATCHES.get(types)
+    if found is None:
+        n = len(types)
+        longer = [p for p, _ in PATTERNS if len(p) > n and p[:n] == types]
+        step = next((cls for p, cls in PATTERNS if p == types), None)
+        found = _MATCHES[types] = (bool(longer) or step is not None, not longer, step)
+    return found
 
 
-def is_complete(layers):
-    """True if ``layers`` is a fused run that no op can extend."""
-    types = _types(layers)
-    return len(types) == _LONGEST or not any(
-        len(p) > len(types) and p[:len(types)] == types for p, _ in PATTERNS)
-
-
-def step_class(layers):
-    """The fused step class for the longest pattern equal to ``layers``, or None."""
-    types = _types(layers)
-    return next((cls for p, cls in PATTERNS if p == types), None)
-
-
-def signature(layer):
-    """What a run's workspace depends on for ``layer`` (its type and arguments)."""
-    if isinstance(layer, MaxPool2d):
-        return ("max_pool2d", layer._pairs(), layer.ceil_mode)
-    if isinstance(layer, LeakyReLU):
-        return ("leaky_relu", layer.negative_slope)
-    return (type(layer).__name__,)
+def step_class(types):
+    """The fused step class for a run of layer ``types``, or None."""
+    return match(types)[2]
 
 
 def defers(module, x):
@@ -259,3 +252,34 @@ def defers(module, x):
         return (isinstance(x, np.ndarray) and x.ndim == 2 and x.shape[1] == module.in_features
                 and x.dtype == w.dtype)
     return False
+
+
+def build_plan(layers):
+    """The execution plan for ``layers``: each entry a layer or a fused step over a run."""
+    steps, i = [], 0
+    while i < len(layers):
+        for n in (3, 2, 1):
+            run = layers[i:i + n]
+            cls = step_class(tuple(map(type, run))) if n > 1 and len(run) == n else None
+            if cls is not None or n == 1:
+                steps.append(cls(run) if cls is not None else layers[i])
+                i += n
+                break
+    return steps
+
+
+def plan(owner, layers):
+    """``owner``'s cached execution plan for ``layers`` (rebuilt when they or the switch change).
+
+    What a ``Sequential`` runs: its layers are known up front, so the runs are found once.
+    """
+    if not _enabled:
+        return layers
+    key = tuple(map(id, layers))
+    cached = owner.__dict__.get("_fusion_plan")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    steps = build_plan(layers)
+    # the plan holds the layers themselves, so their ids stay unique while the key is cached
+    owner.__dict__["_fusion_plan"] = (key, steps)
+    return steps

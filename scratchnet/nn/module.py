@@ -12,7 +12,8 @@ Contract: a subclass implements ``forward(x)``. Then either
 
 A training loop needs only the parameter gradients: torch never computes the gradient of an
 input that does not require grad. :func:`backward_to_params` asks for the same saving.
-Composites and the modules that set ``skips_input_grad = True`` (``Conv2d``, ``Linear``) take
+Composites and the modules that set ``skips_input_grad = True`` (``Conv2d``, ``Linear``,
+``Sequential``) take
 ``backward(dout, input_grad=False)`` and return None: the tape then skips the ops that see only
 the input and hold no parameters (a Flatten in front of the first Linear), and the first ones
 with parameters skip their dx.
@@ -24,7 +25,6 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import tape as _tape
 from .parameter import Parameter
 
 FLOAT_DTYPES = (np.float32, np.float64)
@@ -133,7 +133,7 @@ class Module:
         return tape.backward(dout, input_grad)
 
     def __call__(self, *args, **kwargs):
-        tape = _tape.active()
+        tape = _tape._active
         if tape is None:
             if self._composite:
                 return _tape.run_composite(self, args, kwargs)
@@ -282,3 +282,7 @@ class Module:
                 lines.append(f"  ({name}): {child_repr}")
             return "\n".join(lines) + "\n)"
         return lines[0] + ")"
+
+
+# at the bottom: the tape imports the layers, which import this module
+from . import tape as _tape  # noqa: E402

@@ -2,9 +2,10 @@
 
 Two kinds of Module:
 
-- a **leaf** has its own ``backward`` (``Conv2d``, ``ReLU``, the losses, a user's layer with a
-  hand-written backward); every ``scratchnet.nn.functional`` op runs as one, too;
-- a **composite** has none (a model, ``Sequential``): calling one outside any other forward
+- a **leaf** has its own ``backward`` (``Conv2d``, ``ReLU``, the losses, ``Sequential``, a
+  user's layer with a hand-written backward); every ``scratchnet.nn.functional`` op runs as
+  one, too;
+- a **composite** has none (a model written as in torch): calling one outside any other forward
   opens a tape, and every leaf call during its ``forward`` appends one entry
   ``(leaf, ids of its input arrays, ids of its output arrays)``. Composites called inside it
   add their leaves to the same tape.
@@ -69,8 +70,8 @@ class Tape:
         # id -> array: every array the tape knows, kept alive so that no id is reused while
         # recording (dropped when the forward ends)
         self.known = {}
-        self.calls = {}
-        self.workspaces = set()
+        self.last_entry = {}
+        self.steps_used = set()
         self.started = False
         self.recording = True
         self.outputs = ()
@@ -107,7 +108,6 @@ class Tape:
         for o in outs:
             self.known[id(o)] = o
         if has_params is None:
-            from .module import _has_parameters
             has_params = _has_parameters(op)
         if skips is None:
             skips = getattr(op, "skips_input_grad", False)
@@ -127,28 +127,43 @@ class Tape:
         if x is not None:
             self.check_input(type(module).__name__, x)
         self.started = True
-        from . import fusion
-        if fusion.is_enabled() and fusion.defers(module, x) and not args[1:] and not kwargs:
+        f = fusion or _load_fusion()
+        if f.is_enabled() and f.defers(module, x) and not args[1:] and not kwargs:
             return Deferred(self, (module,), x)
         _active = None
         try:
-            out = module.forward(*args, **kwargs)
+            return self.run_module(module, args, kwargs)
         finally:
             _active = self
-        n = self.calls.get(id(module), 0)
-        self.calls[id(module)] = n + 1
-        # a shallow copy: forward replaces its cache attributes, it does not mutate them
-        self.record(module, (x,) if x is not None else (), out, state=module.__dict__.copy())
+
+    def run_module(self, module, args, kwargs):
+        """``module.forward(*args)`` recorded as one entry (recording already paused)."""
+        prev = self.last_entry.get(id(module))
+        if prev is not None:
+            # the module runs again: keep what its last call left for that call's backward
+            # (a shallow copy: forward replaces its cache attributes, it does not mutate them)
+            prev.state = module.__dict__.copy()
+        out = module.forward(*args, **kwargs)
+        x = args[0] if args else None
+        self.record(module, (x,) if x is not None else (), out)
+        if self.recording:
+            self.last_entry[id(module)] = self.entries[-1]
         return out
 
-    def fused_workspace(self, head, key):
-        """The reusable buffers of ``head``'s fused run ``key`` (fresh if already used now)."""
-        store = head.__dict__.setdefault("_fusion_workspaces", {})
-        workspace = store.setdefault(key, {})
-        if id(workspace) in self.workspaces:
-            return {}
-        self.workspaces.add(id(workspace))
-        return workspace
+    def fused_step(self, layers, types):
+        """The fused step for ``layers`` (the head's own, reused; a fresh one if it already
+        ran in this forward), bound to these layers."""
+        head = layers[0]
+        steps = head.__dict__.setdefault("_fused_steps", {})
+        step = steps.get(types)
+        if step is None:
+            step = steps[types] = fusion.step_class(types)(list(layers))
+        elif id(step) in self.steps_used:
+            return fusion.step_class(types)(list(layers))
+        else:
+            step.rebind(list(layers))
+        self.steps_used.add(id(step))
+        return step
 
     def finish(self, out):
         """Run deferred outputs, note the output ids, stop recording and drop the array refs."""
@@ -200,15 +215,18 @@ class Tape:
                 needed.update(e.outputs)
             feeds.append(from_needed)
         for e, from_needed in zip(reversed(self.entries), reversed(feeds)):
-            gs = [grads.pop(o, None) for o in e.outputs]
-            if all(g is None for g in gs) or not (from_needed or e.has_params):
-                continue
-            if e.state is not None and self.calls.get(id(e.op), 1) > 1:
-                e.op.__dict__.update(e.state)
             if e.multi_out:
-                g = tuple(gs)
+                g = tuple(grads.pop(o, None) for o in e.outputs)
+                if all(gi is None for gi in g):
+                    continue
             else:
-                g = gs[0]
+                g = grads.pop(e.outputs[0], None)
+                if g is None:
+                    continue
+            if not (from_needed or e.has_params):
+                continue
+            if e.state is not None:
+                e.op.__dict__.update(e.state)
             if not from_needed:
                 if e.skips:
                     e.op.backward(g, input_grad=False)
@@ -281,11 +299,12 @@ class Deferred(NDArrayOperatorsMixin):
     anything else runs it first (``materialize``). NumPy sees it as the array it stands for.
     """
 
-    __slots__ = ("tape", "layers", "x", "value", "extended")
+    __slots__ = ("tape", "layers", "types", "x", "value", "extended")
 
     def __init__(self, tape, layers, x):
         self.tape = tape
         self.layers = layers
+        self.types = tuple(map(type, layers))
         self.x = x
         self.value = None
         self.extended = False
@@ -293,36 +312,29 @@ class Deferred(NDArrayOperatorsMixin):
     def extend(self, module):
         """The run extended by ``module`` (deferred, or computed when complete); None if the
         run cannot grow by it."""
-        from . import fusion
         if self.value is not None or self.extended:
             return None
-        layers = self.layers + (module,)
-        if not fusion.is_prefix(layers):
+        prefix, complete, _ = (fusion or _load_fusion()).match(self.types + (type(module),))
+        if not prefix:
             return None
         self.extended = True
-        nxt = Deferred(self.tape, layers, self.x)
-        return nxt.materialize() if fusion.is_complete(layers) else nxt
+        nxt = Deferred(self.tape, self.layers + (module,), self.x)
+        return nxt.materialize() if complete else nxt
 
     def materialize(self):
         """Compute the run (fused where a fused op exists for it) and record it; the array."""
         if self.value is not None:
             return self.value
-        from . import fusion
         tape, layers, x = self.tape, self.layers, self.x
-        step_cls = fusion.step_class(layers)
         with paused():
-            if step_cls is not None:
-                key = tuple(fusion.signature(m) for m in layers[1:])
-                step = step_cls(list(layers), tape.fused_workspace(layers[0], key))
+            if fusion.match(self.types)[2] is not None:
+                step = tape.fused_step(layers, self.types)
                 out = step(x)
                 tape.record(step, (x,), out, has_params=True, skips=True)
             else:
                 out = x
                 for layer in layers:
-                    inp = out
-                    out = layer.forward(inp)
-                    tape.calls[id(layer)] = tape.calls.get(id(layer), 0) + 1
-                    tape.record(layer, (inp,), out, state=layer.__dict__.copy())
+                    out = tape.run_module(layer, (out,), {})
         self.value = out
         return out
 
@@ -345,3 +357,14 @@ class Deferred(NDArrayOperatorsMixin):
 
     def __repr__(self):
         return repr(self.materialize())
+
+
+def _load_fusion():
+    # on first use: fusion imports the layers, which import module.py, which imports this file
+    global fusion
+    from . import fusion
+    return fusion
+
+
+fusion = None
+from .module import _has_parameters  # noqa: E402  (module.py imports this file at its end)
