@@ -33,9 +33,8 @@ class ScratchnetSide:
         self.model = workload.scratchnet_model(model_name, state)
         self.loss_fn, _ = workload.losses(model_name)
         self.opt = workload.scratchnet_optimizer(model_name, self.model.parameters())
-        # numba: prange owns the cores, sgemm runs single-threaded inside it;
-        # numpy: no other pool, so OpenBLAS gets them all
-        self.blas_threads = 1 if self.backend == "numba" else threads
+        # both backends call BLAS from Python, never inside Numba's pool
+        self.blas_threads = threads
         self.stepped = False
 
     def enter(self):
@@ -50,8 +49,7 @@ class ScratchnetSide:
 
     def train_step(self, x, y):
         if not self.stepped:
-            # as scratchnet.training does before its first step (numba: a helper process
-            # compiles the step's kernels with this one)
+            # as scratchnet.training does before its first step
             backend.ops().compile_ahead(self.model, x, self.opt, self._loss_gradient(y))
             self.stepped = True
         out = self.model(x)

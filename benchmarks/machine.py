@@ -1,10 +1,8 @@
 """Machine facts, thread pools, and the float32 GEMM peak every GFLOP/s figure is compared with.
 
 Three thread pools are in play: Numba's (``prange``), the OpenBLAS that numpy ships (used by
-numpy's ``dot`` and by the numba backend's single-threaded sgemm calls) and torch's (OpenMP +
-MKL). Both sides get the same number of threads. OpenBLAS is pinned to one thread while Numba's
-pool runs, because two busy-waiting pools on the same cores cost 3-5x (PERF_NOTES lesson 1),
-and given all threads while plain NumPy code runs, which has no other pool.
+numpy's ``matmul``, which both scratchnet backends call from Python, never from inside a
+``prange`` loop) and torch's (OpenMP + MKL). Every pool gets the same number of threads.
 """
 import os
 import platform
@@ -48,31 +46,31 @@ def simd_flags():
 
 
 def set_blas_threads(n):
-    """Set numpy's bundled OpenBLAS to ``n`` threads; False when it cannot be set."""
-    from scratchnet.backends.numba_backend import blas
-
-    if not blas.HAVE_CBLAS:
+    """Set numpy's BLAS to ``n`` threads (threadpoolctl); False when it cannot be set."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
         return False
-    blas.set_blas_threads(n)
+    threadpool_limits(limits=n, user_api="blas")
     return True
 
 
 def set_threads(n):
-    """Give Numba and torch ``n`` threads each and pin OpenBLAS to 1; returns what was set."""
+    """Give Numba, torch and OpenBLAS ``n`` threads each; returns what was set."""
     import numba
     import torch
 
     numba_max = numba.config.NUMBA_NUM_THREADS
     numba.set_num_threads(min(n, numba_max))
     torch.set_num_threads(n)
-    blas_ok = set_blas_threads(1)
+    blas_ok = set_blas_threads(n)
     return {
         "requested": n,
         "numba": numba.get_num_threads(),
         "numba_max": numba_max,
         "torch_intra_op": torch.get_num_threads(),
         "torch_interop": torch.get_num_interop_threads(),
-        "openblas_while_numba_runs": 1 if blas_ok else "not settable",
+        "openblas_while_numba_runs": n if blas_ok else "not settable",
         "openblas_while_numpy_runs": n if blas_ok else "not settable",
     }
 
