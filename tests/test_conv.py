@@ -328,7 +328,7 @@ UNFOLDS = [
 
 @pytest.mark.parametrize("geo", UNFOLDS, ids=str)
 def test_unfold_and_fold_match_their_definitions(geo):
-    """The compiled im2col of a chunk of samples against the definition, and col2im against
+    """The compiled im2col of samples side by side against the definition, and col2im against
     its adjoint (each tap's plane added into a padded image), from NaN-filled and random
     buffers so that a missed entry shows."""
     from scratchnet.backends.numba_backend import conv as nb
@@ -339,8 +339,9 @@ def test_unfold_and_fold_match_their_definitions(geo):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((N, C, H, W))
     cols = np.full((1, C * KH * KW, (n1 - n0) * g.OH * g.OW), np.nan)
-    nb._unfold_span(x, g, n0, cols, 0, (n1 - n0) * C)
     P = g.OH * g.OW
+    for i, n in enumerate(range(n0, n1)):
+        nb.unfold_sample(x, g, n, cols, i * P)
     for i, n in enumerate(range(n0, n1)):
         want = _unfold_reference(x[n], KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, g.OH, g.OW)
         np.testing.assert_array_equal(cols[0, :, i * P:(i + 1) * P], want)
@@ -356,12 +357,13 @@ def test_unfold_and_fold_match_their_definitions(geo):
                 xp[:, kh * dh:kh * dh + sh * (g.OH - 1) + 1:sh,
                    kw * dw:kw * dw + sw * (g.OW - 1) + 1:sw] += taps[:, kh, kw]
         expected[n] += xp[:, pt:pt + H, pl:pl + W]
-    nb._fold_span(dcols, g, n0, dx, 0, (n1 - n0) * C)
+    for i, n in enumerate(range(n0, n1)):
+        nb.fold_sample(dcols, g, n, dx, i * P)
     np.testing.assert_allclose(dx, expected, rtol=1e-13, atol=1e-13)
 
 
-def test_chunks_of_samples_equal_one_chunk(rng, monkeypatch):
-    """Columns split into chunks of samples (large batches) give the one-chunk results."""
+def test_one_sample_per_gemm_equals_several(rng, monkeypatch):
+    """GEMMs over one sample's columns give the results of GEMMs over several side by side."""
     from scratchnet.backends.numba_backend import conv as nb
 
     x = rng.standard_normal((5, 4, 9, 8))
@@ -371,7 +373,7 @@ def test_chunks_of_samples_equal_one_chunk(rng, monkeypatch):
     whole, cache = nb.conv2d_forward(x, w, b, *conf)
     dout = rng.standard_normal(whole.shape)
     grads = nb.conv2d_backward(dout, cache)
-    monkeypatch.setattr(nb, "CHUNK_BYTES", 1)  # one sample per chunk
+    monkeypatch.setattr(nb, "BLOCK_BYTES", 1)  # one sample per GEMM
     chunked, cache = nb.conv2d_forward(x, w, b, *conf)
     np.testing.assert_allclose(chunked, whole, rtol=1e-13, atol=1e-13)
     for got, want in zip(nb.conv2d_backward(dout, cache), grads):

@@ -1,14 +1,15 @@
-"""2-D convolution (numpy twin: numpy_backend/conv.py) as im2col kernels around np.matmul.
+"""2-D convolution (numpy twin: numpy_backend/conv.py): im2col and one GEMM per sample.
 
-    cols[g, (c, kh, kw), (n, oh, ow)] = x_padded[n, g·Cg + c, oh·sh + kh·dh, ow·sw + kw·dw]
-    out[n, f]  = b[f] + Σ_k w[f, k] · cols[g(f), k, n]                 (one product per group)
-    dw[f]      = Σ_{n,oh,ow} dout[n, f] · cols[g(f), :, n]
-    dcols      = w[g]ᵀ · dout[n, g],   then folded back (col2im) into dx
+    cols[g, (c, kh, kw), (oh, ow)] = x_padded[n, g·Cg + c, oh·sh + kh·dh, ow·sw + kw·dw]
+    out[n, f]  = b[f] + Σ_k w[f, k] · cols[g(f), k]                (one GEMM per group)
+    dw[f]      = Σ_n dout[n, f] · cols[g(f)]ᵀ
+    dcols      = w[g]ᵀ · dout[n, g],   then folded back (col2im) into dx[n]
 
-The columns of a chunk of samples sit side by side (Chainer's layout), so one ``np.matmul``
-per chunk does every GEMM of the chunk: BLAS runs a few large products on its own threads,
-which it does well, and the kernels around them (unfold, bias, fold) split samples and
-channels across Numba's threads. Chunks bound the columns' memory (inference batches).
+Each thread takes a contiguous range of samples and, per sample, unfolds it into its own
+columns buffer, runs the GEMMs with ``np.dot`` (single-threaded BLAS: see common.py) and
+finishes the sample while it is in cache: bias, ReLU and, for the fused ops, max pooling
+(forward), or the pooled/ReLU gradient, the weight-gradient partial and col2im (backward).
+Weight and bias gradients are per-thread partials summed once at the end.
 """
 from collections import namedtuple
 
@@ -16,15 +17,25 @@ import numpy as np
 from numba import njit, prange
 
 from ..shapes import conv_output_size
-from .common import launch
+from . import pool
+from .common import chunks_for
 
 __all__ = ["conv2d_forward", "conv2d_backward"]
 
-# the columns of one chunk of samples stay under this many bytes
-CHUNK_BYTES = 16 << 20
-
 Geometry = namedtuple("Geometry", "N C H W F G Cg Fg KH KW sh sw top left dh dw OH OW")
-Geometry.__doc__ = """Every size of one convolution, built by :func:`geometry`; kernels read it by name."""
+Geometry.__doc__ = "Every size of one convolution, built by :func:`geometry`; kernels read it by name."
+
+# one thread's buffers, for m samples at a time: columns and their gradient (flat, G·K·m·P
+# values: K = Cg·KH·KW taps, P = OH·OW positions), the conv output or its gradient (flat,
+# F·m·P), one sample's conv output before pooling (F, OH, OW), one group's weight-gradient
+# product (Fg, K), and the thread's partial sums of dw (G, Fg, K) and db (F,)
+Scratch = namedtuple("Scratch", "cols dcols dy conv product dw db")
+
+# a thread's columns for one GEMM stay under this many bytes (several samples when they fit)
+BLOCK_BYTES = 512 << 10
+
+# a stand-in pooling window for the unpooled ops (never read)
+NO_POOL = pool.Window(1, 1, 1, 1, 0, 0, 1, 1)
 
 
 def geometry(x_shape, w_shape, stride, padding, dilation, groups):
@@ -48,12 +59,10 @@ def _inside(offset, stride, size, n_out):
 
 
 @njit(cache=True)
-def _unfold_span(x, g, n0, cols, lo, hi):
-    """cols for items [lo, hi) of the chunk starting at sample n0 (an item: a sample's channel)."""
-    P = g.OH * g.OW
-    for item in range(lo, hi):
-        i = item // g.C
-        c = item - i * g.C
+def unfold_sample(x, g, n, cols, at0):
+    """Sample n of x (N, C, H, W) into columns [at0, at0 + OH·OW) of cols (G, Cg·KH·KW, ·);
+    padding taps are 0."""
+    for c in range(g.C):
         grp = c // g.Cg
         k0 = (c - grp * g.Cg) * g.KH * g.KW
         for kh in range(g.KH):
@@ -63,33 +72,21 @@ def _unfold_span(x, g, n0, cols, lo, hi):
                 ow0, ow1 = _inside(offset, g.sw, g.W, g.OW)
                 for oh in range(g.OH):
                     h = oh * g.sh - g.top + kh * g.dh
-                    at = i * P + oh * g.OW
-                    if h < 0 or h >= g.H:
-                        ow0_h, ow1_h = g.OW, g.OW
-                    else:
-                        ow0_h, ow1_h = ow0, ow1
-                    for ow in range(min(ow0_h, g.OW)):
+                    at = at0 + oh * g.OW
+                    lo, hi = (ow0, ow1) if 0 <= h < g.H else (g.OW, g.OW)
+                    for ow in range(lo):
                         row[at + ow] = 0
-                    for ow in range(ow0_h, ow1_h):
-                        row[at + ow] = x[n0 + i, c, h, ow * g.sw + offset]
-                    for ow in range(ow1_h, g.OW):
+                    for ow in range(lo, hi):
+                        row[at + ow] = x[n, c, h, ow * g.sw + offset]
+                    for ow in range(hi, g.OW):
                         row[at + ow] = 0
-
-
-@njit(cache=True, parallel=True)
-def _unfold_parallel(x, g, n0, cols, chunks):
-    items = cols.shape[2] // max(g.OH * g.OW, 1) * g.C
-    for t in prange(chunks):
-        _unfold_span(x, g, n0, cols, t * items // chunks, (t + 1) * items // chunks)
 
 
 @njit(cache=True)
-def _fold_span(dcols, g, n0, dx, lo, hi):
-    """Add dcols back onto dx for items [lo, hi) (a sample's channel: no two items share dx)."""
-    P = g.OH * g.OW
-    for item in range(lo, hi):
-        i = item // g.C
-        c = item - i * g.C
+def fold_sample(dcols, g, n, dx, at0):
+    """Add columns [at0, at0 + OH·OW) of dcols (G, Cg·KH·KW, ·) onto sample n of dx
+    (N, C, H, W): unfold_sample's adjoint."""
+    for c in range(g.C):
         grp = c // g.Cg
         k0 = (c - grp * g.Cg) * g.KH * g.KW
         for kh in range(g.KH):
@@ -99,138 +96,200 @@ def _fold_span(dcols, g, n0, dx, lo, hi):
                 ow0, ow1 = _inside(offset, g.sw, g.W, g.OW)
                 for oh in range(g.OH):
                     h = oh * g.sh - g.top + kh * g.dh
-                    if h < 0 or h >= g.H:
-                        continue
-                    at = i * P + oh * g.OW
-                    for ow in range(ow0, ow1):
-                        dx[n0 + i, c, h, ow * g.sw + offset] += row[at + ow]
-
-
-@njit(cache=True, parallel=True)
-def _fold_parallel(dcols, g, n0, dx, chunks):
-    items = dcols.shape[2] // max(g.OH * g.OW, 1) * g.C
-    for t in prange(chunks):
-        _fold_span(dcols, g, n0, dx, t * items // chunks, (t + 1) * items // chunks)
+                    if 0 <= h < g.H:
+                        at = at0 + oh * g.OW
+                        for ow in range(ow0, ow1):
+                            dx[n, c, h, ow * g.sw + offset] += row[at + ow]
 
 
 @njit(cache=True)
-def _bias_relu_span(y, b, has_bias, relu, n0, out, lo, hi):
-    """out[n0 + i, f] = y[f, i] + b[f], then max(·, 0) when ``relu`` (NaN passes, as torch's
-    clamp_min), for items [lo, hi) (an item: a sample's filter). y (F, n, P), out (N, F, P)."""
-    F, P = y.shape[0], y.shape[2]
-    for item in range(lo, hi):
-        i = item // F
-        f = item - i * F
-        src = y[f, i]
-        dst = out[n0 + i, f]
-        bias = b[f]
-        for p in range(P):
-            v = src[p]
-            if has_bias:
-                v = v + bias
-            # `v < 0`, not `v > 0`, so NaN passes through
-            if relu and v < 0:
-                dst[p] = 0
-            else:
-                dst[p] = v
+def _forward_span(x, w, b, g, has_bias, relu, win, m, out, index, s, lo, hi):
+    """Samples [lo, hi), m at a time: conv (+ b) (+ ReLU) into out (N, F, OH, OW), or with
+    ``index`` non-empty max-pooled by ``win`` into out (N, F, PH, PW) and index (N, F, PH, PW).
+
+    w (G, Fg, Cg·KH·KW); s: this thread's Scratch.
+    """
+    P, K = g.OH * g.OW, g.Cg * g.KH * g.KW
+    pooled = index.shape[0] > 0
+    for n0 in range(lo, hi, m):
+        width = (min(n0 + m, hi) - n0) * P
+        cols = s.cols[:g.G * K * width].reshape(g.G, K, width)
+        y = s.dy[:g.F * width].reshape(g.F, width)
+        for i in range(min(n0 + m, hi) - n0):
+            unfold_sample(x, g, n0 + i, cols, i * P)
+        for grp in range(g.G):
+            np.dot(w[grp], cols[grp], y[grp * g.Fg:(grp + 1) * g.Fg])
+        for i in range(min(n0 + m, hi) - n0):
+            dest = s.conv if pooled else out[n0 + i]
+            d2 = dest.reshape(g.F, P)
+            for f in range(g.F):
+                bias = b[f]
+                for p in range(P):
+                    v = y[f, i * P + p]
+                    if has_bias:
+                        v = v + bias
+                    # `v < 0`, not `v > 0`, so NaN passes through as torch's clamp_min does
+                    if relu and v < 0:
+                        d2[f, p] = 0
+                    else:
+                        d2[f, p] = v
+            if pooled:
+                pool.forward_span(dest, win, out[n0 + i], index[n0 + i], 0, g.F)
 
 
 @njit(cache=True, parallel=True)
-def _bias_relu_parallel(y, b, has_bias, relu, n0, out, chunks):
-    items = y.shape[0] * y.shape[1]
+def _forward_parallel(x, w, b, g, has_bias, relu, win, m, out, index, s, chunks):
     for t in prange(chunks):
-        _bias_relu_span(y, b, has_bias, relu, n0, out, t * items // chunks,
-                        (t + 1) * items // chunks)
+        _forward_span(x, w, b, g, has_bias, relu, win, m, out, index, _thread_scratch(s, t),
+                      t * g.N // chunks, (t + 1) * g.N // chunks)
 
 
 @njit(cache=True)
-def _gather_grad_span(dout, out, relu, n0, dy, lo, hi):
-    """dy[f, i] = dout[n0 + i, f], zeroed where ``relu`` and out <= 0 (relu's gradient is 0
-    at 0), for items [lo, hi) (a sample's filter). dout, out (N, F, P), dy (F, n, P)."""
-    F, P = dy.shape[0], dy.shape[2]
-    for item in range(lo, hi):
-        i = item // F
-        f = item - i * F
-        src = dout[n0 + i, f]
-        dst = dy[f, i]
-        if relu:
-            mask = out[n0 + i, f]
-            for p in range(P):
-                if mask[p] <= 0:
-                    dst[p] = 0
+def _backward_span(dout, x, w, g, relu, mask, index, input_grad, m, dx, s, lo, hi):
+    """Samples [lo, hi), m at a time: dx[n] (with ``input_grad``) and this thread's partial
+    dw and db in s (its Scratch).
+
+    dout (N, F, Q): the gradient of the op's output (Q = OH·OW, or the pooled PH·PW with
+    ``index`` non-empty); mask (N, F, Q): the op's output, whose ReLU gradient is 0 where it
+    is <= 0 (``relu``); index (N, F, Q): the pool's winners in the (OH·OW) plane.
+    """
+    P, K = g.OH * g.OW, g.Cg * g.KH * g.KW
+    Q = dout.shape[2]
+    pooled = index.shape[0] > 0
+    for n0 in range(lo, hi, m):
+        count = min(n0 + m, hi) - n0
+        width = count * P
+        cols = s.cols[:g.G * K * width].reshape(g.G, K, width)
+        dy = s.dy[:g.F * width].reshape(g.F, width)
+        for i in range(count):
+            n = n0 + i
+            for f in range(g.F):
+                row = dy[f, i * P:(i + 1) * P]
+                if pooled:
+                    for p in range(P):
+                        row[p] = 0
+                    for q in range(Q):
+                        k = index[n, f, q]
+                        if k < 0 or k >= P:
+                            raise IndexError("conv2d_relu_maxpool2d_backward: a saved pool "
+                                             "index lies outside the convolution's output")
+                        # relu's gradient is 0 at 0; += as overlapping windows share winners
+                        if not mask[n, f, q] <= 0:
+                            row[k] += dout[n, f, q]
                 else:
-                    dst[p] = src[p]
-        else:
-            for p in range(P):
-                dst[p] = src[p]
+                    for p in range(P):
+                        if relu and mask[n, f, p] <= 0:
+                            row[p] = 0
+                        else:
+                            row[p] = dout[n, f, p]
+                acc = s.db[f]
+                for p in range(P):
+                    acc += row[p]
+                s.db[f] = acc
+            unfold_sample(x, g, n, cols, i * P)
+        for grp in range(g.G):
+            dy_g = dy[grp * g.Fg:(grp + 1) * g.Fg]
+            np.dot(dy_g, cols[grp].T, s.product)
+            dw = s.dw[grp]
+            for f in range(g.Fg):
+                for k in range(K):
+                    dw[f, k] += s.product[f, k]
+            if input_grad:
+                dcols = s.dcols[grp * K * width:(grp + 1) * K * width].reshape(K, width)
+                np.dot(w[grp].T, dy_g, dcols)
+        if input_grad:
+            dcols = s.dcols[:g.G * K * width].reshape(g.G, K, width)
+            for i in range(count):
+                fold_sample(dcols, g, n0 + i, dx, i * P)
 
 
 @njit(cache=True, parallel=True)
-def _gather_grad_parallel(dout, out, relu, n0, dy, chunks):
-    items = dy.shape[0] * dy.shape[1]
+def _backward_parallel(dout, x, w, g, relu, mask, index, input_grad, m, dx, s, chunks):
     for t in prange(chunks):
-        _gather_grad_span(dout, out, relu, n0, dy, t * items // chunks,
-                          (t + 1) * items // chunks)
+        _backward_span(dout, x, w, g, relu, mask, index, input_grad, m, dx,
+                       _thread_scratch(s, t), t * g.N // chunks, (t + 1) * g.N // chunks)
 
 
-def _chunk_samples(g, itemsize):
-    """Samples per chunk: as many as keep the chunk's columns under CHUNK_BYTES (at least 1)."""
+@njit(cache=True)
+def _thread_scratch(s, t):
+    """Thread t's part of the Scratch s (every field's leading axis is the thread)."""
+    return Scratch(s.cols[t], s.dcols[t], s.dy[t], s.conv[t], s.product[t], s.dw[t], s.db[t])
+
+
+def _plan(g, itemsize):
+    """(threads, samples per GEMM): threads for the batch (one when the work is too small to
+    share), and as many samples per GEMM as keep their columns under BLOCK_BYTES."""
+    threads = chunks_for(g.N, g.N * g.F * g.C * g.KH * g.KW * g.OH * g.OW // g.G)
     per_sample = g.C * g.KH * g.KW * g.OH * g.OW * itemsize
-    return max(1, min(g.N, CHUNK_BYTES // max(per_sample, 1)))
+    return threads, max(1, min(BLOCK_BYTES // max(per_sample, 1), -(-g.N // threads)))
 
 
-def _unfold(x, g, n0, n1):
-    """The columns (G, Cg·KH·KW, (n1-n0)·OH·OW) of samples [n0, n1)."""
-    cols = np.empty((g.G, g.Cg * g.KH * g.KW, (n1 - n0) * g.OH * g.OW), dtype=x.dtype)
-    items = (n1 - n0) * g.C
-    launch(_unfold_span, _unfold_parallel, items, cols.size, x, g, n0, cols)
-    return cols
+def _scratch(g, T, m, dtype, pooled=False, backward=False, input_grad=False):
+    """Scratch buffers for T threads taking m samples per GEMM (only those the pass uses)."""
+    P, K = g.OH * g.OW, g.Cg * g.KH * g.KW
+    columns = g.G * K * m * P
+    return Scratch(np.empty((T, columns), dtype),
+                   np.empty((T, columns if input_grad else 0), dtype),
+                   np.empty((T, g.F * m * P), dtype),
+                   np.empty((T, g.F, g.OH, g.OW) if pooled else (T, 0, 0, 0), dtype),
+                   np.empty((T, g.Fg, K) if backward else (T, 0, 0), dtype),
+                   np.zeros((T, g.G, g.Fg, K) if backward else (T, 0, 0, 0), dtype),
+                   np.zeros((T, g.F) if backward else (T, 0), dtype))
 
 
-def forward(x, w, b, g, relu):
-    """conv2d(x, w) + b, then ReLU when ``relu``: out (N, F, OH, OW). x, w C-contiguous."""
-    out = np.empty((g.N, g.F, g.OH * g.OW), dtype=x.dtype)
+def forward(x, w, b, g, relu, pooling=None):
+    """conv2d(x, w) + b, then ReLU when ``relu``, then max pooling when ``pooling`` is
+    (Window, PH, PW). Returns out (N, F, OH, OW) or (N, F, PH, PW), and the pool's index
+    (empty when unpooled). x, w C-contiguous of one dtype."""
     has_bias = b is not None
     bias = np.ascontiguousarray(b, dtype=x.dtype) if has_bias else np.zeros(g.F, x.dtype)
-    wg = w.reshape(g.G, g.Fg, g.Cg * g.KH * g.KW)
-    step = _chunk_samples(g, x.itemsize)
-    for n0 in range(0, g.N, step):
-        n1 = min(g.N, n0 + step)
-        y = np.matmul(wg, _unfold(x, g, n0, n1)).reshape(g.F, n1 - n0, g.OH * g.OW)
-        launch(_bias_relu_span, _bias_relu_parallel, (n1 - n0) * g.F, y.size,
-               y, bias, has_bias, relu, n0, out)
-    return out.reshape(g.N, g.F, g.OH, g.OW)
+    w3 = w.reshape(g.G, g.Fg, g.Cg * g.KH * g.KW)
+    if pooling is None:
+        win, shape = NO_POOL, (g.N, g.F, g.OH, g.OW)
+        index = np.empty((0, 0, 0, 0), np.int64)
+    else:
+        win, PH, PW = pooling
+        shape = (g.N, g.F, PH, PW)
+        index = np.empty(shape, np.int64)
+    out = np.empty(shape, x.dtype)
+    if g.N == 0:
+        return out, index
+    T, m = _plan(g, x.itemsize)
+    s = _scratch(g, T, m, x.dtype, pooled=pooling is not None)
+    if T == 1:
+        _forward_span(x, w3, bias, g, has_bias, relu, win, m, out, index,
+                      Scratch(*(a[0] for a in s)), 0, g.N)
+    else:
+        _forward_parallel(x, w3, bias, g, has_bias, relu, win, m, out, index, s, T)
+    return out, index
 
 
-def backward(dout, x, w, g, has_bias, relu_out, input_grad):
+def backward(dout, x, w, g, has_bias, relu_out=None, index=None, input_grad=True):
     """Gradients of :func:`forward`: (dx or None, dw, db or None).
 
-    relu_out: forward's output when it applied ReLU (its gradient masks dout), else None.
+    relu_out: forward's output when it applied ReLU (its gradient masks dout), else None;
+    index: the pool's winners when forward pooled, else None.
     """
     dtype = x.dtype
     P = g.OH * g.OW
-    dout = np.ascontiguousarray(dout, dtype=dtype).reshape(g.N, g.F, P)
+    dout = np.ascontiguousarray(dout, dtype=dtype)
+    dout = dout.reshape(g.N, g.F, dout[0, 0].size if g.N and g.F else P)
     relu = relu_out is not None
-    mask = relu_out.reshape(g.N, g.F, P) if relu else dout
-    Kg = g.Cg * g.KH * g.KW
-    wg = w.reshape(g.G, g.Fg, Kg)
-    dw = np.zeros((g.G, g.Fg, Kg), dtype=dtype)
-    db = np.zeros(g.F, dtype=dtype)
-    dx = np.zeros(x.shape, dtype=dtype) if input_grad else None
-    step = _chunk_samples(g, x.itemsize)
-    for n0 in range(0, g.N, step):
-        n1 = min(g.N, n0 + step)
-        dy = np.empty((g.F, n1 - n0, P), dtype=dtype)
-        launch(_gather_grad_span, _gather_grad_parallel, (n1 - n0) * g.F, dy.size,
-               dout, mask, relu, n0, dy)
-        db += dy.sum(axis=(1, 2))
-        dy = dy.reshape(g.G, g.Fg, (n1 - n0) * P)
-        cols = _unfold(x, g, n0, n1)
-        dw += np.matmul(dy, cols.transpose(0, 2, 1))
-        if input_grad:
-            dcols = np.matmul(wg.transpose(0, 2, 1), dy)
-            launch(_fold_span, _fold_parallel, (n1 - n0) * g.C, dcols.size, dcols, g, n0, dx)
-    return dx, dw.reshape(w.shape), (db if has_bias else None)
+    mask = relu_out.reshape(dout.shape) if relu else dout
+    index = (np.empty((0, 0, 0), np.int64) if index is None
+             else np.ascontiguousarray(index).reshape(dout.shape))
+    T, m = _plan(g, dtype.itemsize)
+    s = _scratch(g, T, m, dtype, backward=True, input_grad=input_grad)
+    dx = np.zeros((g.N, g.C, g.H, g.W) if input_grad else (0, 0, 0, 0), dtype)
+    w3 = w.reshape(g.G, g.Fg, g.Cg * g.KH * g.KW)
+    if g.N and T == 1:
+        _backward_span(dout, x, w3, g, relu, mask, index, input_grad, m, dx,
+                       Scratch(*(a[0] for a in s)), 0, g.N)
+    elif g.N:
+        _backward_parallel(dout, x, w3, g, relu, mask, index, input_grad, m, dx, s, T)
+    dw = s.dw.sum(axis=0).reshape(w.shape)
+    db = s.db.sum(axis=0) if has_bias else None
+    return (dx if input_grad else None), dw, db
 
 
 def conv2d_forward(x, w, b, stride, padding, dilation, groups):
@@ -242,7 +301,8 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     x = np.ascontiguousarray(x)
     w = np.ascontiguousarray(w, dtype=x.dtype)
     g = geometry(x.shape, w.shape, stride, padding, dilation, groups)
-    return forward(x, w, b, g, False), (x, w, b is not None, g)
+    out, _ = forward(x, w, b, g, False)
+    return out, (x, w, b is not None, g)
 
 
 def conv2d_backward(dout, cache, input_grad=True):
@@ -252,4 +312,4 @@ def conv2d_backward(dout, cache, input_grad=True):
     db (F,) or None.
     """
     x, w, has_bias, g = cache
-    return backward(dout, x, w, g, has_bias, None, input_grad)
+    return backward(dout, x, w, g, has_bias, input_grad=input_grad)

@@ -3,16 +3,17 @@
     conv2d_relu = relu(conv2d(x))        conv2d_relu_maxpool2d = maxpool2d(relu(conv2d(x)))
     linear_relu = relu(linear(x))        linear_leaky_relu = leaky_relu(linear(x))
 
-The ReLU runs inside the convolution's bias kernel (and its gradient inside the kernel that
-gathers dout for the GEMMs), so a fused layer makes one pass less over its output. ReLU and max
-pooling commute exactly, gradient included, so one op serves both orders.
+The convolution's per-sample kernel applies the ReLU and the pool while the sample's output is
+in cache, and its backward scatters the pooled gradient there (conv.py). ReLU and max pooling
+commute exactly, gradient included, so one op serves both orders.
 """
 import numpy as np
 
+from ..shapes import pool_output_size
 from . import conv
 from .activation import leaky_relu_backward, leaky_relu_forward, relu_backward, relu_forward
 from .linear import linear_backward, linear_forward
-from .pool import maxpool2d_backward, maxpool2d_forward
+from .pool import Window
 
 __all__ = ["conv2d_relu_forward", "conv2d_relu_backward",
            "conv2d_relu_maxpool2d_forward", "conv2d_relu_maxpool2d_backward",
@@ -20,17 +21,24 @@ __all__ = ["conv2d_relu_forward", "conv2d_relu_backward",
            "linear_leaky_relu_forward", "linear_leaky_relu_backward"]
 
 
-def _conv_relu(x, w, b, stride, padding, dilation, groups):
+def _conv_relu(x, w, b, stride, padding, dilation, groups, pool_args=None):
+    """relu(conv2d(x)), max-pooled when pool_args holds maxpool2d_forward's arguments."""
     x = np.ascontiguousarray(x)
     w = np.ascontiguousarray(w, dtype=x.dtype)
     g = conv.geometry(x.shape, w.shape, stride, padding, dilation, groups)
-    out = conv.forward(x, w, b, g, True)
-    return out, (x, w, b is not None, g, out)
+    pooling = None
+    if pool_args is not None:
+        (KH, KW), (SH, SW), (PH, PW), (DH, DW), ceil_mode = pool_args
+        pooling = (Window(KH, KW, SH, SW, PH, PW, DH, DW),
+                   pool_output_size(g.OH, KH, SH, PH, DH, ceil_mode),
+                   pool_output_size(g.OW, KW, SW, PW, DW, ceil_mode))
+    out, index = conv.forward(x, w, b, g, True, pooling)
+    return out, (x, w, b is not None, g, out, index if pooling else None)
 
 
 def _conv_relu_backward(dout, cache, input_grad):
-    x, w, has_bias, g, out = cache
-    return conv.backward(dout, x, w, g, has_bias, out, input_grad)
+    x, w, has_bias, g, out, index = cache
+    return conv.backward(dout, x, w, g, has_bias, out, index, input_grad)
 
 
 def conv2d_relu_forward(x, w, b, stride, padding, dilation, groups, workspace=None):
@@ -54,17 +62,14 @@ def conv2d_relu_maxpool2d_forward(x, w, b, stride, padding, dilation, groups,
     Convolution arguments as conv2d_forward, then the pool's as maxpool2d_forward; workspace
     as conv2d_relu_forward. Returns (out, cache); out (N, F, PH, PW).
     """
-    r, conv_cache = _conv_relu(x, w, b, stride, padding, dilation, groups)
-    out, pool_cache = maxpool2d_forward(r, kernel_size, pool_stride, pool_padding,
-                                        pool_dilation, ceil_mode)
-    return out, (conv_cache, pool_cache)
+    return _conv_relu(x, w, b, stride, padding, dilation, groups,
+                      (kernel_size, pool_stride, pool_padding, pool_dilation, ceil_mode))
 
 
 def conv2d_relu_maxpool2d_backward(dout, cache, input_grad=True):
     """dout (N, F, PH, PW). Returns (dx, dw, db) as conv2d_backward (dx None without
     input_grad)."""
-    conv_cache, pool_cache = cache
-    return _conv_relu_backward(maxpool2d_backward(dout, pool_cache), conv_cache, input_grad)
+    return _conv_relu_backward(dout, cache, input_grad)
 
 
 def linear_relu_forward(x, w, b):

@@ -72,7 +72,7 @@ def _plain_2x2_span(x, out, index, lo, hi):
 
 
 @njit(cache=True)
-def _forward_span(x, win, out, index, lo, hi):
+def forward_span(x, win, out, index, lo, hi):
     """out, index (P, OH, OW) of planes [lo, hi) of x (P, H, W); index: the winner's h·W + w."""
     P, H, W = x.shape
     OH, OW = out.shape[1], out.shape[2]
@@ -114,7 +114,7 @@ def _forward_span(x, win, out, index, lo, hi):
 def _forward_parallel(x, win, out, index, chunks):
     P = x.shape[0]
     for c in prange(chunks):
-        _forward_span(x, win, out, index, c * P // chunks, (c + 1) * P // chunks)
+        forward_span(x, win, out, index, c * P // chunks, (c + 1) * P // chunks)
 
 
 @njit(cache=True)
@@ -152,7 +152,7 @@ def maxpool2d_forward(x, kernel_size, stride, padding, dilation, ceil_mode):
     P = N * C
     out = np.empty((P, OH, OW), dtype=x.dtype)
     index = np.empty((P, OH, OW), dtype=np.int64)
-    launch(_forward_span, _forward_parallel, P, P * OH * OW * win.KH * win.KW,
+    launch(forward_span, _forward_parallel, P, P * OH * OW * win.KH * win.KW,
            np.ascontiguousarray(x).reshape(P, H, W), win, out, index)
     return out.reshape(N, C, OH, OW), (index.reshape(N, C, OH, OW), x.shape)
 
