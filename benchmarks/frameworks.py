@@ -33,8 +33,9 @@ class ScratchnetSide:
         self.model = workload.scratchnet_model(model_name, state)
         self.loss_fn, _ = workload.losses(model_name)
         self.opt = workload.scratchnet_optimizer(model_name, self.model.parameters())
-        # both backends call BLAS from Python, never inside Numba's pool
-        self.blas_threads = threads
+        # numba: prange owns the cores, BLAS runs single-threaded inside it;
+        # numpy: no other pool, so BLAS gets them all
+        self.blas_threads = 1 if self.backend == "numba" else threads
         self.stepped = False
 
     def enter(self):

@@ -1,8 +1,10 @@
 """Machine facts, thread pools, and the float32 GEMM peak every GFLOP/s figure is compared with.
 
-Three thread pools are in play: Numba's (``prange``), the OpenBLAS that numpy ships (used by
-numpy's ``matmul``, which both scratchnet backends call from Python, never from inside a
-``prange`` loop) and torch's (OpenMP + MKL). Every pool gets the same number of threads.
+Three thread pools are in play: Numba's (``prange``), BLAS (numpy's, and SciPy's, which the
+numba backend's kernels call through ``np.dot`` from inside ``prange``) and torch's (OpenMP +
+MKL). Both sides get the same number of threads. BLAS is held to one thread while Numba's pool
+runs, because two busy-waiting pools on the same cores cost several times over, and given all
+threads while plain NumPy code runs, which has no other pool.
 """
 import os
 import platform
@@ -56,21 +58,21 @@ def set_blas_threads(n):
 
 
 def set_threads(n):
-    """Give Numba, torch and OpenBLAS ``n`` threads each; returns what was set."""
+    """Give Numba and torch ``n`` threads each and hold BLAS to 1; returns what was set."""
     import numba
     import torch
 
     numba_max = numba.config.NUMBA_NUM_THREADS
     numba.set_num_threads(min(n, numba_max))
     torch.set_num_threads(n)
-    blas_ok = set_blas_threads(n)
+    blas_ok = set_blas_threads(1)
     return {
         "requested": n,
         "numba": numba.get_num_threads(),
         "numba_max": numba_max,
         "torch_intra_op": torch.get_num_threads(),
         "torch_interop": torch.get_num_interop_threads(),
-        "openblas_while_numba_runs": n if blas_ok else "not settable",
+        "openblas_while_numba_runs": 1 if blas_ok else "not settable",
         "openblas_while_numpy_runs": n if blas_ok else "not settable",
     }
 

@@ -137,8 +137,8 @@ def run_case(op, shapes, impls, threads, rounds, round_seconds, seed=0):
     pad = shapes.get("pad", 0)
     groups, result = {}, {}
     for impl in impls:
-        # both backends call OpenBLAS from Python, outside Numba's pool
-        blas = threads
+        # the numba backend owns the cores through prange; plain numpy only through BLAS
+        blas = 1 if impl == "numba" else threads
         enter = (lambda n=blas: machine.set_blas_threads(n)) if impl != "torch" else timing.noop
         try:
             enter()

@@ -41,7 +41,7 @@ def check(model_name, backend_name, state, x, y, threads, tolerance=TOLERANCE):
         model = workload.scratchnet_model(model_name, state).eval()
         loss_fn, _ = workload.losses(model_name)
         with backend.use_backend(backend_name):
-            machine.set_blas_threads(threads)
+            machine.set_blas_threads(1 if backend_name == "numba" else threads)
             loss = float(loss_fn(model(x), y))
             backward_to_params(model, loss_fn.backward())  # what the timed step runs
             machine.set_blas_threads(1)
