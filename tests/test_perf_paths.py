@@ -30,7 +30,15 @@ def _trajectory(name, config, dtype, backend_name, steps=4):
     return [p.data for p in params], state
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+# NumPy 1.x promotes a float32 scalar met with a Python float to float64 (before NEP 50), so
+# there the numpy update rounds some float32 Adam steps differently from the float32 kernel
+NEP50 = np.lib.NumpyVersion(np.__version__) >= "2.0.0"
+
+
+@pytest.mark.parametrize("dtype", [
+    pytest.param(np.float32, marks=pytest.mark.skipif(
+        not NEP50, reason="NumPy < 2 rounds the float32 numpy update in float64 in places")),
+    np.float64])
 @pytest.mark.parametrize("name,config", CASES)
 def test_optimizer_kernels_equal_numpy_update_bitwise(name, config, dtype, monkeypatch):
     monkeypatch.setattr(kernels, "MIN_ELEMENTS_PLAIN", 0)  # the kernel for every SGD update

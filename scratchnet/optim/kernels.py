@@ -4,13 +4,11 @@ Why: the numpy update walks each parameter up to six times and allocates tempora
 kernel does, per element, exactly the operations of the numpy code in sgd.py / adam.py, in the
 same order and in the parameter's dtype (each Python scalar is first cast to that dtype, as
 numpy does with a Python float against a float32 array), so the results are bitwise those of
-the numpy path. No ``fastmath``: LLVM then never contracts a multiply and an add into an FMA,
-which would change the rounding.
+the numpy path under NumPy 2's promotion rules. No ``fastmath``: LLVM then never contracts
+a multiply and an add into an FMA, which would change the rounding.
 
-Adam's kernel vectorises only with ``error_model="numpy"`` (a float division is a plain
-``fdiv``; inf/NaN as in the numpy update) and ``_sqrt``, LLVM's ``llvm.sqrt`` intrinsic, where
-``np.sqrt`` becomes a call to libm that the loop vectoriser leaves alone. Both are the IEEE
-correctly rounded square root, so results stay bitwise equal.
+Adam's kernel uses ``error_model="numpy"``: a float division is then a plain division giving
+inf/NaN, as the numpy update does, instead of a test of every divisor for zero.
 
 Used when the numba backend is selected and the JIT is enabled; the numpy backend keeps the
 readable numpy update.
@@ -18,7 +16,6 @@ readable numpy update.
 import numba
 import numpy as np
 from numba import njit, prange
-from numba.extending import intrinsic
 
 from .. import backend
 from ..backends.numba_backend.common import launch
@@ -97,16 +94,6 @@ def sgd_update(p, grad, buf, lr, momentum, dampening, weight_decay, first, neste
     _run(_sgd_span, _sgd_parallel, pf.size, args)
 
 
-@intrinsic
-def _sqrt(typingctx, x):
-    """LLVM's ``llvm.sqrt`` on a float32/float64 scalar: IEEE sqrt, vectorisable (module doc)."""
-    def codegen(context, builder, signature, args):
-        sqrt = builder.module.declare_intrinsic("llvm.sqrt", [context.get_value_type(x)])
-        return builder.call(sqrt, args)
-
-    return x(x), codegen
-
-
 @njit(cache=True, error_model="numpy")
 def _adam_span(p, g, m, v, vmax, w, one_minus_w, lerp_small, beta2, one_minus_beta2, wd,
                use_wd, decay, use_decay, amsgrad, maximize, bc2_sqrt, eps, neg_step, lo, hi):
@@ -138,7 +125,7 @@ def _adam_span(p, g, m, v, vmax, w, one_minus_w, lerp_small, beta2, one_minus_be
                 vm = vi
             vmax[i] = vm
             vi = vm
-        p[i] = pi + neg_step * mi / (_sqrt(vi) / bc2_sqrt + eps)
+        p[i] = pi + neg_step * mi / (np.sqrt(vi) / bc2_sqrt + eps)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")

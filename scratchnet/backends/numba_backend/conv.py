@@ -1,15 +1,15 @@
-"""2-D convolution (numpy twin: numpy_backend/conv.py): im2col and one GEMM per sample.
+"""2-D convolution (numpy twin: numpy_backend/conv.py): im2col and np.dot inside each thread.
 
     cols[g, (c, kh, kw), (oh, ow)] = x_padded[n, g·Cg + c, oh·sh + kh·dh, ow·sw + kw·dw]
     out[n, f]  = b[f] + Σ_k w[f, k] · cols[g(f), k]                (one GEMM per group)
     dw[f]      = Σ_n dout[n, f] · cols[g(f)]ᵀ
     dcols      = w[g]ᵀ · dout[n, g],   then folded back (col2im) into dx[n]
 
-Each thread takes a contiguous range of samples and, per sample, unfolds it into its own
-columns buffer, runs the GEMMs with ``np.dot`` (single-threaded BLAS: see common.py) and
-finishes the sample while it is in cache: bias, ReLU and, for the fused ops, max pooling
-(forward), or the pooled/ReLU gradient, the weight-gradient partial and col2im (backward).
-Weight and bias gradients are per-thread partials summed once at the end.
+Each thread takes a contiguous range of samples and, a few samples at a time, unfolds them
+side by side into its own columns buffer, runs the GEMMs with ``np.dot`` (single-threaded
+BLAS: see common.py) and finishes those samples while they are in cache: bias, ReLU and, for
+the fused ops, max pooling (forward), or the pooled/ReLU gradient, the weight-gradient partial
+and col2im (backward). Weight and bias gradients are per-thread partials summed at the end.
 """
 from collections import namedtuple
 
