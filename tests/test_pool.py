@@ -236,9 +236,22 @@ def test_plain_2x2_kernel_matches_torch(dtype, W):
     np.testing.assert_array_equal(index, t_index[0].numpy())
 
 
-def test_kernel_error_names_the_op():
-    """A failed check inside a compiled kernel reaches Python as an exception naming the op."""
-    dout = np.ones((1, 1, 2, 2), np.float32)
-    bad_index = np.full((1, 1, 2, 2), 99, np.int64)
-    with pytest.raises(IndexError, match="maxpool2d_backward"):
-        ops("numba").maxpool2d_backward(dout, (bad_index, (1, 1, 4, 4)))
+@pytest.mark.parametrize("threads", ["serial", "parallel"])
+def test_kernel_error_names_the_op(threads, monkeypatch):
+    """A failed check inside a compiled kernel, on the calling thread or in a worker of the
+    pool, reaches Python as the kernel's exception, naming the op."""
+    if threads == "parallel":
+        monkeypatch.setattr(numba_common, "PARALLEL_MIN_WORK", 0)
+    o = ops("numba")
+    dout = np.ones((4, 3, 2, 2), np.float32)
+    bad_index = np.full((4, 3, 2, 2), 99, np.int64)
+    with pytest.raises(IndexError, match="^maxpool2d_backward: a saved index lies outside"):
+        o.maxpool2d_backward(dout, (bad_index, (4, 3, 4, 4)))
+    x = np.ones((4, 2, 6, 6), np.float32)
+    w = np.ones((3, 2, 3, 3), np.float32)
+    conv = ((1, 1), (0, 0, 0, 0), (1, 1), 1)
+    out, cache = o.conv2d_relu_maxpool2d_forward(x, w, None, *conv, (2, 2), (2, 2), (0, 0),
+                                                 (1, 1), False)
+    cache[-1][...] = -1  # the saved pool winners
+    with pytest.raises(IndexError, match="^conv2d_relu_maxpool2d_backward: a saved pool index"):
+        o.conv2d_relu_maxpool2d_backward(np.ones_like(out), cache)

@@ -2,7 +2,8 @@
 
 Every parallel kernel in this backend comes as a serial ``*_span`` function over items
 [lo, hi) and a ``*_parallel`` driver whose ``prange`` hands one contiguous range of items to
-each of ``chunks`` threads; :func:`chunks_for` decides how many, :func:`launch` runs one pair.
+each of ``chunks`` threads; :func:`chunks_for` decides how many, :func:`launch` runs one pair,
+and :func:`run_parallel` every ``prange`` kernel, so that a worker's exception surfaces as itself.
 
 Kernels call BLAS through ``np.dot`` from inside ``prange``, so the BLAS that Numba calls
 (SciPy's) is held to one thread here: Numba's pool is then the only one that runs, as two
@@ -13,7 +14,7 @@ import os
 import numba
 import numpy as np
 
-__all__ = ["PARALLEL_MIN_WORK", "chunks_for", "launch", "flat"]
+__all__ = ["PARALLEL_MIN_WORK", "chunks_for", "run_parallel", "launch", "flat"]
 
 # element operations below which a kernel stays on the calling thread: waking Numba's
 # workers costs more than such work
@@ -27,13 +28,24 @@ def chunks_for(items, work):
     return max(1, min(numba.get_num_threads(), items))
 
 
+def run_parallel(parallel, *args):
+    """Call the ``prange`` kernel ``parallel``; an exception raised in a worker is re-raised as
+    itself (Numba reports it as a SystemError whose cause it is), so it names its op."""
+    try:
+        return parallel(*args)
+    except SystemError as error:
+        if isinstance(error.__cause__, Exception):
+            raise error.__cause__ from None
+        raise
+
+
 def launch(span, parallel, items, work, *args):
     """Run ``span(*args, 0, items)``, or ``parallel(*args, chunks)`` when ``work`` is large."""
     chunks = chunks_for(items, work)
     if chunks <= 1:
         span(*args, 0, items)
     else:
-        parallel(*args, chunks)
+        run_parallel(parallel, *args, chunks)
 
 
 def flat(a):

@@ -18,7 +18,7 @@ from numba import njit, prange
 
 from ..shapes import conv_output_size
 from . import pool
-from .common import chunks_for
+from .common import chunks_for, run_parallel
 
 __all__ = ["conv2d_forward", "conv2d_backward"]
 
@@ -260,7 +260,7 @@ def forward(x, w, b, g, relu, pooling=None):
         _forward_span(x, w3, bias, g, has_bias, relu, win, m, out, index,
                       Scratch(*(a[0] for a in s)), 0, g.N)
     else:
-        _forward_parallel(x, w3, bias, g, has_bias, relu, win, m, out, index, s, T)
+        run_parallel(_forward_parallel, x, w3, bias, g, has_bias, relu, win, m, out, index, s, T)
     return out, index
 
 
@@ -286,7 +286,8 @@ def backward(dout, x, w, g, has_bias, relu_out=None, index=None, input_grad=True
         _backward_span(dout, x, w3, g, relu, mask, index, input_grad, m, dx,
                        Scratch(*(a[0] for a in s)), 0, g.N)
     elif g.N:
-        _backward_parallel(dout, x, w3, g, relu, mask, index, input_grad, m, dx, s, T)
+        run_parallel(_backward_parallel, dout, x, w3, g, relu, mask, index, input_grad, m, dx,
+                     s, T)
     dw = s.dw.sum(axis=0).reshape(w.shape)
     db = s.db.sum(axis=0) if has_bias else None
     return (dx if input_grad else None), dw, db

@@ -9,7 +9,7 @@ own part and nothing is summed afterwards.
 import numpy as np
 from numba import njit, prange
 
-from .common import chunks_for
+from .common import chunks_for, run_parallel
 
 __all__ = ["linear_forward", "linear_backward"]
 
@@ -81,7 +81,7 @@ def linear_forward(x, w, b):
     if blocks == 1:
         _forward_block(x, w, bias, has_bias, out, 0, 1)
     else:
-        _forward_parallel(x, w, bias, has_bias, out, blocks)
+        run_parallel(_forward_parallel, x, w, bias, has_bias, out, blocks)
     return out, (x, w, b)
 
 
@@ -105,5 +105,5 @@ def linear_backward(dout, cache, input_grad=True):
     if blocks == 1:
         _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, 0, 1)
     else:
-        _backward_parallel(dout, x, w, input_grad, dx, dw, db, dout_t, blocks)
+        run_parallel(_backward_parallel, dout, x, w, input_grad, dx, dw, db, dout_t, blocks)
     return (dx if input_grad else None), dw, (db if b is not None else None)
