@@ -34,6 +34,8 @@ Scratch = namedtuple("Scratch", "cols dcols dy conv product dw db")
 # a thread's columns for one GEMM stay under this many bytes (several samples when they fit)
 BLOCK_BYTES = 512 << 10
 
+U = np.uint64  # an unsigned index: no negative-index wrapping in the copy loops
+
 # a stand-in pooling window for the unpooled ops (never read)
 NO_POOL = pool.Window(1, 1, 1, 1, 0, 0, 1, 1)
 
@@ -74,12 +76,14 @@ def unfold_sample(x, g, n, cols, at0):
                     h = oh * g.sh - g.top + kh * g.dh
                     at = at0 + oh * g.OW
                     lo, hi = (ow0, ow1) if 0 <= h < g.H else (g.OW, g.OW)
+                    src = x[n, c, min(max(h, 0), g.H - 1)]
+                    # unsigned indices: no negative-index wrapping, so the copy vectorises
                     for ow in range(lo):
-                        row[at + ow] = 0
+                        row[U(at + ow)] = 0
                     for ow in range(lo, hi):
-                        row[at + ow] = x[n, c, h, ow * g.sw + offset]
+                        row[U(at + ow)] = src[U(ow * g.sw + offset)]
                     for ow in range(hi, g.OW):
-                        row[at + ow] = 0
+                        row[U(at + ow)] = 0
 
 
 @njit(cache=True)
@@ -98,8 +102,9 @@ def fold_sample(dcols, g, n, dx, at0):
                     h = oh * g.sh - g.top + kh * g.dh
                     if 0 <= h < g.H:
                         at = at0 + oh * g.OW
+                        dst = dx[n, c, h]
                         for ow in range(ow0, ow1):
-                            dx[n, c, h, ow * g.sw + offset] += row[at + ow]
+                            dst[U(ow * g.sw + offset)] += row[U(at + ow)]
 
 
 @njit(cache=True)
