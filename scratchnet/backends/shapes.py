@@ -4,7 +4,7 @@ __all__ = ["conv_output_size", "pool_output_size"]
 
 
 def conv_output_size(size, pad_lo, pad_hi, kernel, stride, dilation):
-    """Output length along one axis: floor((size + pads - dilation·(kernel-1) - 1) / stride) + 1."""
+    """Output length along one axis: (size + pads - dilation·(kernel-1) - 1) // stride + 1."""
     return (size + pad_lo + pad_hi - dilation * (kernel - 1) - 1) // stride + 1
 
 

@@ -23,7 +23,7 @@ from .common import chunks_for, run_parallel
 __all__ = ["conv2d_forward", "conv2d_backward"]
 
 Geometry = namedtuple("Geometry", "N C H W F G Cg Fg KH KW sh sw top left dh dw OH OW")
-Geometry.__doc__ = "Every size of one convolution, built by :func:`geometry`; kernels read it by name."
+Geometry.__doc__ = "Every size of one convolution (built by :func:`geometry`), read by name."
 
 # one thread's buffers, for m samples at a time: columns and their gradient (flat, G·K·m·P
 # values: K = Cg·KH·KW taps, P = OH·OW positions), the conv output or its gradient (flat,

@@ -1,6 +1,6 @@
 """Negative log-likelihood and cross-entropy (numpy twin: numpy_backend/loss.py), row by row.
 
-    nll_i = -w[t_i]·logp[i, t_i]        cross_entropy = nll(log_softmax(x)), label smoothing mixed in
+    nll_i = -w[t_i]·logp[i, t_i]        cross_entropy = nll(log_softmax(x)) (+ label smoothing)
 
 Each kernel makes one pass per row and never materialises log-softmax: the forward keeps only
 the row max and log-sum-exp, and the backward recomputes ``softmax = exp((x - max) - lse)``.

@@ -17,7 +17,7 @@ from .common import launch
 __all__ = ["maxpool2d_forward", "maxpool2d_backward"]
 
 Window = namedtuple("Window", "KH KW SH SW PH PW DH DW")
-Window.__doc__ = """A pooling window's kernel, stride, padding and dilation, read by name in kernels."""
+Window.__doc__ = "A pooling window's kernel, stride, padding and dilation, read by name."
 
 U = np.uint64  # an unsigned index: no negative-index wrapping in the 2×2 loop
 
