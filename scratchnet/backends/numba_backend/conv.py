@@ -31,7 +31,8 @@ Geometry.__doc__ = "Every size of one convolution (built by :func:`geometry`), r
 # product (Fg, K), and the thread's partial sums of dw (G, Fg, K) and db (F,)
 Scratch = namedtuple("Scratch", "cols dcols dy conv product dw db")
 
-# a thread's columns for one GEMM stay under this many bytes (several samples when they fit)
+# a thread's columns and product for one GEMM stay under this many bytes (several samples
+# when they fit)
 BLOCK_BYTES = 512 << 10
 
 U = np.uint64  # an unsigned index: no negative-index wrapping in the copy loops
@@ -223,9 +224,10 @@ def _thread_scratch(s, t):
 
 def _plan(g, itemsize):
     """(threads, samples per GEMM): threads for the batch (one when the work is too small to
-    share), and as many samples per GEMM as keep their columns under BLOCK_BYTES."""
+    share), and as many samples per GEMM as keep their columns and the GEMM's product (a
+    layer with few input channels has a product many times its columns) under BLOCK_BYTES."""
     threads = chunks_for(g.N, g.N * g.F * g.C * g.KH * g.KW * g.OH * g.OW // g.G)
-    per_sample = g.C * g.KH * g.KW * g.OH * g.OW * itemsize
+    per_sample = (g.C * g.KH * g.KW + g.F) * g.OH * g.OW * itemsize
     return threads, max(1, min(BLOCK_BYTES // max(per_sample, 1), -(-g.N // threads)))
 
 
