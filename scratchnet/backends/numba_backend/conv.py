@@ -37,6 +37,9 @@ BLOCK_BYTES = 512 << 10
 
 U = np.uint64  # an unsigned index: no negative-index wrapping in the copy loops
 
+# the fused pool's winners (a position in one OH·OW plane): half int64's memory traffic
+POOL_INDEX = np.int32
+
 # a stand-in pooling window for the unpooled ops (never read)
 NO_POOL = pool.Window(1, 1, 1, 1, 0, 0, 1, 1)
 
@@ -253,11 +256,11 @@ def forward(x, w, b, g, relu, pooling=None):
     w3 = w.reshape(g.G, g.Fg, g.Cg * g.KH * g.KW)
     if pooling is None:
         win, shape = NO_POOL, (g.N, g.F, g.OH, g.OW)
-        index = np.empty((0, 0, 0, 0), np.int64)
+        index = np.empty((0, 0, 0, 0), POOL_INDEX)
     else:
         win, PH, PW = pooling
         shape = (g.N, g.F, PH, PW)
-        index = np.empty(shape, np.int64)
+        index = np.empty(shape, POOL_INDEX if g.OH * g.OW <= 2**31 - 1 else np.int64)
     out = np.empty(shape, x.dtype)
     if g.N == 0:
         return out, index
@@ -283,7 +286,7 @@ def backward(dout, x, w, g, has_bias, relu_out=None, index=None, input_grad=True
     dout = dout.reshape(g.N, g.F, dout[0, 0].size if g.N and g.F else P)
     relu = relu_out is not None
     mask = relu_out.reshape(dout.shape) if relu else dout
-    index = (np.empty((0, 0, 0), np.int64) if index is None
+    index = (np.empty((0, 0, 0), POOL_INDEX) if index is None
              else np.ascontiguousarray(index).reshape(dout.shape))
     T, m = _plan(g, dtype.itemsize)
     s = _scratch(g, T, m, dtype, backward=True, input_grad=input_grad)
