@@ -1,8 +1,8 @@
 """Single-threaded GEMM callable from nopython code: numpy's bundled OpenBLAS, bound directly.
 
 Why not ``np.dot`` inside ``@njit``? Numba's ``np.dot`` needs SciPy, and OpenBLAS's own thread
-pool would fight Numba's ``prange`` workers for the same cores (PERF_NOTES lesson 1: a 3-5x
-loss). So we bind the CBLAS ``?gemm`` symbols of the OpenBLAS that numpy ships (ILP64, names
+pool would fight Numba's ``prange`` workers for the same cores (a 3-5x
+loss, docs/performance.md). So we bind the CBLAS ``?gemm`` symbols of the OpenBLAS that numpy ships (ILP64, names
 ``scipy_cblas_sgemm64_``), pin that library to one thread, and let ``prange`` own parallelism.
 
 ``gemm(a, b, c, trans_a, trans_b, alpha, beta)`` computes ``c = alpha·op(a)·op(b) + beta·c``

@@ -1,6 +1,6 @@
 """2-D convolution: one thread per batch slice, im2col + single-threaded GEMM per sample.
 
-Design (PERF_NOTES): a single thread pool. Thread ``t`` owns samples ``[t·N//T, (t+1)·N//T)``
+Design: a single thread pool. Thread ``t`` owns samples ``[t·N//T, (t+1)·N//T)``
 and a private column buffer; for each sample it unfolds the input into ``col``
 (C·KH·KW, OH·OW) and calls sgemm/dgemm ``W (F, C·KH·KW) @ col -> out[n] (F, OH·OW)``, which is
 already NCHW, so no transposes are needed. Backward recomputes ``col`` (cheaper than keeping

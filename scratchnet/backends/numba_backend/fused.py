@@ -1,8 +1,8 @@
 """Fused kernels: convolution + bias + ReLU (+ max pool), and linear + ReLU, in one pass.
 
 Why fuse: run as separate ops, conv, ReLU and max pool each launch the thread pool, allocate
-a full-size output and stream it through memory again (PERF_NOTES: the fused design reached
-1.73x torch on digitcnn where separate ops stayed near 1x). Here thread ``t`` owns samples
+a full-size output and stream it through memory again (see
+docs/performance.md). Here thread ``t`` owns samples
 ``[t·N//T, (t+1)·N//T)`` as in conv.py and, per sample, unfolds the input (im2col), runs the
 GEMM into a per-thread (F, OH·OW) buffer that stays in cache, adds the bias, and then either
 applies ReLU into the output or max-pools that buffer into the output and applies ReLU to the
