@@ -15,25 +15,15 @@ are written as null. Lines are appended and flushed one at a time, so a reader m
 file grow while training runs; it must tolerate a partial last line (a killed writer's).
 """
 import json
-import math
 import os
 import time
 
 import numpy as np
 
 from .callbacks import Callback
+from .jsonsafe import finite
 
 FILENAME = "events.jsonl"
-
-
-def _finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _norm(array):
@@ -69,7 +59,7 @@ class EventLog(Callback):
 
     def _write(self, event):
         event = {"type": event.pop("type"), "time": time.time(), **event}
-        self.file.write(json.dumps(_finite(event), allow_nan=False) + "\n")
+        self.file.write(json.dumps(finite(event), allow_nan=False) + "\n")
         self.file.flush()
 
     def on_train_start(self, run):

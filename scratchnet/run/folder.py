@@ -6,7 +6,6 @@
     curves.png, predictions.png, confusion_matrix.png
 """
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from .. import checkpoint
 from ..fileio import atomic_write
+from ..jsonsafe import finite
 from .settings import SettingsError
 
 CHECKPOINT = "checkpoint.npz"
@@ -52,17 +52,6 @@ def check_usable(out):
         what = "written in" if existing == out else f"created ({existing} is not writable)"
         raise SettingsError(f"out={out}: cannot be {what}: {e.strerror or e}") from None
     return out
-
-
-def finite(value):
-    """``value`` with every NaN/inf float replaced by None, so the JSON is strict."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
 
 
 def save(out, meta, model_state, optimizer_state, metrics):

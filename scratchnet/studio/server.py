@@ -6,7 +6,6 @@ person's browser, needs no dependency, and keeps the whole request path readable
 import http.server
 import ipaddress
 import json
-import math
 import re
 import socket
 import sys
@@ -14,6 +13,7 @@ from importlib import resources
 from urllib.parse import parse_qs, urlsplit
 
 from .. import checkpoint
+from ..jsonsafe import finite
 from . import inference, runs, testdigits
 
 MAX_UPLOAD = 5 * 1024 * 1024  # bytes of one request body
@@ -59,16 +59,6 @@ def is_loopback(host):
     except ValueError:
         return False
 
-
-def _json_safe(value):
-    """NaN and infinities become null, so every answer is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 class Studio:
@@ -310,7 +300,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 def _dumps(value):
-    return json.dumps(_json_safe(value), allow_nan=False).encode()
+    return json.dumps(finite(value), allow_nan=False).encode()
 
 
 def _ok(value):
