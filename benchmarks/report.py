@@ -285,6 +285,7 @@ def chart(res, path):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     width = 0.8 / max(len(scratch), 1)
     titles = ("training step", "inference, batch 1000")
+    tallest = 1.0
     for ax, part, title in zip(axes, ("train", "infer"), titles):
         for k, side in enumerate(scratch):
             rs = [res["models"][n]["ratios"][part].get(side) for n in models]
@@ -294,11 +295,14 @@ def chart(res, path):
             ax.bar(np.arange(len(models)) + (k - (len(scratch) - 1) / 2) * width, med, width,
                    yerr=err, capsize=3, label=SHORT[side])
         ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
-        ax.set_xticks(np.arange(len(models)), models)
+        ax.set_xticks(np.arange(len(models)), models, rotation=30, ha="right")
         ax.set_title(title)
+        tallest = max(tallest, max(r["median"] for rs in [
+            [res["models"][n]["ratios"][part].get(side) for n in models] for side in scratch]
+            for r in rs if r))
     axes[0].set_ylabel("throughput / torch CPU (>1: scratchnet faster)")
-    top = axes[0].get_ylim()[1]
-    axes[0].set_ylim(0, top * 1.2)  # headroom for the legend
+    # the medians set the scale: one noisy round's whisker would flatten every bar
+    axes[0].set_ylim(0, tallest * 1.45)  # headroom for the legend
     axes[0].legend(loc="upper left", ncol=len(scratch))
     threads = res["machine"]["threads"]["requested"]
     fig.suptitle(f"scratchnet vs torch {res['machine']['torch']} on {res['machine']['cpu']}, "
