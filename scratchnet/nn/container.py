@@ -17,6 +17,14 @@ def _check_module(owner, name, m):
         raise TypeError(f"{owner}: {name} is {type(m).__name__}, not a Module")
 
 
+def _module_at(modules, idx):
+    """``modules[idx]`` for an integer index, negative ones included, as a list indexes."""
+    i = operator.index(idx)
+    if not -len(modules) <= i < len(modules):
+        raise IndexError(f"index {i} is out of range")
+    return modules[i]
+
+
 class Sequential(Module):
     """``Sequential(*modules)`` (children named ``"0"``, ``"1"``, ...) or
     ``Sequential(OrderedDict([(name, module), ...]))`` (children under those names)."""
@@ -35,11 +43,7 @@ class Sequential(Module):
     def __getitem__(self, idx):
         if isinstance(idx, slice):
             return Sequential(OrderedDict(list(self._modules.items())[idx]))
-        modules = list(self._modules.values())
-        i = operator.index(idx)
-        if not -len(modules) <= i < len(modules):
-            raise IndexError(f"index {i} is out of range")
-        return modules[i]
+        return _module_at(list(self._modules.values()), idx)
 
     def __len__(self):
         return len(self._modules)
@@ -88,10 +92,7 @@ class ModuleList(Module):
         modules = list(self._modules.values())
         if isinstance(idx, slice):
             return ModuleList(modules[idx])
-        i = operator.index(idx)
-        if not -len(modules) <= i < len(modules):
-            raise IndexError(f"index {i} is out of range")
-        return modules[i]
+        return _module_at(modules, idx)
 
     def __setitem__(self, idx, module):
         _check_module("ModuleList", f"item {idx}", module)
