@@ -99,11 +99,13 @@ class _Add:
         self.alpha = alpha
 
     def backward(self, dout):
-        grads = []
-        for shape, scale in zip(self.shapes, (1, self.alpha)):
-            g = dout if scale == 1 else dout * dout.dtype.type(scale)
-            grads.append(_sum_to(g, shape))
-        return tuple(grads)
+        return tuple(_scaled_sum_to(dout, shape, scale)
+                     for shape, scale in zip(self.shapes, (1, self.alpha)))
+
+
+def _scaled_sum_to(dout, shape, scale):
+    """The gradient of ``scale·x`` for an ``x`` of ``shape`` that broadcasting widened."""
+    return _sum_to(dout if scale == 1 else dout * dout.dtype.type(scale), shape)
 
 
 def _sum_to(g, shape):
@@ -152,5 +154,4 @@ class _Scaled:
         self.alpha = alpha
 
     def backward(self, dout):
-        g = dout if self.alpha == 1 else dout * dout.dtype.type(self.alpha)
-        return _sum_to(g, self.shape)
+        return _scaled_sum_to(dout, self.shape, self.alpha)
