@@ -33,8 +33,8 @@ class ScratchnetSide:
         self.model = workload.scratchnet_model(model_name, state)
         self.loss_fn, _ = workload.losses(model_name)
         self.opt = workload.scratchnet_optimizer(model_name, self.model.parameters())
-        # numba: prange owns the cores, sgemm runs single-threaded inside it;
-        # numpy: no other pool, so OpenBLAS gets them all
+        # numba: prange owns the cores, BLAS runs single-threaded inside it;
+        # numpy: no other pool, so BLAS gets them all
         self.blas_threads = 1 if self.backend == "numba" else threads
         self.stepped = False
 
@@ -50,8 +50,7 @@ class ScratchnetSide:
 
     def train_step(self, x, y):
         if not self.stepped:
-            # as scratchnet.training does before its first step (numba: a helper process
-            # compiles the step's kernels with this one)
+            # as scratchnet.training does before its first step
             backend.ops().compile_ahead(self.model, x, self.opt, self._loss_gradient(y))
             self.stepped = True
         out = self.model(x)

@@ -1,10 +1,10 @@
 """Machine facts, thread pools, and the float32 GEMM peak every GFLOP/s figure is compared with.
 
-Three thread pools are in play: Numba's (``prange``), the OpenBLAS that numpy ships (used by
-numpy's ``dot`` and by the numba backend's single-threaded sgemm calls) and torch's (OpenMP +
-MKL). Both sides get the same number of threads. OpenBLAS is pinned to one thread while Numba's
-pool runs, because two busy-waiting pools on the same cores cost 3-5x (PERF_NOTES lesson 1),
-and given all threads while plain NumPy code runs, which has no other pool.
+Three thread pools are in play: Numba's (``prange``), BLAS (numpy's, and SciPy's, which the
+numba backend's kernels call through ``np.dot`` from inside ``prange``) and torch's (OpenMP +
+MKL). Both sides get the same number of threads. BLAS is held to one thread while Numba's pool
+runs, because two busy-waiting pools on the same cores cost several times over, and given all
+threads while plain NumPy code runs, which has no other pool.
 """
 import os
 import platform
@@ -48,17 +48,17 @@ def simd_flags():
 
 
 def set_blas_threads(n):
-    """Set numpy's bundled OpenBLAS to ``n`` threads; False when it cannot be set."""
-    from scratchnet.backends.numba_backend import blas
-
-    if not blas.HAVE_CBLAS:
+    """Set numpy's BLAS to ``n`` threads (threadpoolctl); False when it cannot be set."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
         return False
-    blas.set_blas_threads(n)
+    threadpool_limits(limits=n, user_api="blas")
     return True
 
 
 def set_threads(n):
-    """Give Numba and torch ``n`` threads each and pin OpenBLAS to 1; returns what was set."""
+    """Give Numba and torch ``n`` threads each and hold BLAS to 1; returns what was set."""
     import numba
     import torch
 

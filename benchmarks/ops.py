@@ -29,8 +29,8 @@ CASES = [
     ("relu", "digitcnn relu after conv1, 32×26×26, batch 64", {"x": (64, 32, 26, 26)}),
     ("linear", "digitcnn fc1 1600→64, batch 64", {"x": (64, 1600), "w": (64, 1600)}),
     ("linear", "widecnn fc1 3136→1024, batch 50", {"x": (50, 3136), "w": (1024, 3136)}),
-    # the inference batch of mlp128's first layer on its tutorial's input (81 % exact zeros,
-    # which the numba backend skips: sparse_linear.py), then on normalised pixels (no zeros)
+    # the inference batch of mlp128's first layer on its tutorial's input (81 % exact zeros),
+    # then on normalised pixels (no zeros)
     ("linear", "mlp128 fc1 784→128, batch 1000, MNIST pixels in [0, 1]",
      {"x": (1000, 784), "w": (128, 784), "input": "mnist"}),
     ("linear", "mlp128 fc1 784→128, batch 1000, MNIST normalised (no zeros)",
@@ -137,7 +137,7 @@ def run_case(op, shapes, impls, threads, rounds, round_seconds, seed=0):
     pad = shapes.get("pad", 0)
     groups, result = {}, {}
     for impl in impls:
-        # the numba backend owns the cores through prange; plain numpy only through OpenBLAS
+        # the numba backend owns the cores through prange; plain numpy only through BLAS
         blas = 1 if impl == "numba" else threads
         enter = (lambda n=blas: machine.set_blas_threads(n)) if impl != "torch" else timing.noop
         try:

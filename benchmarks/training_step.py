@@ -10,8 +10,6 @@ import statistics
 
 import numpy as np
 
-from scratchnet.backends.numba_backend import sparse_linear
-
 from . import flops, frameworks, parity, timing, workload
 
 N_BATCHES = 16  # distinct batches cycled through; enough that no single batch's quirks matter
@@ -51,20 +49,6 @@ def _time(sides, inputs, work, items_per_step, rounds, round_seconds, baseline="
         results[c.name] = pair[c.name]
         found[c.name] = ratios(pair, baseline)[c.name]
     return results, found
-
-
-def _sparse_layers(side, x):
-    """How many linear layers of a numba-backend side skip the zeros of input x
-    (sparse_linear.forward calls in one inference)."""
-    calls = []
-    real = sparse_linear.forward
-    sparse_linear.forward = lambda *args: calls.append(1) or real(*args)
-    try:
-        side.enter()
-        side.infer(x)
-    finally:
-        sparse_linear.forward = real
-    return len(calls)
 
 
 def ratios(results, baseline="torch-cpu"):
@@ -116,13 +100,6 @@ def run(model_name, side_names, threads, rounds, round_seconds, seed=0):
                                "infer": np.count_nonzero(xi) / xi.size}
     for s in sides:
         s.train(False)
-    numba_side = next((s for s in sides if s.name == "scratchnet-numba"), None)
-    if numba_side is not None:
-        result["sparse_layers_infer"] = _sparse_layers(numba_side, xi[0])
-        # the rule those layers followed, for the report (which may be rendered by later code)
-        result["sparse_rule"] = {"max_density": sparse_linear.MAX_DENSITY,
-                                 "min_rows": sparse_linear.MIN_ROWS,
-                                 "min_outputs_float32": sparse_linear.block_outputs("float32")}
     inputs = [frameworks.stack_inputs(s, xi, yi) for s in sides]
     result["infer"], infer_ratios = _time(sides, inputs, lambda s, x, y: s.infer(x),
                                           workload.INFERENCE_BATCH, rounds, round_seconds)

@@ -5,7 +5,7 @@ import torch
 
 import scratchnet.nn as snn
 from scratchnet.backend import ops, use_backend
-from scratchnet.backends.numba_backend import activation as numba_activation
+from scratchnet.backends.numba_backend import common as numba_common
 from tests.helpers import BACKENDS, DTYPES, assert_close, to_torch
 
 SHAPES = [(0, 3), (1,), (7,), (2, 3, 5, 4), (1, 1, 1, 1)]
@@ -15,7 +15,7 @@ SHAPES = [(0, 3), (1,), (7,), (2, 3, 5, 4), (1, 1, 1, 1)]
 def numba_path(request, monkeypatch):
     """Run numba kernels on the calling thread (small work) or split across threads."""
     if request.param == "parallel":
-        monkeypatch.setattr(numba_activation, "PARALLEL_MIN_WORK", 0)
+        monkeypatch.setattr(numba_common, "PARALLEL_MIN_WORK", 0)
     return request.param
 
 

@@ -316,125 +316,65 @@ def _unfold_reference(x_n, KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, OH, OW):
     return col.reshape(C * KH * KW, OH * OW)
 
 
-# (C, H, W, KH, KW, dh, dw, pt, pb, pl, pr): stride 1 with OW == W, which takes the span copy
-SAME_WIDTH = [
-    (3, 14, 14, 5, 5, 1, 1, 2, 2, 2, 2),    # widecnn's conv2, scaled down in C
-    (2, 6, 7, 2, 4, 2, 1, 1, 1, 1, 2),     # even kernel, uneven padding, dilated
-    (2, 3, 1, 5, 5, 1, 1, 2, 2, 2, 2),     # one column: most rows wrap or are padding
-    (1, 2, 2, 3, 5, 1, 1, 0, 0, 2, 2),     # taps entirely outside the image
-    (2, 5, 6, 3, 3, 2, 2, 2, 2, 2, 2),     # dilation 2 in both directions
+# (C, H, W, KH, KW, sh, sw, dh, dw, pt, pb, pl, pr)
+UNFOLDS = [
+    (3, 14, 14, 5, 5, 1, 1, 1, 1, 2, 2, 2, 2),    # widecnn's conv2, scaled down in C
+    (2, 6, 7, 2, 4, 1, 1, 2, 1, 1, 1, 1, 2),     # even kernel, uneven padding, dilated
+    (2, 3, 1, 5, 5, 1, 1, 1, 1, 2, 2, 2, 2),     # one column: most taps are padding
+    (1, 2, 2, 3, 5, 1, 1, 1, 1, 0, 0, 2, 2),     # taps entirely outside the image
+    (2, 9, 8, 3, 2, 2, 3, 2, 1, 1, 0, 2, 1),     # strided and dilated, uneven padding
 ]
 
 
-@pytest.mark.parametrize("loops", ["spans", "rows"])
-@pytest.mark.parametrize("geo", SAME_WIDTH, ids=str)
-def test_same_width_unfold_and_fold(geo, loops):
-    """The compiled im2col and col2im loops, the same-width ones (spans) and the general ones
-    (rows), called by address as the sample kernels call them, against the definition and its
-    adjoint (each tap's plane added into a padded image), starting from NaN-filled and random
-    buffers so a missed entry shows."""
-    from numba import njit
-
+@pytest.mark.parametrize("geo", UNFOLDS, ids=str)
+def test_unfold_and_fold_match_their_definitions(geo):
+    """The compiled im2col of samples side by side against the definition, and col2im against
+    its adjoint (each tap's plane added into a padded image), from NaN-filled and random
+    buffers so that a missed entry shows."""
     from scratchnet.backends.numba_backend import conv as nb
 
-    @njit
-    def through(at, a, b, geo):
-        nb.run_loop(at, a, b, geo)
-
-    def addresses(layer, W, OW):
-        if loops == "spans":
-            return (nb.im2col_address(layer, W, OW, np.float64),
-                    nb.col2im_address(layer, W, OW, np.float64))
-        return (per_thread_address(nb.im2col_rows, np.float64, 3, 2),
-                per_thread_address(nb.col2im_rows, np.float64, 2, 3))
-
-    C, H, W, KH, KW, dh, dw, pt, pb, pl, pr = geo
-    OH = nb.out_size(H, pt, pb, KH, 1, dh)
-    OW = nb.out_size(W, pl, pr, KW, 1, dw)
-    layer = (KH, KW, 1, 1, pt, pb, pl, pr, dh, dw)
-    assert nb.same_width(layer, W, OW)
-    unfold_at, fold_at = addresses(layer, W, OW)
-    loop = (KH, KW, 1, 1, pt, pl, dh, dw, OH, OW)
+    C, H, W, KH, KW, sh, sw, dh, dw, pt, pb, pl, pr = geo
+    N, n0, n1 = 4, 1, 3
+    g = nb.geometry((N, C, H, W), (2, C, KH, KW), (sh, sw), (pt, pb, pl, pr), (dh, dw), 1)
     rng = np.random.default_rng(0)
-    x_n = rng.standard_normal((C, H, W))
-    col = np.full((C * KH * KW, OH * OW), np.nan)
-    through(unfold_at, x_n, col, loop)
-    want = _unfold_reference(x_n, KH, KW, 1, 1, pt, pb, pl, pr, dh, dw, OH, OW)
-    np.testing.assert_array_equal(col, want)
+    x = rng.standard_normal((N, C, H, W))
+    cols = np.full((1, C * KH * KW, (n1 - n0) * g.OH * g.OW), np.nan)
+    P = g.OH * g.OW
+    for i, n in enumerate(range(n0, n1)):
+        nb.unfold_sample(x, g, n, cols, i * P)
+    for i, n in enumerate(range(n0, n1)):
+        want = _unfold_reference(x[n], KH, KW, sh, sw, pt, pb, pl, pr, dh, dw, g.OH, g.OW)
+        np.testing.assert_array_equal(cols[0, :, i * P:(i + 1) * P], want)
 
-    dcol = rng.standard_normal(col.shape)
-    dx_n = rng.standard_normal(x_n.shape)
-    expected = dx_n.copy()
-    xp = np.zeros((C, H + pt + pb, W + pl + pr))
-    taps = dcol.reshape(C, KH, KW, OH, OW)
-    for kh in range(KH):
-        for kw in range(KW):
-            xp[:, kh * dh:kh * dh + OH, kw * dw:kw * dw + OW] += taps[:, kh, kw]
-    expected += xp[:, pt:pt + H, pl:pl + W]
-    through(fold_at, dcol, dx_n, loop)
-    np.testing.assert_allclose(dx_n, expected, rtol=1e-13, atol=1e-13)
+    dcols = rng.standard_normal(cols.shape)
+    dx = rng.standard_normal(x.shape)
+    expected = dx.copy()
+    for i, n in enumerate(range(n0, n1)):
+        xp = np.zeros((C, H + pt + pb, W + pl + pr))
+        taps = dcols[0, :, i * P:(i + 1) * P].reshape(C, KH, KW, g.OH, g.OW)
+        for kh in range(KH):
+            for kw in range(KW):
+                xp[:, kh * dh:kh * dh + sh * (g.OH - 1) + 1:sh,
+                   kw * dw:kw * dw + sw * (g.OW - 1) + 1:sw] += taps[:, kh, kw]
+        expected[n] += xp[:, pt:pt + H, pl:pl + W]
+    for i, n in enumerate(range(n0, n1)):
+        nb.fold_sample(dcols, g, n, dx, i * P)
+    np.testing.assert_allclose(dx, expected, rtol=1e-13, atol=1e-13)
 
 
-def test_same_width_rule():
-    """The same-width loops are taken for stride 1 with OW == W only: widecnn's convolutions
-    (5×5, padding 2), not digitcnn's (3×3 unpadded) nor a strided one."""
+def test_one_sample_per_gemm_equals_several(rng, monkeypatch):
+    """GEMMs over one sample's columns give the results of GEMMs over several side by side."""
     from scratchnet.backends.numba_backend import conv as nb
 
-    same = (5, 5, 1, 1, 2, 2, 2, 2, 1, 1)
-    assert nb.same_width(same, 14, 14) and nb.same_width(same, 28, 28)
-    assert not nb.same_width((3, 3, 1, 1, 0, 0, 0, 0, 1, 1), 13, 11)
-    assert not nb.same_width((3, 3, 2, 2, 1, 1, 1, 1, 1, 1), 14, 7)
-    assert not nb.same_width((1, 3, 1, 2, 0, 0, 1, 1, 1, 1), 8, 4)  # sw 2
-    # and the loops the sample kernels are given follow it
-    def loops(geo, W, OW):
-        return (nb.im2col_address(geo, W, OW, np.float32),
-                nb.col2im_address(geo, W, OW, np.float32))
-
-    spans = loops(same, 14, 14)
-    rows = loops((3, 3, 1, 1, 0, 0, 0, 0, 1, 1), 13, 11)
-    assert spans != rows
-    assert spans == (per_thread_address(nb.im2col_spans, np.float32, 3, 2),
-                     per_thread_address(nb.col2im_spans, np.float32, 2, 3))
-    assert rows == (per_thread_address(nb.im2col_rows, np.float32, 3, 2),
-                    per_thread_address(nb.col2im_rows, np.float32, 2, 3))
-
-
-def per_thread_address(loop, dtype, first_ndim, second_ndim):
-    """The address conv.py's loop ``loop`` has for (first, second, geo) arrays of dtype."""
-    from numba import from_dtype, types
-
-    from scratchnet.backends.numba_backend.per_thread import fixed_address
-
-    def argtypes(dtype):
-        dt = from_dtype(np.dtype(dtype))
-        return (types.Array(dt, first_ndim, "C"), types.Array(dt, second_ndim, "C"),
-                types.UniTuple(types.int64, 10))
-
-    return fixed_address(loop, dtype, argtypes)
-
-
-def test_run_loop_checks_argument_types():
-    """A loop is called by address, with no dispatcher to check its arguments: run_loop refuses
-    at compile time any that differ from those the loops were compiled for."""
-    from numba import njit
-    from numba.core.errors import TypingError
-
-    from scratchnet.backends.numba_backend import conv as nb
-
-    @njit
-    def through(at, a, b, geo):
-        nb.run_loop(at, a, b, geo)
-
-    at = nb.im2col_address((1, 1, 1, 1, 0, 0, 0, 0, 1, 1), 3, 3, np.float64)
-    x_n, col = np.zeros((1, 3, 3)), np.zeros((1, 9))
-    through(at, x_n, col, (1, 1, 1, 1, 0, 0, 0, 0, 3, 3))  # the right types compile
-    wrong = [
-        (x_n, col[:, ::2], (1, 1, 1, 1, 0, 0, 0, 0, 3, 3)),  # a strided (layout A) array
-        (x_n, col.astype(np.float32), (1, 1, 1, 1, 0, 0, 0, 0, 3, 3)),  # mixed dtypes
-        (x_n, col.ravel(), (1, 1, 1, 1, 0, 0, 0, 0, 3, 3)),  # 1-D columns
-        (x_n, col, (1, 1, 1, 1, 0, 0, 0, 0, 3)),  # a short geometry
-        (x_n, col, (1, 1, 1, 1, 0, 0, 0, 0, 3, 3.0)),  # a float in it
-    ]
-    for a, b, geo in wrong:
-        with pytest.raises(TypingError, match="run_loop"):
-            through(at, a, b, geo)
+    x = rng.standard_normal((5, 4, 9, 8))
+    w = rng.standard_normal((6, 2, 3, 2))
+    b = rng.standard_normal(6)
+    conf = ((2, 1), (1, 1, 2, 0), (1, 2), 2)
+    whole, cache = nb.conv2d_forward(x, w, b, *conf)
+    dout = rng.standard_normal(whole.shape)
+    grads = nb.conv2d_backward(dout, cache)
+    monkeypatch.setattr(nb, "BLOCK_BYTES", 1)  # one sample per GEMM
+    chunked, cache = nb.conv2d_forward(x, w, b, *conf)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-13, atol=1e-13)
+    for got, want in zip(nb.conv2d_backward(dout, cache), grads):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

@@ -9,7 +9,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # small shapes only: without the JIT every kernel loop runs in the interpreter
-SUBSET = ["tests/test_blas.py", "tests/test_models.py", "tests/test_conv.py", "tests/test_pool.py",
+SUBSET = ["tests/test_models.py", "tests/test_conv.py", "tests/test_pool.py",
           "tests/test_softmax.py", "tests/test_linear.py"]
 SELECT = "numba and float64 and not widecnn and not mitxcnn and not examplenet"
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import scratchnet
 import scratchnet.nn as snn
 from scratchnet.backend import ops, use_backend
-from scratchnet.backends.numba_backend import activation as numba_activation
+from scratchnet.backends.numba_backend import common as numba_common
 from tests.helpers import BACKENDS, DTYPES, TORCH_DTYPE, assert_close, to_torch
 
 
@@ -15,7 +15,7 @@ from tests.helpers import BACKENDS, DTYPES, TORCH_DTYPE, assert_close, to_torch
 def numba_path(request, monkeypatch):
     """Run numba kernels on the calling thread (small work) or split across threads."""
     if request.param == "parallel":
-        monkeypatch.setattr(numba_activation, "PARALLEL_MIN_WORK", 0)
+        monkeypatch.setattr(numba_common, "PARALLEL_MIN_WORK", 0)
     return request.param
 
 

@@ -28,7 +28,7 @@ CONV_POOL = [
     # ... or, with ceil_mode, a last window half outside (the general scan)
     ((2, 2, 10, 10), (3, 2, 2, 2), (1, 1), (0, 0, 0, 0), (1, 1), 1,
      (2, 2), (2, 2), (0, 0), (1, 1), True),
-    # a layer the direct kernel computes (direct_conv.applies), in both dtypes
+    # a small GEMM: 5 filters over 18 taps, in both dtypes
     ((2, 2, 12, 18), (5, 2, 3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1,
      (2, 2), (2, 2), (0, 0), (1, 1), False),
 ]

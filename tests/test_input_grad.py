@@ -3,23 +3,19 @@
 A training loop needs only parameter gradients (torch never computes the gradient of an input
 that does not require grad), so ops, layers and models can skip dx. These tests check that the
 parameter gradients are exactly those of the full backward pass, that dx is None, and that
-parameter-free steps in front of the first weighted layer are not run at all. The numba fused
-conv ops also keep their columns for backward when given a workspace: same results, exactly.
+parameter-free steps in front of the first weighted layer are not run at all.
 """
 import numpy as np
 import pytest
 
 import scratchnet.nn as snn
 from scratchnet.backend import ops, use_backend
-from scratchnet.backends.numba_backend import fused as numba_fused
-from scratchnet.backends.numba_backend.conv import out_size, uses_direct
 from scratchnet.models import OUTPUTS, build
 from scratchnet.nn.module import backward_to_params
 from tests.helpers import BACKENDS, DTYPES
 
 # (x shape, w shape, stride, padding (t, b, l, r), dilation, groups): a plain 3×3, a padded
-# strided grouped one, a 1×1 (im2col is the identity there) and a grouped one whose backward
-# runs in several channel chunks (conv.channels_per_chunk)
+# strided grouped one, a 1×1 and a wide grouped one
 CONVS = [
     ((3, 1, 10, 9), (4, 1, 3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1),
     ((2, 4, 9, 8), (6, 2, 3, 2), (2, 1), (1, 1, 2, 0), (1, 2), 2),
@@ -79,44 +75,6 @@ def test_linear_ops_skip_input_grad(backend, dtype, n, rng):
         out, cache = forward(x, w, b)
         dout = rng.standard_normal(out.shape).astype(dtype)
         _same_param_grads(backward(dout, cache), backward(dout, cache, input_grad=False))
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", range(len(CONVS)))
-@pytest.mark.parametrize("pooled", [True, False])
-def test_numba_kept_columns_equal_recomputed(dtype, case, pooled, rng, monkeypatch):
-    """With a workspace the forward pass keeps every sample's columns and backward reuses
-    them; results equal those of a plain call exactly, across batch sizes and dx on or off."""
-    o = ops("numba")
-    workspace = {}
-    forward = o.conv2d_relu_maxpool2d_forward if pooled else o.conv2d_relu_forward
-    backward = o.conv2d_relu_maxpool2d_backward if pooled else o.conv2d_relu_backward
-    extra = POOL if pooled else ()
-    for batch, input_grad in ((3, True), (1, False), (5, True)):
-        x, w, b, conv_args = _conv_arrays(rng, case, dtype)
-        x = np.concatenate([x] * 3)[:batch]
-        out, cache = forward(x, w, b, *conv_args, *extra)
-        out_ws, cache_ws = forward(x, w, b, *conv_args, *extra, workspace=workspace)
-        np.testing.assert_array_equal(out_ws, out)
-        # a 1×1 kernel needs no columns at all, a direct layer none in forward (float64 case 0)
-        _, (_, _, KH, KW), stride, pad, dil, groups = CONVS[case]
-        OW = out_size(x.shape[3], pad[2], pad[3], KW, stride[1], dil[1])
-        direct = uses_direct(x, w, (KH, KW, *stride, *pad, *dil), groups, OW)
-        if CONVS[case][1][2:] != (1, 1) and not direct:
-            assert workspace["cols"].shape[0] == batch  # one kept slot per sample
-        dout = rng.standard_normal(out.shape).astype(dtype)
-        want = backward(dout, cache, input_grad)
-        got = backward(dout, cache_ws, input_grad)
-        for g, r in zip(got, want):
-            if r is None:
-                assert g is None
-            else:
-                np.testing.assert_array_equal(g, r)
-    # over the memory cap the columns are unfolded again in backward: same numbers
-    monkeypatch.setattr(numba_fused, "KEEP_COLUMNS_MAX_BYTES", 0)
-    out_ws, cache_ws = forward(x, w, b, *conv_args, *extra, workspace=workspace)
-    for g, r in zip(backward(dout, cache_ws), backward(dout, cache)):
-        np.testing.assert_array_equal(g, r)
 
 
 def _param_grads(model):

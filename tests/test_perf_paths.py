@@ -1,10 +1,8 @@
-"""The fast paths are the same arithmetic: optimizer kernels, serial/parallel splits, threads."""
+"""The fast paths are the same arithmetic: optimizer kernels and their serial/parallel splits."""
 import numpy as np
 import pytest
-from numba import njit
 
 from scratchnet import backend, optim
-from scratchnet.backends.numba_backend import per_thread
 from scratchnet.nn import Parameter
 from scratchnet.optim import kernels
 from tests.test_optim import ADAM_CONFIGS, SGD_CONFIGS
@@ -32,7 +30,15 @@ def _trajectory(name, config, dtype, backend_name, steps=4):
     return [p.data for p in params], state
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+# NumPy 1.x promotes a float32 scalar met with a Python float to float64 (before NEP 50), so
+# there the numpy update rounds some float32 Adam steps differently from the float32 kernel
+NEP50 = np.lib.NumpyVersion(np.__version__) >= "2.0.0"
+
+
+@pytest.mark.parametrize("dtype", [
+    pytest.param(np.float32, marks=pytest.mark.skipif(
+        not NEP50, reason="NumPy < 2 rounds the float32 numpy update in float64 in places")),
+    np.float64])
 @pytest.mark.parametrize("name,config", CASES)
 def test_optimizer_kernels_equal_numpy_update_bitwise(name, config, dtype, monkeypatch):
     monkeypatch.setattr(kernels, "MIN_ELEMENTS_PLAIN", 0)  # the kernel for every SGD update
@@ -55,49 +61,6 @@ def test_optimizer_kernels_parallel_split_equal(name, config, monkeypatch):
     parallel, _ = _trajectory(name, config, np.float32, "numba")
     for a, b in zip(serial, parallel):
         np.testing.assert_array_equal(a, b)
-
-
-def test_threading_layer_switch():
-    """A fresh process: SCRATCHNET_THREADING_LAYER picks the pool; unset leaves Numba's own."""
-    import os
-    import subprocess
-    import sys
-
-    code = ("import numpy as np, numba\n"
-            "from scratchnet import optim\n"
-            "from scratchnet.backends.numba_backend import activation\n"
-            "activation.PARALLEL_MIN_WORK = 0\n"
-            "activation.relu_forward(np.ones(64, np.float32))\n"
-            "print(numba.threading_layer())\n")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("NUMBA_THREADING_LAYER", "SCRATCHNET_THREADING_LAYER")}
-    for choice, expected in (("workqueue", "workqueue"), (None, None)):
-        if choice:
-            env["SCRATCHNET_THREADING_LAYER"] = choice
-        else:
-            env.pop("SCRATCHNET_THREADING_LAYER", None)
-        out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env,
-                             capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0 and out.stdout.strip(), out.stderr[-2000:]
-        if expected:
-            assert out.stdout.split()[-1] == expected
-
-
-@njit
-def _record(t, args):
-    calls, scale = args
-    calls[t] += scale
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_per_thread_run_calls_each_worker_index_once(dtype):
-    """per_thread.run: worker(t, args) exactly once for each t < T, launched through the
-    worker's address (one thread too), for each argument type (its own compiled worker)."""
-    for T in (1, 2, 3):
-        calls = np.zeros(4, dtype=dtype)
-        per_thread.run(_record, T, (calls, dtype(2)))
-        np.testing.assert_array_equal(calls, [2] * T + [0] * (4 - T))
 
 
 @pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])

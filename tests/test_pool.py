@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import scratchnet.nn as snn
 from scratchnet.backend import ops, use_backend
-from scratchnet.backends.numba_backend import activation as numba_activation
+from scratchnet.backends.numba_backend import common as numba_common
 from tests.helpers import BACKENDS, DTYPES, assert_close, to_torch
 
 # (input shape, kernel_size, stride, padding, dilation, ceil_mode)
@@ -31,7 +31,7 @@ CONFIGS = [
 def numba_path(request, monkeypatch):
     """Run numba kernels on the calling thread (small work) or split across threads."""
     if request.param == "parallel":
-        monkeypatch.setattr(numba_activation, "PARALLEL_MIN_WORK", 0)
+        monkeypatch.setattr(numba_common, "PARALLEL_MIN_WORK", 0)
     return request.param
 
 
@@ -213,37 +213,10 @@ def test_validation_errors():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_pool_planes_2x2_kernel_equals_general_scan(dtype):
-    """pool_planes's plain 2×2 kernel (pool=()) and its general scan give the same maxima and
-    winners, NaN and ties included; the fused conv layer picks one by the pool's type."""
-    from scratchnet.backends.numba_backend import fused, pool
-
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((6, 9, 8)).astype(dtype)
-    x[0, 2, 3] = np.nan
-    x[1, :2, :2] = 1.5  # a tie in one window
-    x[2, 4:6, 0:2] = np.nan
-    shape = (6, 4, 4)
-    outs = []
-    for arg in ((), (2, 2, 2, 2, 0, 0, 1, 1)):
-        out, index = np.empty(shape, dtype), np.empty(shape, np.int64)
-        pool.pool_planes(x, arg, out, index)
-        outs.append((out, index))
-    np.testing.assert_array_equal(outs[0][0], outs[1][0])
-    np.testing.assert_array_equal(outs[0][1], outs[1][1])
-    plain = ((2, 2), (2, 2), (0, 0), (1, 1))
-    assert fused._pool_argument(plain, 9, 8, 4, 4) == ()
-    assert fused._pool_argument(plain, 9, 9, 5, 5) == (2, 2, 2, 2, 0, 0, 1, 1)  # ceil_mode
-    assert fused._pool_argument(((3, 3), (2, 2), (1, 1), (1, 1)), 9, 9, 5, 5) != ()
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("W", [5, 6, 8, 9, 14, 16, 17, 26, 33])
-def test_pool_2x2_vector_groups_equal_general_scan(dtype, W):
-    """The plain 2×2 kernel's vector groups (8 or 4 float32 outputs, 4 or 2 float64; the
-    last group of a row overlapping the one before; rows too short for a group one at a
-    time) give the general scan's maxima and winners: ties between and inside windows
-    (integer inputs), ±0, infinities, and NaN in some groups (those go one at a time)."""
+@pytest.mark.parametrize("W", [5, 8, 9, 17])
+def test_plain_2x2_kernel_matches_torch(dtype, W):
+    """The numba pool's MaxPool2d(2) kernel gives torch's maxima and winners: ties between and
+    inside windows (integer inputs), ±0, infinities, and NaN."""
     from scratchnet.backends.numba_backend import pool
 
     rng = np.random.default_rng(W)
@@ -255,13 +228,30 @@ def test_pool_2x2_vector_groups_equal_general_scan(dtype, W):
     x[4, :, :] = -np.inf
     x[4, 5, W - 2] = np.nan
     OH, OW = 3, W // 2
-    got = (np.empty((5, OH, OW), dtype), np.empty((5, OH, OW), np.int64))
-    want = (np.empty((5, OH, OW), dtype), np.empty((5, OH, OW), np.int64))
-    pool.pool_planes(x, (), *got)
-    pool.pool_planes(x, (2, 2, 2, 2, 0, 0, 1, 1), *want)
-    np.testing.assert_array_equal(got[0], want[0])
-    np.testing.assert_array_equal(np.signbit(got[0]), np.signbit(want[0]))
-    np.testing.assert_array_equal(got[1], want[1])
+    out, index = np.empty((5, OH, OW), dtype), np.empty((5, OH, OW), np.int64)
+    pool._plain_2x2_span(x, out, index, 0, 5)
     t_out, t_index = F.max_pool2d(to_torch(x[None]), 2, return_indices=True)
-    np.testing.assert_array_equal(got[0], t_out[0].numpy())
-    np.testing.assert_array_equal(got[1], t_index[0].numpy())
+    np.testing.assert_array_equal(out, t_out[0].numpy())
+    np.testing.assert_array_equal(np.signbit(out), np.signbit(t_out[0].numpy()))
+    np.testing.assert_array_equal(index, t_index[0].numpy())
+
+
+@pytest.mark.parametrize("threads", ["serial", "parallel"])
+def test_kernel_error_names_the_op(threads, monkeypatch):
+    """A failed check inside a compiled kernel, on the calling thread or in a worker of the
+    pool, reaches Python as the kernel's exception, naming the op."""
+    if threads == "parallel":
+        monkeypatch.setattr(numba_common, "PARALLEL_MIN_WORK", 0)
+    o = ops("numba")
+    dout = np.ones((4, 3, 2, 2), np.float32)
+    bad_index = np.full((4, 3, 2, 2), 99, np.int64)
+    with pytest.raises(IndexError, match="^maxpool2d_backward: a saved index lies outside"):
+        o.maxpool2d_backward(dout, (bad_index, (4, 3, 4, 4)))
+    x = np.ones((4, 2, 6, 6), np.float32)
+    w = np.ones((3, 2, 3, 3), np.float32)
+    conv = ((1, 1), (0, 0, 0, 0), (1, 1), 1)
+    out, cache = o.conv2d_relu_maxpool2d_forward(x, w, None, *conv, (2, 2), (2, 2), (0, 0),
+                                                 (1, 1), False)
+    cache[-1][...] = -1  # the saved pool winners
+    with pytest.raises(IndexError, match="^conv2d_relu_maxpool2d_backward: a saved pool index"):
+        o.conv2d_relu_maxpool2d_backward(np.ones_like(out), cache)

@@ -1,39 +1,29 @@
 """Numba update kernels for SGD and Adam: the numpy update's arithmetic, one pass per parameter.
 
-Why: the numpy update walks each parameter up to six times and allocates temporaries
-(widecnn's 4M parameters), at several Python-level array calls per parameter. The kernel does,
-per element, exactly the operations of the numpy code in sgd.py, in the same order and in the
-parameter's dtype (each Python scalar is first cast to that dtype, as numpy does with a Python
-float against a float32 array), so the results are bitwise those of the numpy path
-(tests/test_optim.py checks both against torch, tests/test_perf_paths.py checks them equal).
-No ``fastmath``: LLVM then never contracts a multiply and an add into an FMA, which would change
-the rounding. digitcnn's 8 parameters: 75 µs per step instead of 190 µs.
+Why: the numpy update walks each parameter up to six times and allocates temporaries. The
+kernel does, per element, exactly the operations of the numpy code in sgd.py / adam.py, in the
+same order and in the parameter's dtype (each Python scalar is first cast to that dtype, as
+numpy does with a Python float against a float32 array), so the results are bitwise those of
+the numpy path under NumPy 2's promotion rules. No ``fastmath``: LLVM then never contracts
+a multiply and an add into an FMA, which would change the rounding.
 
-Adam's kernel needs two things to vectorise (without them it ran at ~3.7 ns per element, slower
-than numpy's passes): ``error_model="numpy"``, so a float division is a plain ``fdiv`` (Python's
-error model tests every divisor for zero and raises; numpy's gives inf/NaN, as the numpy update
-does), and ``_sqrt`` below, LLVM's ``llvm.sqrt`` intrinsic, where ``np.sqrt`` becomes a call to
-libm's ``sqrtf`` that the loop vectoriser leaves alone. Both are the IEEE correctly rounded
-square root, so results stay bitwise equal. digitcnn's step: 0.5 ns per element (0.06 ms for its
-122k weights) against numpy's 2 ns.
+Adam's kernel uses ``error_model="numpy"``: a float division is then a plain division giving
+inf/NaN, as the numpy update does, instead of a test of every divisor for zero.
 
 Used when the numba backend is selected and the JIT is enabled; the numpy backend keeps the
 readable numpy update.
 """
 import numba
 import numpy as np
-from numba import njit
-from numba.extending import intrinsic
+from numba import njit, prange
 
 from .. import backend
-
-# the numba backend picks the thread pool before any parallel kernel runs (threads.py)
-from ..backends.numba_backend import per_thread, threads  # noqa: F401
+from ..backends.numba_backend.common import launch
 
 __all__ = ["available", "sgd_update", "adam_update"]
 
-# elements below which an update stays on the calling thread (a memory-bound pass over 1M
-# float32 is ~0.5 ms; waking the pool costs tens of µs idle, more on a busy machine)
+# elements below which an update stays on the calling thread: a memory-bound pass that
+# waking the pool would cost more than it saves
 PARALLEL_MIN_ELEMENTS = 1 << 20
 # without momentum the numpy update is a single expression; below this size its two Python-level
 # calls cost less than the kernel's dispatch
@@ -76,18 +66,18 @@ def _sgd_span(p, g, buf, neg_lr, momentum, one_minus_damp, wd, use_wd, use_momen
         p[i] = p[i] + neg_lr * gi
 
 
-@per_thread.by_address
-def _sgd_thread(t, args):
-    """Thread t's share of a large SGD update: args (the span's arguments but lo and hi,
-    threads). A per-thread worker rather than a ``prange`` kernel: it compiles in a fraction
-    of the time (per_thread.py)."""
-    span, T = args
-    n = span[0].size
-    _sgd_span(*span, t * n // T, (t + 1) * n // T)
+@njit(cache=True, parallel=True)
+def _sgd_parallel(p, g, buf, neg_lr, momentum, one_minus_damp, wd, use_wd, use_momentum, first,
+                  nesterov, maximize, chunks):
+    n = p.size
+    for c in prange(chunks):
+        _sgd_span(p, g, buf, neg_lr, momentum, one_minus_damp, wd, use_wd, use_momentum, first,
+                  nesterov, maximize, c * n // chunks, (c + 1) * n // chunks)
 
 
-def _chunks(n):
-    return 1 if n < PARALLEL_MIN_ELEMENTS else numba.get_num_threads()
+def _run(span, parallel, n, args):
+    """The update over n elements, split across threads only above PARALLEL_MIN_ELEMENTS."""
+    launch(span, parallel, n, n if n >= PARALLEL_MIN_ELEMENTS else 0, *args)
 
 
 def sgd_update(p, grad, buf, lr, momentum, dampening, weight_decay, first, nesterov, maximize):
@@ -101,21 +91,7 @@ def sgd_update(p, grad, buf, lr, momentum, dampening, weight_decay, first, neste
     bf = buf.reshape(-1) if buf is not None else pf[:0]
     args = (pf, gf, bf, t(-lr), t(momentum), t(1 - dampening), t(weight_decay),
             weight_decay != 0, momentum != 0, bool(first), bool(nesterov), bool(maximize))
-    chunks = _chunks(pf.size)
-    if chunks <= 1:
-        _sgd_span(*args, 0, pf.size)
-    else:
-        per_thread.run(_sgd_thread, chunks, (args, chunks))
-
-
-@intrinsic
-def _sqrt(typingctx, x):
-    """LLVM's ``llvm.sqrt`` on a float32/float64 scalar: IEEE sqrt, vectorisable (module doc)."""
-    def codegen(context, builder, signature, args):
-        sqrt = builder.module.declare_intrinsic("llvm.sqrt", [context.get_value_type(x)])
-        return builder.call(sqrt, args)
-
-    return x(x), codegen
+    _run(_sgd_span, _sgd_parallel, pf.size, args)
 
 
 @njit(cache=True, error_model="numpy")
@@ -149,15 +125,17 @@ def _adam_span(p, g, m, v, vmax, w, one_minus_w, lerp_small, beta2, one_minus_be
                 vm = vi
             vmax[i] = vm
             vi = vm
-        p[i] = pi + neg_step * mi / (_sqrt(vi) / bc2_sqrt + eps)
+        p[i] = pi + neg_step * mi / (np.sqrt(vi) / bc2_sqrt + eps)
 
 
-@per_thread.by_address
-def _adam_thread(t, args):
-    """Thread t's share of a large Adam update (as _sgd_thread)."""
-    span, T = args
-    n = span[0].size
-    _adam_span(*span, t * n // T, (t + 1) * n // T)
+@njit(cache=True, parallel=True, error_model="numpy")
+def _adam_parallel(p, g, m, v, vmax, w, one_minus_w, lerp_small, beta2, one_minus_beta2, wd,
+                   use_wd, decay, use_decay, amsgrad, maximize, bc2_sqrt, eps, neg_step, chunks):
+    n = p.size
+    for c in prange(chunks):
+        _adam_span(p, g, m, v, vmax, w, one_minus_w, lerp_small, beta2, one_minus_beta2, wd,
+                   use_wd, decay, use_decay, amsgrad, maximize, bc2_sqrt, eps, neg_step,
+                   c * n // chunks, (c + 1) * n // chunks)
 
 
 def adam_update(p, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps,
@@ -179,8 +157,4 @@ def adam_update(p, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, 
             t(weight_decay), weight_decay != 0 and not decoupled, t(1 - lr * weight_decay),
             weight_decay != 0 and bool(decoupled), amsgrad, bool(maximize),
             t(bias_correction2 ** 0.5), t(eps), t(-(lr / bias_correction1)))
-    chunks = _chunks(flat[0].size)
-    if chunks <= 1:
-        _adam_span(*args, 0, flat[0].size)
-    else:
-        per_thread.run(_adam_thread, chunks, (args, chunks))
+    _run(_adam_span, _adam_parallel, flat[0].size, args)

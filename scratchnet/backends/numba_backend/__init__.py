@@ -1,5 +1,4 @@
 """Numba kernels with the same names and signatures as numpy_backend: the fast default."""
-from . import threads  # noqa: F401  (first: picks the thread pool before any kernel runs)
 from .activation import *  # noqa: F401,F403
 from .conv import *  # noqa: F401,F403
 from .dropout import *  # noqa: F401,F403

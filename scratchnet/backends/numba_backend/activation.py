@@ -1,29 +1,17 @@
-"""ReLU and LeakyReLU kernels: elementwise over the flattened array, split across threads.
+"""ReLU and LeakyReLU (numpy twin: numpy_backend/activation.py), elementwise over flat arrays.
 
-Every kernel in this backend comes as a serial ``_span`` function over items [lo, hi) and a
-``_parallel`` driver that hands one contiguous chunk of items to each thread; ``launch`` picks
-the serial one for small work, where waking Numba's workers costs more than the work itself.
-Elementwise spans slice their arrays first: a loop over ``range(slice.size)`` lets LLVM drop
-the negative-index checks and vectorise (about 10x faster than indexing from ``lo`` to ``hi``).
+    relu(x) = x if not x < 0 else 0            drelu = dout if x > 0 else 0
+    leaky(x) = x if x > 0 else slope·x          dleaky = dout if x > 0 else slope·dout
+
+Spans slice their arrays first: a loop over ``range(slice.size)`` lets LLVM drop the
+negative-index checks and vectorise.
 """
-import numba
 import numpy as np
 from numba import njit, prange
 
+from .common import flat, launch
+
 __all__ = ["relu_forward", "relu_backward", "leaky_relu_forward", "leaky_relu_backward"]
-
-# element operations below which a kernel stays on the calling thread: a parallel launch costs
-# tens of µs on an idle machine and up to a millisecond on a busy one
-PARALLEL_MIN_WORK = 1 << 17
-
-
-def launch(span, parallel, items, work, *args):
-    """Run ``span(*args, 0, items)``, or ``parallel(*args, chunks)`` when ``work`` is large."""
-    chunks = 1 if work < PARALLEL_MIN_WORK else min(numba.get_num_threads(), items)
-    if chunks <= 1:
-        span(*args, 0, items)
-    else:
-        parallel(*args, chunks)
 
 
 @njit(cache=True)
@@ -98,14 +86,10 @@ def _leaky_relu_backward_parallel(dout, x, slope, dx, chunks):
         _leaky_relu_backward_span(dout, x, slope, dx, c * n // chunks, (c + 1) * n // chunks)
 
 
-def _flat(a):
-    return np.ascontiguousarray(a).reshape(-1)
-
-
 def relu_forward(x):
     """max(x, 0), NaN passed through (torch's clamp_min). x: any shape. Returns (out, cache)."""
     out = np.empty(x.shape, dtype=x.dtype)
-    launch(_relu_span, _relu_parallel, x.size, x.size, _flat(x), out.reshape(-1))
+    launch(_relu_span, _relu_parallel, x.size, x.size, flat(x), out.reshape(-1))
     return out, x
 
 
@@ -113,7 +97,7 @@ def relu_backward(dout, cache):
     """dout where x > 0, else 0 (0 at exactly 0). dout: shape of x. Returns dx: shape of x."""
     x = cache
     dx = np.empty(x.shape, dtype=dout.dtype)
-    launch(_relu_backward_span, _relu_backward_parallel, x.size, x.size, _flat(dout), _flat(x),
+    launch(_relu_backward_span, _relu_backward_parallel, x.size, x.size, flat(dout), flat(x),
            dx.reshape(-1))
     return dx
 
@@ -122,7 +106,7 @@ def leaky_relu_forward(x, negative_slope):
     """x where x > 0, else x·negative_slope. x: any shape. Returns (out, cache)."""
     out = np.empty(x.shape, dtype=x.dtype)
     # the slope in x's dtype, so float32 products round as torch's do
-    launch(_leaky_relu_span, _leaky_relu_parallel, x.size, x.size, _flat(x),
+    launch(_leaky_relu_span, _leaky_relu_parallel, x.size, x.size, flat(x),
            x.dtype.type(negative_slope), out.reshape(-1))
     return out, (x, negative_slope)
 
@@ -135,5 +119,5 @@ def leaky_relu_backward(dout, cache):
     x, negative_slope = cache
     dx = np.empty(x.shape, dtype=dout.dtype)
     launch(_leaky_relu_backward_span, _leaky_relu_backward_parallel, x.size, x.size,
-           _flat(dout), _flat(x), dout.dtype.type(negative_slope), dx.reshape(-1))
+           flat(dout), flat(x), dout.dtype.type(negative_slope), dx.reshape(-1))
     return dx

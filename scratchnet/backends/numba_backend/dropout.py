@@ -1,4 +1,4 @@
-"""Inverted dropout: the numpy backend's mask drawing, applied by one elementwise kernel.
+"""Inverted dropout (numpy twin: numpy_backend/dropout.py): out = x·keep/(1-p), dx likewise.
 
 The mask comes from the numpy Generator exactly as in the numpy backend (same seed, same mask);
 the kernel multiplies by it in forward and again in backward.
@@ -7,7 +7,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..numpy_backend.dropout import draw_keep_mask, keep_scale
-from .activation import launch
+from .common import flat, launch
 
 __all__ = ["dropout_forward", "dropout_backward"]
 
@@ -33,7 +33,7 @@ def _apply_mask(a, keep, scale):
     # (errstate only matters with the JIT disabled: a dropped inf gives NaN silently, as in torch)
     with np.errstate(invalid="ignore"):
         launch(_apply_mask_span, _apply_mask_parallel, a.size, a.size,
-               np.ascontiguousarray(a).reshape(-1), keep.reshape(-1), a.dtype.type(scale),
+               flat(a), keep.reshape(-1), a.dtype.type(scale),
                out.reshape(-1))
     return out
 

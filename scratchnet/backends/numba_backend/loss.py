@@ -1,4 +1,6 @@
-"""Negative log-likelihood and cross-entropy: Numba kernels over rows, numpy_backend's semantics.
+"""Negative log-likelihood and cross-entropy (numpy twin: numpy_backend/loss.py), row by row.
+
+    nll_i = -w[t_i]·logp[i, t_i]        cross_entropy = nll(log_softmax(x)) (+ label smoothing)
 
 Each kernel makes one pass per row and never materialises log-softmax: the forward keeps only
 the row max and log-sum-exp, and the backward recomputes ``softmax = exp((x - max) - lse)``.
@@ -25,6 +27,8 @@ def _nll_rows(logp, target, weight, ignore_index):
     for i in range(N):
         t = target[i]
         if t != ignore_index:
+            if t < 0 or t >= logp.shape[1]:
+                raise IndexError("nll_loss_forward: a target class index is out of range")
             wt[i] = weight[t]
             rows[i] = -(weight[t] * logp[i, t])
     return rows, wt
@@ -75,6 +79,8 @@ def _ce_index_forward(x, target, weight, ignore_index, smooth):
         t = target[i]
         if t == ignore_index:
             continue
+        if t < 0 or t >= C:
+            raise IndexError("cross_entropy_forward: a target class index is out of range")
         wt[i] = weight[t]
         nll[i] = -(weight[t] * ((x[i, t] - m) - ls))
         if smooth:

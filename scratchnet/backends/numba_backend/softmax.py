@@ -1,4 +1,6 @@
-"""Softmax and log-softmax kernels along any axis, without moving it.
+"""Softmax and log-softmax along any axis (numpy twin: numpy_backend/softmax.py).
+
+    softmax = exp(x - max) / Σ exp(x - max)      log_softmax = (x - max) - log Σ exp(x - max)
 
 x is viewed as (A, L, B) with L the softmax axis; each of the A·B lines (stride B) is an
 independent item: max, then sum of exp(x - max), then the output.
@@ -8,7 +10,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .activation import launch
+from .common import launch
 
 __all__ = ["softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward"]
 

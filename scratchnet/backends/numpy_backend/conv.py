@@ -10,12 +10,9 @@ is built with ``as_strided`` (no copy), so every formula below is the textbook o
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ..shapes import conv_output_size
+
 __all__ = ["conv2d_forward", "conv2d_backward"]
-
-
-def _out_size(size, pad_lo, pad_hi, kernel, stride, dilation):
-    """Output length along one axis: floor((size + pads - dilation·(kernel-1) - 1) / stride) + 1."""
-    return (size + pad_lo + pad_hi - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def _im2col_view(x_padded, KH, KW, stride, dilation, OH, OW):
@@ -42,8 +39,8 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     N, C, H, W = x.shape
     F, Cg, KH, KW = w.shape
     top, bottom, left, right = padding
-    OH = _out_size(H, top, bottom, KH, stride[0], dilation[0])
-    OW = _out_size(W, left, right, KW, stride[1], dilation[1])
+    OH = conv_output_size(H, top, bottom, KH, stride[0], dilation[0])
+    OW = conv_output_size(W, left, right, KW, stride[1], dilation[1])
     G, Fg = groups, F // groups
 
     x_padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))

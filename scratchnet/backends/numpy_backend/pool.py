@@ -1,21 +1,9 @@
 """Max pooling, the readable specification: gather every window, pick its winner as torch does."""
 import numpy as np
 
+from ..shapes import pool_output_size
+
 __all__ = ["maxpool2d_forward", "maxpool2d_backward"]
-
-
-def pool_output_size(size, kernel, stride, padding, dilation, ceil_mode):
-    """Number of windows along one axis: torch's ``pooling_output_shape`` (may be <= 0).
-
-    ``floor`` (or ``ceil``) of ``(size + 2·padding - dilation·(kernel-1) - 1) / stride`` plus 1.
-    """
-    span = dilation * (kernel - 1) + 1
-    out = (size + 2 * padding - span + (stride - 1 if ceil_mode else 0)) // stride + 1
-    # ceil_mode can add a window that starts in the right padding; torch drops it, so every
-    # window starts inside the input or the left padding and holds at least one real element
-    if ceil_mode and (out - 1) * stride >= size + padding:
-        out -= 1
-    return out
 
 
 def _window_positions(size, out_size, kernel, stride, padding, dilation):
