@@ -1,0 +1,32 @@
+"""Hand-written vector kernels, and the one switch that turns them off.
+
+The portable kernels of this backend are plain Numba loops and BLAS calls. For a few layer
+shapes, kernels that emit LLVM vector instructions themselves run the same arithmetic faster
+(docs/performance.md has the measurements); they live here, each behind one selection function
+that the op's module calls. ``SCRATCHNET_SIMD=0`` in the environment forces the portable
+kernels everywhere (read when each op plans its call, so tests can switch it).
+
+Only public APIs build them: ``numba.extending.intrinsic`` and llvmlite's IR builder, with
+arrays passed by address (``a.ctypes.data``), the pattern of Numba's own ``@intrinsic``
+documentation.
+"""
+import os
+
+import numba
+
+from .vectors import has_wide_vectors
+
+__all__ = ["enabled", "wide_enabled"]
+
+
+def enabled():
+    """True unless ``SCRATCHNET_SIMD=0`` (or the JIT is off: intrinsics need compiled code)."""
+    if numba.config.DISABLE_JIT:
+        return False
+    return os.environ.get("SCRATCHNET_SIMD", "1").strip().lower() not in ("0", "false", "no",
+                                                                           "off")
+
+
+def wide_enabled():
+    """``enabled()`` on a CPU with AVX-512 (the 512-bit kernels need its 32 vector registers)."""
+    return enabled() and has_wide_vectors()

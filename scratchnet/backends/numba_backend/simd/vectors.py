@@ -1,0 +1,87 @@
+"""LLVM IR building blocks shared by the hand-written vector kernels.
+
+Each kernel's inner block is a Numba ``@intrinsic`` whose code generator uses these helpers:
+vectors of ``lanes(dtype)`` values, typed pointers made from an array's address and an element
+index, broadcasts and ``llvm.fmuladd``. Everything here is llvmlite's public IR API.
+"""
+import functools
+
+import llvmlite.binding as llvm
+import numpy as np
+from llvmlite import ir
+
+__all__ = ["VECTOR_BYTES", "WIDE_VECTOR_BYTES", "has_wide_vectors", "lanes", "vector_of",
+           "pointer", "vector_pointer", "fmuladd", "splat", "stack_block", "block_vectors"]
+
+VECTOR_BYTES = 32  # AVX2's 256-bit registers (16 of them)
+WIDE_VECTOR_BYTES = 64  # AVX-512's 512-bit registers (32 of them)
+
+
+@functools.cache
+def has_wide_vectors():
+    """True when the CPU Numba compiles for has AVX-512F. Elsewhere LLVM splits each 512-bit
+    operation in two and a block of 28 accumulators spills: right, but slow."""
+    return "+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
+
+
+def lanes(dtype, vector_bytes):
+    """Values per vector: 8 float32 or 4 float64 in 32 bytes, 16 or 8 in 64."""
+    return vector_bytes // np.dtype(dtype).itemsize
+
+
+def vector_of(element, vector_bytes):
+    """The LLVM vector of ``element`` (ir.FloatType or ir.DoubleType) filling vector_bytes."""
+    width = 4 if isinstance(element, ir.FloatType) else 8
+    return ir.VectorType(element, vector_bytes // width)
+
+
+def pointer(builder, address, element, index=None):
+    """The element pointer for an integer ``address`` (an array's ``ctypes.data``), moved by
+    ``index`` elements when given."""
+    p = builder.inttoptr(address, element.as_pointer())
+    return p if index is None else builder.gep(p, [index])
+
+
+def vector_pointer(builder, address, element, index, vector):
+    """A pointer to ``vector`` at element ``index`` of the array at ``address`` (load and
+    store through it with ``align=`` one element's size: it need not be aligned)."""
+    return builder.bitcast(pointer(builder, address, element, index), vector.as_pointer())
+
+
+def fmuladd(builder, vector):
+    """LLVM's ``llvm.fmuladd`` for ``vector``: a·b + c, one fused instruction where the CPU has
+    FMA."""
+    bits = 32 if isinstance(vector.element, ir.FloatType) else 64
+    name = f"llvm.fmuladd.v{vector.count}f{bits}"
+    module = builder.module
+    if name in module.globals:
+        return module.globals[name]
+    return ir.Function(module, ir.FunctionType(vector, [vector] * 3), name)
+
+
+def splat(builder, vector, scalar):
+    """``scalar`` in every lane of a ``vector``."""
+    i32 = ir.IntType(32)
+    one = builder.insert_element(ir.Constant(vector, ir.Undefined), scalar, ir.Constant(i32, 0))
+    return builder.shuffle_vector(one, ir.Constant(vector, ir.Undefined),
+                                  ir.Constant(ir.VectorType(i32, vector.count),
+                                              [0] * vector.count))
+
+
+def stack_block(builder, vector, count):
+    """``count`` zeroed vectors on the stack of the function being compiled, as an i8 pointer.
+
+    The array is allocated in the function's entry block and every access to it is at a
+    constant index, so LLVM keeps it in registers; the intrinsics that use it bitcast it back
+    with :func:`block_vectors`.
+    """
+    block_type = ir.ArrayType(vector, count)
+    with builder.goto_entry_block():
+        block = builder.alloca(block_type)
+    builder.store(ir.Constant(block_type, None), block)
+    return builder.bitcast(block, ir.IntType(8).as_pointer())
+
+
+def block_vectors(builder, block, vector, count):
+    """The i8 pointer from :func:`stack_block` as a pointer to its ``[count x vector]``."""
+    return builder.bitcast(block, ir.ArrayType(vector, count).as_pointer())
