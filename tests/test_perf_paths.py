@@ -5,11 +5,12 @@ import pytest
 from scratchnet import backend, optim
 from scratchnet.nn import Parameter
 from scratchnet.optim import kernels
-from tests.test_optim import ADAM_CONFIGS, SGD_CONFIGS
+from tests.test_optim import ADADELTA_CONFIGS, ADAM_CONFIGS, SGD_CONFIGS
 
-CLASSES = {"SGD": optim.SGD, "Adam": optim.Adam, "AdamW": optim.AdamW}
+CLASSES = {"SGD": optim.SGD, "Adam": optim.Adam, "AdamW": optim.AdamW,
+           "Adadelta": optim.Adadelta}
 CASES = ([("SGD", c) for c in SGD_CONFIGS] + [("Adam", c) for c in ADAM_CONFIGS]
-         + [("AdamW", c) for c in ADAM_CONFIGS])
+         + [("AdamW", c) for c in ADAM_CONFIGS] + [("Adadelta", c) for c in ADADELTA_CONFIGS])
 SHAPES = ((7, 5), (300,), (2, 3, 4))
 
 
@@ -53,7 +54,8 @@ def test_optimizer_kernels_equal_numpy_update_bitwise(name, config, dtype, monke
 
 
 @pytest.mark.parametrize("name,config", [("SGD", SGD_CONFIGS[3]), ("SGD", SGD_CONFIGS[6]),
-                                         ("Adam", ADAM_CONFIGS[3]), ("AdamW", ADAM_CONFIGS[5])])
+                                         ("Adam", ADAM_CONFIGS[3]), ("AdamW", ADAM_CONFIGS[5]),
+                                         ("Adadelta", ADADELTA_CONFIGS[3])])
 def test_optimizer_kernels_parallel_split_equal(name, config, monkeypatch):
     monkeypatch.setattr(kernels, "MIN_ELEMENTS_PLAIN", 0)
     serial, _ = _trajectory(name, config, np.float32, "numba")
@@ -63,10 +65,10 @@ def test_optimizer_kernels_parallel_split_equal(name, config, monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "Adadelta"])
 def test_numba_backend_takes_the_optimizer_kernel(name, monkeypatch):
     """The bitwise checks above would also pass if the numpy update ran: count kernel calls."""
-    kernel = "sgd_update" if name == "SGD" else "adam_update"
+    kernel = {"SGD": "sgd_update", "Adadelta": "adadelta_update"}.get(name, "adam_update")
     calls = []
     real = getattr(kernels, kernel)
     monkeypatch.setattr(kernels, kernel, lambda *a, **k: calls.append(1) or real(*a, **k))

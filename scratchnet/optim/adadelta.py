@@ -1,6 +1,7 @@
 """Adadelta, as torch.optim.Adadelta (foreach=False, capturable=False)."""
 import numpy as np
 
+from . import kernels
 from .optimizer import Optimizer
 
 __all__ = ["Adadelta"]
@@ -61,6 +62,11 @@ class Adadelta(Optimizer):
                     state["acc_delta"] = np.zeros_like(p.data)
                 square_avg, acc_delta = state["square_avg"], state["acc_delta"]
                 state["step"] += 1
+                if kernels.available(p):
+                    # the same arithmetic in one compiled pass (kernels.py)
+                    kernels.adadelta_update(p.data, p.grad, square_avg, acc_delta, lr, rho, eps,
+                                            weight_decay, group["maximize"])
+                    continue
                 grad = p.grad if not group["maximize"] else -p.grad
                 if weight_decay != 0:
                     grad = grad + weight_decay * p.data

@@ -1,13 +1,15 @@
-"""Numba update kernels for SGD and Adam: the numpy update's arithmetic, one pass per parameter.
+"""Numba update kernels for SGD, Adam and Adadelta: the numpy update's arithmetic, one pass per
+parameter.
 
 Why: the numpy update walks each parameter up to six times and allocates temporaries. The
-kernel does, per element, exactly the operations of the numpy code in sgd.py / adam.py, in the
+kernel does, per element, exactly the operations of the numpy code in sgd.py / adam.py /
+adadelta.py, in the
 same order and in the parameter's dtype (each Python scalar is first cast to that dtype, as
 numpy does with a Python float against a float32 array), so the results are bitwise those of
 the numpy path under NumPy 2's promotion rules. No ``fastmath``: LLVM then never contracts
 a multiply and an add into an FMA, which would change the rounding.
 
-Adam's kernel uses ``error_model="numpy"``: a float division is then a plain division giving
+Adam's and Adadelta's kernels use ``error_model="numpy"``: a float division is then a plain division giving
 inf/NaN, as the numpy update does, instead of a test of every divisor for zero.
 
 Used when the numba backend is selected and the JIT is enabled; the numpy backend keeps the
@@ -20,7 +22,7 @@ from numba import njit, prange
 from .. import backend
 from ..backends.numba_backend.common import launch
 
-__all__ = ["available", "sgd_update", "adam_update"]
+__all__ = ["available", "sgd_update", "adam_update", "adadelta_update"]
 
 # elements below which an update stays on the calling thread: a memory-bound pass that
 # waking the pool would cost more than it saves
@@ -158,3 +160,39 @@ def adam_update(p, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, 
             weight_decay != 0 and bool(decoupled), amsgrad, bool(maximize),
             t(bias_correction2 ** 0.5), t(eps), t(-(lr / bias_correction1)))
     _run(_adam_span, _adam_parallel, flat[0].size, args)
+
+
+@njit(cache=True, error_model="numpy")
+def _adadelta_span(p, g, sq, acc, rho, one_minus_rho, eps, wd, use_wd, maximize, neg_lr, lo, hi):
+    p, g, sq, acc = p[lo:hi], g[lo:hi], sq[lo:hi], acc[lo:hi]
+    for i in range(p.size):
+        gi = g[i]
+        if maximize:
+            gi = -gi
+        if use_wd:
+            gi = gi + wd * p[i]
+        s = sq[i] * rho
+        s = s + one_minus_rho * gi * gi
+        sq[i] = s
+        delta = np.sqrt(acc[i] + eps) / np.sqrt(s + eps) * gi
+        acc[i] = acc[i] * rho + one_minus_rho * delta * delta
+        p[i] = p[i] + neg_lr * delta
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _adadelta_parallel(p, g, sq, acc, rho, one_minus_rho, eps, wd, use_wd, maximize, neg_lr,
+                       chunks):
+    n = p.size
+    for c in prange(chunks):
+        _adadelta_span(p, g, sq, acc, rho, one_minus_rho, eps, wd, use_wd, maximize, neg_lr,
+                       c * n // chunks, (c + 1) * n // chunks)
+
+
+def adadelta_update(p, grad, square_avg, acc_delta, lr, rho, eps, weight_decay, maximize):
+    """In place: Adadelta's update of ``p``, ``square_avg`` and ``acc_delta``, exactly as
+    Adadelta.step's numpy code (each Python scalar cast to p's dtype first)."""
+    t = p.dtype.type
+    flat = [a.reshape(-1) for a in (p, np.ascontiguousarray(grad), square_avg, acc_delta)]
+    args = (*flat, t(rho), t(1 - rho), t(eps), t(weight_decay), weight_decay != 0,
+            bool(maximize), t(-lr))
+    _run(_adadelta_span, _adadelta_parallel, flat[0].size, args)
