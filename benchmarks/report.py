@@ -90,8 +90,7 @@ def _throughput(res, part, sides):
 
 
 def _input_note(res):
-    """A line saying which models' inference inputs hold exact zeros and which layers of the
-    numba backend skipped them (torch does not); None when no input holds zeros."""
+    """A line saying which models' inference inputs hold exact zeros; None when none does."""
     shares = {name: m["input_nonzero"]["infer"] for name, m in res["models"].items()
               if "input_nonzero" in m}
     sparse = {name: share for name, share in shares.items() if share < 1}
@@ -99,19 +98,9 @@ def _input_note(res):
         return None
     listed = ", ".join(f"{name} {100 * share:.0f} %" for name, share in sparse.items())
     others = " (every other model's: 100 %)" if len(sparse) < len(shares) else ""
-    skipped = [f"{name} ({n} layer{'s' if n > 1 else ''})" for name, m in res["models"].items()
-               if (n := m.get("sparse_layers_infer", 0))]
-    rule = next((m["sparse_rule"] for m in res["models"].values() if "sparse_rule" in m), None)
-    when = ("" if rule is None else
-            f" when at most {100 * rule['max_density']:.0f} % of it is nonzero, at "
-            f"{rule['min_rows']} rows or more and {rule['min_outputs_float32']} outputs or more "
-            f"(float32; `sparse_linear.py`)")
     return (f"Nonzero share of the inference input: {listed}{others}; those models read "
-            f"pixels in [0, 1], where MNIST's background is exactly 0. The numba backend's "
-            f"linear layers skip an input's zeros{when}; torch multiplies by them. Layers that "
-            f"did so here: {', '.join(skipped) or 'none'} (the GFLOP/s columns count every "
-            f"multiply-add, skipped ones too). The per-op table times mlp128's first layer on "
-            f"both kinds of input.")
+            f"pixels in [0, 1], where MNIST's background is exactly 0. The per-op table times "
+            f"mlp128's first layer on both kinds of input.")
 
 
 def _parity(res):
