@@ -10,6 +10,10 @@ side by side into its own columns buffer, runs the GEMMs with ``np.dot`` (single
 BLAS: see common.py) and finishes those samples while they are in cache: bias, ReLU and, for
 the fused ops, max pooling (forward), or the pooled/ReLU gradient, the weight-gradient partial
 and col2im (backward). Weight and bias gradients are per-thread partials summed at the end.
+
+Where ``simd.conv.applies`` (stride 1, one group, whole blocks of 64 filters, AVX-512), its
+kernels replace the unfold and the GEMM of the forward pass and of the weight gradient, one
+sample at a time (``Plan.vector``); the epilogue and the input gradient stay the same.
 """
 from collections import namedtuple
 
@@ -19,6 +23,7 @@ from numba import njit, prange
 from ..shapes import conv_output_size
 from . import pool
 from .common import chunks_for, run_parallel
+from .simd import conv as simd_conv
 
 __all__ = ["conv2d_forward", "conv2d_backward"]
 
@@ -28,8 +33,14 @@ Geometry.__doc__ = "Every size of one convolution (built by :func:`geometry`), r
 # one thread's buffers, for m samples at a time: columns and their gradient (flat, G·K·m·P
 # values: K = Cg·KH·KW taps, P = OH·OW positions), the conv output or its gradient (flat,
 # F·m·P), one sample's conv output before pooling (F, OH, OW), one group's weight-gradient
-# product (Fg, K), and the thread's partial sums of dw (G, Fg, K) and db (F,)
-Scratch = namedtuple("Scratch", "cols dcols dy conv product dw db")
+# product (Fg, K), and the thread's partial sums of dw (G, Fg, K) and db (F,); for the
+# vector kernels, one sample zero-padded (flat, C·Hp·Wp, where the layer pads), one sample's
+# output gradient transposed (flat, P·F) and the partial sum of dw transposed (K, F)
+Scratch = namedtuple("Scratch", "cols dcols dy conv product dw db padded doutT dwT")
+
+Plan = namedtuple("Plan", "threads m vector")
+Plan.__doc__ = ("How a pass runs: threads, samples per GEMM (m), and whether simd.conv's "
+                "kernels compute the forward pass and the weight gradient (``vector``).")
 
 # a thread's columns and product for one GEMM stay under this many bytes (several samples
 # when they fit)
@@ -112,30 +123,50 @@ def fold_sample(dcols, g, n, dx, at0):
 
 
 @njit(cache=True)
-def _forward_span(x, w, b, g, has_bias, relu, win, m, out, index, s, lo, hi):
-    """Samples [lo, hi), m at a time: conv (+ b) (+ ReLU) into out (N, F, OH, OW), or with
-    ``index`` non-empty max-pooled by ``win`` into out (N, F, PH, PW) and index (N, F, PH, PW).
+def _vector_sample(x, g, n, padded):
+    """Sample n of x (N, C, H, W) as simd.conv's kernels read it, (C, Hp, Wp): x[n] itself, or
+    copied into ``padded`` (flat, zero border) when the layer pads."""
+    if padded.shape[0] == 0:
+        return x[n]
+    xp = padded.reshape(g.C, g.OH + g.KH - 1, g.OW + g.KW - 1)
+    simd_conv.pad_sample(x, n, g.top, g.left, xp)
+    return xp
 
-    w (G, Fg, Cg·KH·KW); s: this thread's Scratch.
+
+@njit(cache=True)
+def _forward_span(x, w, b, g, has_bias, relu, win, plan, out, index, s, lo, hi):
+    """Samples [lo, hi), plan.m at a time: conv (+ b) (+ ReLU) into out (N, F, OH, OW), or
+    with ``index`` non-empty max-pooled by ``win`` into out (N, F, PH, PW) and index
+    (N, F, PH, PW).
+
+    w (G, Fg, Cg·KH·KW), or with ``plan.vector`` the weights transposed (1, Cg·KH·KW, F);
+    s: this thread's Scratch.
     """
     P, K = g.OH * g.OW, g.Cg * g.KH * g.KW
     pooled = index.shape[0] > 0
+    m = plan.m
     for n0 in range(lo, hi, m):
-        width = (min(n0 + m, hi) - n0) * P
-        cols = s.cols[:g.G * K * width].reshape(g.G, K, width)
+        count = min(n0 + m, hi) - n0
+        width = count * P
         y = s.dy[:g.F * width].reshape(g.F, width)
-        for i in range(min(n0 + m, hi) - n0):
-            unfold_sample(x, g, n0 + i, cols, i * P)
-        for grp in range(g.G):
-            np.dot(w[grp], cols[grp], y[grp * g.Fg:(grp + 1) * g.Fg])
-        for i in range(min(n0 + m, hi) - n0):
+        if plan.vector:  # one sample (m is 1), bias added
+            simd_conv.forward_sample(_vector_sample(x, g, n0, s.padded), w[0], b, y, g.KH, g.KW,
+                                     g.OH, g.OW)
+        else:
+            cols = s.cols[:g.G * K * width].reshape(g.G, K, width)
+            for i in range(count):
+                unfold_sample(x, g, n0 + i, cols, i * P)
+            for grp in range(g.G):
+                np.dot(w[grp], cols[grp], y[grp * g.Fg:(grp + 1) * g.Fg])
+        add_bias = has_bias and not plan.vector
+        for i in range(count):
             dest = s.conv if pooled else out[n0 + i]
             d2 = dest.reshape(g.F, P)
             for f in range(g.F):
                 bias = b[f]
                 for p in range(P):
                     v = y[f, i * P + p]
-                    if has_bias:
+                    if add_bias:
                         v = v + bias
                     # `v < 0`, not `v > 0`, so NaN passes through as torch's clamp_min does
                     if relu and v < 0:
@@ -147,16 +178,16 @@ def _forward_span(x, w, b, g, has_bias, relu, win, m, out, index, s, lo, hi):
 
 
 @njit(cache=True, parallel=True)
-def _forward_parallel(x, w, b, g, has_bias, relu, win, m, out, index, s, chunks):
+def _forward_parallel(x, w, b, g, has_bias, relu, win, plan, out, index, s, chunks):
     for t in prange(chunks):
-        _forward_span(x, w, b, g, has_bias, relu, win, m, out, index, _thread_scratch(s, t),
+        _forward_span(x, w, b, g, has_bias, relu, win, plan, out, index, _thread_scratch(s, t),
                       t * g.N // chunks, (t + 1) * g.N // chunks)
 
 
 @njit(cache=True)
-def _backward_span(dout, x, w, g, relu, mask, index, input_grad, m, dx, s, lo, hi):
-    """Samples [lo, hi), m at a time: dx[n] (with ``input_grad``) and this thread's partial
-    dw and db in s (its Scratch).
+def _backward_span(dout, x, w, g, relu, mask, index, input_grad, plan, dx, s, lo, hi):
+    """Samples [lo, hi), plan.m at a time: dx[n] (with ``input_grad``) and this thread's
+    partial dw (or, with ``plan.vector``, dwᵀ) and db in s (its Scratch).
 
     dout (N, F, Q): the gradient of the op's output (Q = OH·OW, or the pooled PH·PW with
     ``index`` non-empty); mask (N, F, Q): the op's output, whose ReLU gradient is 0 where it
@@ -165,10 +196,13 @@ def _backward_span(dout, x, w, g, relu, mask, index, input_grad, m, dx, s, lo, h
     P, K = g.OH * g.OW, g.Cg * g.KH * g.KW
     Q = dout.shape[2]
     pooled = index.shape[0] > 0
+    m = plan.m
+    doutT = s.doutT.reshape(s.doutT.shape[0] // g.F if g.F else 0, g.F)
     for n0 in range(lo, hi, m):
         count = min(n0 + m, hi) - n0
         width = count * P
-        cols = s.cols[:g.G * K * width].reshape(g.G, K, width)
+        cols_width = 0 if plan.vector else width
+        cols = s.cols[:g.G * K * cols_width].reshape(g.G, K, cols_width)
         dy = s.dy[:g.F * width].reshape(g.F, width)
         for i in range(count):
             n = n0 + i
@@ -195,14 +229,20 @@ def _backward_span(dout, x, w, g, relu, mask, index, input_grad, m, dx, s, lo, h
                 for p in range(P):
                     acc += row[p]
                 s.db[f] = acc
-            unfold_sample(x, g, n, cols, i * P)
+            if plan.vector:
+                simd_conv.transpose_plane(dy[:, i * P:(i + 1) * P], doutT)
+                simd_conv.weight_grad_sample(_vector_sample(x, g, n, s.padded), doutT, s.dwT,
+                                             g.KH, g.KW, g.OH, g.OW)
+            else:
+                unfold_sample(x, g, n, cols, i * P)
         for grp in range(g.G):
             dy_g = dy[grp * g.Fg:(grp + 1) * g.Fg]
-            np.dot(dy_g, cols[grp].T, s.product)
-            dw = s.dw[grp]
-            for f in range(g.Fg):
-                for k in range(K):
-                    dw[f, k] += s.product[f, k]
+            if not plan.vector:
+                np.dot(dy_g, cols[grp].T, s.product)
+                dw = s.dw[grp]
+                for f in range(g.Fg):
+                    for k in range(K):
+                        dw[f, k] += s.product[f, k]
             if input_grad:
                 dcols = s.dcols[grp * K * width:(grp + 1) * K * width].reshape(K, width)
                 np.dot(w[grp].T, dy_g, dcols)
@@ -213,38 +253,50 @@ def _backward_span(dout, x, w, g, relu, mask, index, input_grad, m, dx, s, lo, h
 
 
 @njit(cache=True, parallel=True)
-def _backward_parallel(dout, x, w, g, relu, mask, index, input_grad, m, dx, s, chunks):
+def _backward_parallel(dout, x, w, g, relu, mask, index, input_grad, plan, dx, s, chunks):
     for t in prange(chunks):
-        _backward_span(dout, x, w, g, relu, mask, index, input_grad, m, dx,
+        _backward_span(dout, x, w, g, relu, mask, index, input_grad, plan, dx,
                        _thread_scratch(s, t), t * g.N // chunks, (t + 1) * g.N // chunks)
 
 
 @njit(cache=True)
 def _thread_scratch(s, t):
     """Thread t's part of the Scratch s (every field's leading axis is the thread)."""
-    return Scratch(s.cols[t], s.dcols[t], s.dy[t], s.conv[t], s.product[t], s.dw[t], s.db[t])
+    return Scratch(s.cols[t], s.dcols[t], s.dy[t], s.conv[t], s.product[t], s.dw[t], s.db[t],
+                   s.padded[t], s.doutT[t], s.dwT[t])
 
 
-def _plan(g, itemsize):
-    """(threads, samples per GEMM): threads for the batch (one when the work is too small to
-    share), and as many samples per GEMM as keep their columns and the GEMM's product (a
-    layer with few input channels has a product many times its columns) under BLOCK_BYTES."""
+def _plan(g, dtype, backward=False):
+    """The Plan of a pass: threads for the batch (one when the work is too small to share);
+    simd.conv's kernels where they apply, one sample at a time in the forward pass; else as
+    many samples per GEMM as keep their columns and the GEMM's product (a layer with few
+    input channels has a product many times its columns) under BLOCK_BYTES."""
     threads = chunks_for(g.N, g.N * g.F * g.C * g.KH * g.KW * g.OH * g.OW // g.G)
-    per_sample = (g.C * g.KH * g.KW + g.F) * g.OH * g.OW * itemsize
-    return threads, max(1, min(BLOCK_BYTES // max(per_sample, 1), -(-g.N // threads)))
+    vector = simd_conv.applies(g, dtype)
+    per_sample = (g.C * g.KH * g.KW + g.F) * g.OH * g.OW * np.dtype(dtype).itemsize
+    m = max(1, min(BLOCK_BYTES // max(per_sample, 1), -(-g.N // threads)))
+    return Plan(threads, 1 if vector and not backward else m, vector)
 
 
-def _scratch(g, T, m, dtype, pooled=False, backward=False, input_grad=False):
-    """Scratch buffers for T threads taking m samples per GEMM (only those the pass uses)."""
+def _scratch(g, plan, dtype, pooled=False, backward=False, input_grad=False):
+    """Scratch buffers for plan.threads threads taking plan.m samples per GEMM (only those the
+    pass uses)."""
+    T, m, vector = plan
     P, K = g.OH * g.OW, g.Cg * g.KH * g.KW
     columns = g.G * K * m * P
-    return Scratch(np.empty((T, columns), dtype),
+    Hp, Wp = simd_conv.padded_size(g)
+    pads = vector and (g.top, g.left, Hp, Wp) != (0, 0, g.H, g.W)
+    portable_grad = backward and not vector
+    return Scratch(np.empty((T, 0 if vector else columns), dtype),
                    np.empty((T, columns if input_grad else 0), dtype),
                    np.empty((T, g.F * m * P), dtype),
                    np.empty((T, g.F, g.OH, g.OW) if pooled else (T, 0, 0, 0), dtype),
-                   np.empty((T, g.Fg, K) if backward else (T, 0, 0), dtype),
-                   np.zeros((T, g.G, g.Fg, K) if backward else (T, 0, 0, 0), dtype),
-                   np.zeros((T, g.F) if backward else (T, 0), dtype))
+                   np.empty((T, g.Fg, K) if portable_grad else (T, 0, 0), dtype),
+                   np.zeros((T, g.G, g.Fg, K) if portable_grad else (T, 0, 0, 0), dtype),
+                   np.zeros((T, g.F) if backward else (T, 0), dtype),
+                   np.zeros((T, g.C * Hp * Wp if pads else 0), dtype),
+                   np.empty((T, P * g.F if backward and vector else 0), dtype),
+                   np.zeros((T, K, g.F) if backward and vector else (T, 0, 0), dtype))
 
 
 def forward(x, w, b, g, relu, pooling=None):
@@ -253,7 +305,6 @@ def forward(x, w, b, g, relu, pooling=None):
     (empty when unpooled). x, w C-contiguous of one dtype."""
     has_bias = b is not None
     bias = np.ascontiguousarray(b, dtype=x.dtype) if has_bias else np.zeros(g.F, x.dtype)
-    w3 = w.reshape(g.G, g.Fg, g.Cg * g.KH * g.KW)
     if pooling is None:
         win, shape = NO_POOL, (g.N, g.F, g.OH, g.OW)
         index = np.empty((0, 0, 0, 0), POOL_INDEX)
@@ -264,13 +315,19 @@ def forward(x, w, b, g, relu, pooling=None):
     out = np.empty(shape, x.dtype)
     if g.N == 0:
         return out, index
-    T, m = _plan(g, x.itemsize)
-    s = _scratch(g, T, m, x.dtype, pooled=pooling is not None)
-    if T == 1:
-        _forward_span(x, w3, bias, g, has_bias, relu, win, m, out, index,
+    plan = _plan(g, x.dtype)
+    K = g.Cg * g.KH * g.KW
+    if plan.vector:
+        w3 = np.ascontiguousarray(w.reshape(g.F, K).T).reshape(1, K, g.F)
+    else:
+        w3 = w.reshape(g.G, g.Fg, K)
+    s = _scratch(g, plan, x.dtype, pooled=pooling is not None)
+    if plan.threads == 1:
+        _forward_span(x, w3, bias, g, has_bias, relu, win, plan, out, index,
                       Scratch(*(a[0] for a in s)), 0, g.N)
     else:
-        run_parallel(_forward_parallel, x, w3, bias, g, has_bias, relu, win, m, out, index, s, T)
+        run_parallel(_forward_parallel, x, w3, bias, g, has_bias, relu, win, plan, out, index,
+                     s, plan.threads)
     return out, index
 
 
@@ -288,17 +345,20 @@ def backward(dout, x, w, g, has_bias, relu_out=None, index=None, input_grad=True
     mask = relu_out.reshape(dout.shape) if relu else dout
     index = (np.empty((0, 0, 0), POOL_INDEX) if index is None
              else np.ascontiguousarray(index).reshape(dout.shape))
-    T, m = _plan(g, dtype.itemsize)
-    s = _scratch(g, T, m, dtype, backward=True, input_grad=input_grad)
+    plan = _plan(g, dtype, backward=True)
+    s = _scratch(g, plan, dtype, backward=True, input_grad=input_grad)
     dx = np.zeros((g.N, g.C, g.H, g.W) if input_grad else (0, 0, 0, 0), dtype)
     w3 = w.reshape(g.G, g.Fg, g.Cg * g.KH * g.KW)
-    if g.N and T == 1:
-        _backward_span(dout, x, w3, g, relu, mask, index, input_grad, m, dx,
+    if g.N and plan.threads == 1:
+        _backward_span(dout, x, w3, g, relu, mask, index, input_grad, plan, dx,
                        Scratch(*(a[0] for a in s)), 0, g.N)
     elif g.N:
-        run_parallel(_backward_parallel, dout, x, w3, g, relu, mask, index, input_grad, m, dx,
-                     s, T)
-    dw = s.dw.sum(axis=0).reshape(w.shape)
+        run_parallel(_backward_parallel, dout, x, w3, g, relu, mask, index, input_grad, plan,
+                     dx, s, plan.threads)
+    if plan.vector:
+        dw = np.ascontiguousarray(s.dwT.sum(axis=0).T).reshape(w.shape)
+    else:
+        dw = s.dw.sum(axis=0).reshape(w.shape)
     db = s.db.sum(axis=0) if has_bias else None
     return (dx if input_grad else None), dw, db
 
