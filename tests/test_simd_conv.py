@@ -16,14 +16,14 @@ needs_avx512 = pytest.mark.skipif(not has_wide_vectors(),
                                          "CPU lacks (the portable path runs instead)")
 
 # (N, C, H, W, F, (KH, KW), (top, bottom, left, right), bias): every one a layer the kernels
-# take in float32 and float64 (F a multiple of 64); OH·OW never a multiple of the block's 7
-# pixels, so each plane ends in a short block
+# take in float32 and float64 (F a multiple of 64); OH·OW never a multiple of the block's
+# simd_conv.ROWS pixels, so each plane ends in a short block
 CASES = [
-    (2, 3, 8, 8, 64, (3, 3), (0, 0, 0, 0), True),  # 6·6 pixels, one thread
+    (2, 3, 9, 9, 64, (3, 3), (0, 0, 0, 0), True),  # 7·7 pixels, one thread
     (5, 32, 13, 13, 64, (3, 3), (0, 0, 0, 0), True),  # digitcnn's conv2 on 11·11, two threads
-    (3, 6, 7, 9, 64, (2, 3), (1, 1, 1, 1), False),  # padded, 8·9
-    (2, 4, 6, 5, 128, (5, 5), (2, 2, 2, 2), True),  # widecnn-like padding, two blocks
-    (3, 3, 8, 6, 64, (4, 4), (1, 2, 1, 2), True),  # torch's "same" for an even kernel
+    (3, 6, 7, 10, 64, (2, 3), (1, 1, 1, 1), False),  # padded, 8·10
+    (2, 4, 7, 5, 128, (5, 5), (2, 2, 2, 2), True),  # widecnn-like padding, two blocks, 7·5
+    (3, 3, 8, 7, 64, (4, 4), (1, 2, 1, 2), True),  # torch's "same" for an even kernel, 8·7
 ]
 
 
@@ -80,6 +80,12 @@ def torch_op(op, x, w, b, pad, dout):
 def geometry(case):
     N, C, H, W, Fo, (KH, KW), pad, _ = case
     return nb_conv.geometry((N, C, H, W), (Fo, C, KH, KW), (1, 1), pad, (1, 1), 1)
+
+
+def test_cases_end_in_a_short_block_of_pixels():
+    for case in CASES:
+        g = geometry(case)
+        assert (g.OH * g.OW) % simd_conv.ROWS != 0, case_id(case)
 
 
 @pytest.mark.parametrize("input_grad", [True, False])
