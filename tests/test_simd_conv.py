@@ -1,5 +1,6 @@
-"""simd/conv.py's filter-vector kernels inside the numba conv ops, against torch and against the
-portable path (SCRATCHNET_SIMD=0), plain, ReLU-fused and ReLU-pool-fused."""
+"""simd/conv.py's filter-vector kernels and simd/direct_conv.py's direct kernel inside the numba
+conv ops, against torch and against the portable path (SCRATCHNET_SIMD=0), plain, ReLU-fused
+and ReLU-pool-fused."""
 import numpy as np
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 from scratchnet.backends.numba_backend import conv as nb_conv
 from scratchnet.backends.numba_backend import fused as nb_fused
 from scratchnet.backends.numba_backend.simd import conv as simd_conv
+from scratchnet.backends.numba_backend.simd import direct_conv as simd_direct
 from scratchnet.backends.numba_backend.simd.vectors import has_wide_vectors
 from tests.helpers import DTYPES, assert_close
 
@@ -181,3 +183,88 @@ def test_kernels_refuse_operands_of_the_wrong_size():
     with pytest.raises(ValueError, match="conv2d backward"):
         simd_conv.weight_grad_sample(xs, np.zeros((36, 64), np.float32),
                                      np.zeros((26, 64), np.float32), 3, 3, 6, 6)
+
+
+# simd/direct_conv.py: the forward pass of stride-1, unpadded layers of 4-20 filters
+
+needs_avx2 = pytest.mark.skipif(not simd_direct._has_vector_fma(),
+                                reason="the direct kernel needs AVX2 and FMA, which this CPU "
+                                       "lacks (the portable path runs instead)")
+
+# (N, C, H, W, F, (KH, KW)): F not a multiple of the block's 4 filters (the last block
+# overlaps), rows whose last vector overlaps the one before, and planes whose vectors end in
+# a short group of the block's 3
+DIRECT_CASES = [
+    (2, 1, 28, 28, 10, (5, 5)),  # lenet's conv1
+    (3, 10, 12, 12, 20, (5, 5)),  # lenet's conv2
+    (2, 3, 9, 16, 6, (3, 3)),  # 7·14 outputs: two vectors a row, the second overlapping
+    (60, 2, 10, 18, 4, (2, 3)),  # two threads
+]
+
+
+def direct_id(case):
+    N, C, H, W, Fo, k = case
+    return f"N{N}-C{C}-{H}x{W}-F{Fo}-k{k[0]}x{k[1]}"
+
+
+def direct_arrays(case, dtype, seed=0):
+    N, C, H, W, Fo, k = case
+    return arrays((N, C, H, W, Fo, k, (0, 0, 0, 0), True), dtype, seed)
+
+
+@pytest.mark.parametrize("op", ["conv", "relu", "pool"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", DIRECT_CASES, ids=direct_id)
+def test_direct_matches_torch(case, dtype, op):
+    x, w, b = direct_arrays(case, dtype)
+    out, dout, dx, dw, db = run_op(op, x, w, b, (0, 0, 0, 0), True)
+    t_out, t_dx, t_dw, t_db = torch_op(op, x, w, b, (0, 0, 0, 0), dout)
+    for name, got, want in zip(("out", "dx", "dw", "db"), (out, dx, dw, db),
+                               (t_out, t_dx, t_dw, t_db)):
+        assert_close(got, want, dtype, name)
+
+
+def direct_geometry(case):
+    N, C, H, W, Fo, (KH, KW) = case
+    return nb_conv.geometry((N, C, H, W), (Fo, C, KH, KW), (1, 1), (0, 0, 0, 0), (1, 1), 1)
+
+
+@needs_avx2
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", DIRECT_CASES, ids=direct_id)
+def test_direct_path_matches_portable_path(case, dtype, monkeypatch):
+    x, w, b = direct_arrays(case, dtype, seed=3)
+    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+    assert nb_conv._plan(direct_geometry(case), dtype).direct
+    direct = run_op("pool", x, w, b, (0, 0, 0, 0), False)
+    monkeypatch.setenv("SCRATCHNET_SIMD", "0")
+    assert not nb_conv._plan(direct_geometry(case), dtype).direct
+    portable = run_op("pool", x, w, b, (0, 0, 0, 0), False)
+    for name, got, want in zip(("out", "dout", "dx", "dw", "db"), direct, portable):
+        if want is not None:
+            assert_close(got, want, dtype, name)
+
+
+@pytest.mark.parametrize("change", [
+    dict(padding=(1, 1, 1, 1)), dict(stride=(1, 2)), dict(F=3), dict(F=24), dict(C=11),
+    dict(W=10),  # OW = 6, narrower than a vector of 8 float32
+])
+def test_direct_selection(change, monkeypatch):
+    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+    C, Fo, W = change.get("C", 10), change.get("F", 20), change.get("W", 12)
+    g = nb_conv.geometry((4, C, 12, W), (Fo, C, 5, 5), change.get("stride", (1, 1)),
+                         change.get("padding", (0, 0, 0, 0)), (1, 1), 1)
+    assert not simd_direct.applies(g, np.float32)
+    lenet = direct_geometry(DIRECT_CASES[1])
+    assert simd_direct.applies(lenet, np.float32) == simd_direct._has_vector_fma()
+    assert not nb_conv._plan(lenet, np.float32, backward=True).direct
+    monkeypatch.setenv("SCRATCHNET_SIMD", "0")
+    assert not simd_direct.applies(lenet, np.float32)
+
+
+@needs_avx2
+def test_direct_kernel_refuses_operands_of_the_wrong_size():
+    with pytest.raises(ValueError, match="conv2d forward"):
+        simd_direct.forward_sample(np.zeros((2, 12, 12), np.float32),
+                                   np.zeros((20, 49), np.float32), np.zeros(20, np.float32),
+                                   np.zeros((20, 64), np.float32), 5, 5, 8, 8)

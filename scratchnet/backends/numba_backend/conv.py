@@ -13,7 +13,9 @@ and col2im (backward). Weight and bias gradients are per-thread partials summed 
 
 Where ``simd.conv.applies`` (stride 1, one group, whole blocks of 64 filters, AVX-512), its
 kernels replace the unfold and the GEMM of the forward pass and of the weight gradient, one
-sample at a time (``Plan.vector``); the epilogue and the input gradient stay the same.
+sample at a time (``Plan.vector``); where ``simd.direct_conv.applies`` (stride 1, unpadded,
+4-20 filters, AVX2), its kernel replaces those of the forward pass (``Plan.direct``). The
+epilogue and the input gradient stay the same.
 """
 from collections import namedtuple
 
@@ -24,6 +26,7 @@ from ..shapes import conv_output_size
 from . import pool
 from .common import chunks_for, run_parallel
 from .simd import conv as simd_conv
+from .simd import direct_conv as simd_direct
 
 __all__ = ["conv2d_forward", "conv2d_backward"]
 
@@ -38,9 +41,10 @@ Geometry.__doc__ = "Every size of one convolution (built by :func:`geometry`), r
 # output gradient transposed (flat, P·F) and the partial sum of dw transposed (K, F)
 Scratch = namedtuple("Scratch", "cols dcols dy conv product dw db padded doutT dwT")
 
-Plan = namedtuple("Plan", "threads m vector")
-Plan.__doc__ = ("How a pass runs: threads, samples per GEMM (m), and whether simd.conv's "
-                "kernels compute the forward pass and the weight gradient (``vector``).")
+Plan = namedtuple("Plan", "threads m vector direct")
+Plan.__doc__ = ("How a pass runs: threads, samples per GEMM (m), whether simd.conv's kernels "
+                "compute the forward pass and the weight gradient (``vector``), and whether "
+                "simd.direct_conv's computes the forward pass (``direct``).")
 
 # a thread's columns and product for one GEMM stay under this many bytes (several samples
 # when they fit)
@@ -152,13 +156,15 @@ def _forward_span(x, w, b, g, has_bias, relu, win, plan, out, index, s, lo, hi):
         if plan.vector:  # one sample (m is 1), bias added
             simd_conv.forward_sample(_vector_sample(x, g, n0, s.padded), w[0], b, y, g.KH, g.KW,
                                      g.OH, g.OW)
+        elif plan.direct:  # the same
+            simd_direct.forward_sample(x[n0], w[0], b, y, g.KH, g.KW, g.OH, g.OW)
         else:
             cols = s.cols[:g.G * K * width].reshape(g.G, K, width)
             for i in range(count):
                 unfold_sample(x, g, n0 + i, cols, i * P)
             for grp in range(g.G):
                 np.dot(w[grp], cols[grp], y[grp * g.Fg:(grp + 1) * g.Fg])
-        add_bias = has_bias and not plan.vector
+        add_bias = has_bias and not (plan.vector or plan.direct)
         for i in range(count):
             dest = s.conv if pooled else out[n0 + i]
             d2 = dest.reshape(g.F, P)
@@ -268,26 +274,27 @@ def _thread_scratch(s, t):
 
 def _plan(g, dtype, backward=False):
     """The Plan of a pass: threads for the batch (one when the work is too small to share);
-    simd.conv's kernels where they apply, one sample at a time in the forward pass; else as
-    many samples per GEMM as keep their columns and the GEMM's product (a layer with few
-    input channels has a product many times its columns) under BLOCK_BYTES."""
+    simd's kernels where they apply, one sample at a time in the forward pass; else as many
+    samples per GEMM as keep their columns and the GEMM's product (a layer with few input
+    channels has a product many times its columns) under BLOCK_BYTES."""
     threads = chunks_for(g.N, g.N * g.F * g.C * g.KH * g.KW * g.OH * g.OW // g.G)
-    vector = simd_conv.applies(g, dtype)
+    vector = bool(simd_conv.applies(g, dtype))
+    direct = not backward and not vector and bool(simd_direct.applies(g, dtype))
     per_sample = (g.C * g.KH * g.KW + g.F) * g.OH * g.OW * np.dtype(dtype).itemsize
     m = max(1, min(BLOCK_BYTES // max(per_sample, 1), -(-g.N // threads)))
-    return Plan(threads, 1 if vector and not backward else m, vector)
+    return Plan(threads, 1 if (vector or direct) and not backward else m, vector, direct)
 
 
 def _scratch(g, plan, dtype, pooled=False, backward=False, input_grad=False):
     """Scratch buffers for plan.threads threads taking plan.m samples per GEMM (only those the
     pass uses)."""
-    T, m, vector = plan
+    T, m, vector, direct = plan
     P, K = g.OH * g.OW, g.Cg * g.KH * g.KW
     columns = g.G * K * m * P
     Hp, Wp = simd_conv.padded_size(g)
     pads = vector and (g.top, g.left, Hp, Wp) != (0, 0, g.H, g.W)
     portable_grad = backward and not vector
-    return Scratch(np.empty((T, 0 if vector else columns), dtype),
+    return Scratch(np.empty((T, 0 if vector or direct else columns), dtype),
                    np.empty((T, columns if input_grad else 0), dtype),
                    np.empty((T, g.F * m * P), dtype),
                    np.empty((T, g.F, g.OH, g.OW) if pooled else (T, 0, 0, 0), dtype),
