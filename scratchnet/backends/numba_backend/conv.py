@@ -15,7 +15,10 @@ Where ``simd.conv.applies`` (stride 1, one group, whole blocks of 64 filters, AV
 kernels replace the unfold and the GEMM of the forward pass and of the weight gradient, one
 sample at a time (``Plan.vector``); where ``simd.direct_conv.applies`` (stride 1, unpadded,
 4-20 filters, AVX2), its kernel replaces those of the forward pass (``Plan.direct``). The
-epilogue and the input gradient stay the same.
+epilogue and the input gradient stay the same. The direct kernel has its own span and
+driver (a called njit function is compiled again inside each caller: a model whose layers
+never take it does not compile it); the filter-vector kernels share the GEMM path's, whose
+epilogue and gradient code they would otherwise compile a second time.
 """
 from collections import namedtuple
 
@@ -138,49 +141,54 @@ def _vector_sample(x, g, n, padded):
 
 
 @njit(cache=True)
+def _finish_samples(y, b, g, add_bias, relu, win, out, index, s, n0, count):
+    """Samples n0 .. n0 + count - 1 of the conv output y (F, count·OH·OW): (+ b) (+ ReLU) into
+    out (N, F, OH, OW), or with ``index`` non-empty max-pooled by ``win`` into out
+    (N, F, PH, PW) and index (N, F, PH, PW)."""
+    P = g.OH * g.OW
+    pooled = index.shape[0] > 0
+    for i in range(count):
+        dest = s.conv if pooled else out[n0 + i]
+        d2 = dest.reshape(g.F, P)
+        for f in range(g.F):
+            bias = b[f]
+            for p in range(P):
+                v = y[f, i * P + p]
+                if add_bias:
+                    v = v + bias
+                # `v < 0`, not `v > 0`, so NaN passes through as torch's clamp_min does
+                if relu and v < 0:
+                    d2[f, p] = 0
+                else:
+                    d2[f, p] = v
+        if pooled:
+            pool.forward_span(dest, win, out[n0 + i], index[n0 + i], 0, g.F)
+
+
+@njit(cache=True)
 def _forward_span(x, w, b, g, has_bias, relu, win, plan, out, index, s, lo, hi):
-    """Samples [lo, hi), plan.m at a time: conv (+ b) (+ ReLU) into out (N, F, OH, OW), or
-    with ``index`` non-empty max-pooled by ``win`` into out (N, F, PH, PW) and index
-    (N, F, PH, PW).
+    """Samples [lo, hi), plan.m at a time, by im2col and GEMM, or with ``plan.vector`` one at a
+    time by simd.conv's kernel (bias added there); finished by _finish_samples.
 
     w (G, Fg, Cg·KH·KW), or with ``plan.vector`` the weights transposed (1, Cg·KH·KW, F);
     s: this thread's Scratch.
     """
     P, K = g.OH * g.OW, g.Cg * g.KH * g.KW
-    pooled = index.shape[0] > 0
-    m = plan.m
-    for n0 in range(lo, hi, m):
-        count = min(n0 + m, hi) - n0
+    for n0 in range(lo, hi, plan.m):
+        count = min(n0 + plan.m, hi) - n0
         width = count * P
         y = s.dy[:g.F * width].reshape(g.F, width)
-        if plan.vector:  # one sample (m is 1), bias added
+        if plan.vector:  # m is 1
             simd_conv.forward_sample(_vector_sample(x, g, n0, s.padded), w[0], b, y, g.KH, g.KW,
                                      g.OH, g.OW)
-        elif plan.direct:  # the same
-            simd_direct.forward_sample(x[n0], w[0], b, y, g.KH, g.KW, g.OH, g.OW)
         else:
             cols = s.cols[:g.G * K * width].reshape(g.G, K, width)
             for i in range(count):
                 unfold_sample(x, g, n0 + i, cols, i * P)
             for grp in range(g.G):
                 np.dot(w[grp], cols[grp], y[grp * g.Fg:(grp + 1) * g.Fg])
-        add_bias = has_bias and not (plan.vector or plan.direct)
-        for i in range(count):
-            dest = s.conv if pooled else out[n0 + i]
-            d2 = dest.reshape(g.F, P)
-            for f in range(g.F):
-                bias = b[f]
-                for p in range(P):
-                    v = y[f, i * P + p]
-                    if add_bias:
-                        v = v + bias
-                    # `v < 0`, not `v > 0`, so NaN passes through as torch's clamp_min does
-                    if relu and v < 0:
-                        d2[f, p] = 0
-                    else:
-                        d2[f, p] = v
-            if pooled:
-                pool.forward_span(dest, win, out[n0 + i], index[n0 + i], 0, g.F)
+        _finish_samples(y, b, g, has_bias and not plan.vector, relu, win, out, index, s, n0,
+                        count)
 
 
 @njit(cache=True, parallel=True)
@@ -191,71 +199,102 @@ def _forward_parallel(x, w, b, g, has_bias, relu, win, plan, out, index, s, chun
 
 
 @njit(cache=True)
+def _direct_forward_span(x, w, b, g, has_bias, relu, win, plan, out, index, s, lo, hi):
+    """_forward_span by simd.direct_conv's kernel, one sample at a time (bias added by the
+    kernel). w (1, F, C·KH·KW)."""
+    y = s.dy[:g.F * g.OH * g.OW].reshape(g.F, g.OH * g.OW)
+    for n in range(lo, hi):
+        simd_direct.forward_sample(x[n], w[0], b, y, g.KH, g.KW, g.OH, g.OW)
+        _finish_samples(y, b, g, False, relu, win, out, index, s, n, 1)
+
+
+@njit(cache=True, parallel=True)
+def _direct_forward_parallel(x, w, b, g, has_bias, relu, win, plan, out, index, s, chunks):
+    for t in prange(chunks):
+        _direct_forward_span(x, w, b, g, has_bias, relu, win, plan, out, index,
+                             _thread_scratch(s, t), t * g.N // chunks, (t + 1) * g.N // chunks)
+
+
+@njit(cache=True)
+def _output_gradient(dout, g, relu, mask, index, n, dy, at, db):
+    """dy[:, at:at + OH·OW] = the gradient of sample n's conv output (F, OH·OW), from the op's
+    output gradient dout (N, F, Q) through the pool (``index`` non-empty) and the ReLU
+    (``relu``); db (F,) += its sums. See _backward_span."""
+    P = g.OH * g.OW
+    Q = dout.shape[2]
+    pooled = index.shape[0] > 0
+    for f in range(g.F):
+        row = dy[f, at:at + P]
+        if pooled:
+            for p in range(P):
+                row[p] = 0
+            for q in range(Q):
+                k = index[n, f, q]
+                if k < 0 or k >= P:
+                    raise IndexError("conv2d_relu_maxpool2d_backward: a saved pool index lies "
+                                     "outside the convolution's output")
+                # relu's gradient is 0 at 0; += as overlapping windows share winners
+                if not mask[n, f, q] <= 0:
+                    row[k] += dout[n, f, q]
+        else:
+            for p in range(P):
+                if relu and mask[n, f, p] <= 0:
+                    row[p] = 0
+                else:
+                    row[p] = dout[n, f, p]
+        acc = db[f]
+        for p in range(P):
+            acc += row[p]
+        db[f] = acc
+
+
+@njit(cache=True)
+def _input_gradient(w, g, dy, s, n0, count, dx):
+    """dx[n0 .. n0 + count - 1] += col2im(w[grp]ᵀ · dy[grp]) for each group; dy (F,
+    count·OH·OW)."""
+    K = g.Cg * g.KH * g.KW
+    width = count * g.OH * g.OW
+    dcols = s.dcols[:g.G * K * width].reshape(g.G, K, width)
+    for grp in range(g.G):
+        np.dot(w[grp].T, dy[grp * g.Fg:(grp + 1) * g.Fg], dcols[grp])
+    for i in range(count):
+        fold_sample(dcols, g, n0 + i, dx, i * g.OH * g.OW)
+
+
+@njit(cache=True)
 def _backward_span(dout, x, w, g, relu, mask, index, input_grad, plan, dx, s, lo, hi):
     """Samples [lo, hi), plan.m at a time: dx[n] (with ``input_grad``) and this thread's
-    partial dw (or, with ``plan.vector``, dwᵀ) and db in s (its Scratch).
+    partial dw and db in s (its Scratch); with ``plan.vector`` the weight gradient by
+    simd.conv's kernel, one sample at a time, transposed into s.dwT (Cg·KH·KW, F).
 
     dout (N, F, Q): the gradient of the op's output (Q = OH·OW, or the pooled PH·PW with
     ``index`` non-empty); mask (N, F, Q): the op's output, whose ReLU gradient is 0 where it
     is <= 0 (``relu``); index (N, F, Q): the pool's winners in the (OH·OW) plane.
     """
     P, K = g.OH * g.OW, g.Cg * g.KH * g.KW
-    Q = dout.shape[2]
-    pooled = index.shape[0] > 0
-    m = plan.m
     doutT = s.doutT.reshape(s.doutT.shape[0] // g.F if g.F else 0, g.F)
-    for n0 in range(lo, hi, m):
-        count = min(n0 + m, hi) - n0
+    for n0 in range(lo, hi, plan.m):
+        count = min(n0 + plan.m, hi) - n0
         width = count * P
         cols_width = 0 if plan.vector else width
         cols = s.cols[:g.G * K * cols_width].reshape(g.G, K, cols_width)
         dy = s.dy[:g.F * width].reshape(g.F, width)
         for i in range(count):
-            n = n0 + i
-            for f in range(g.F):
-                row = dy[f, i * P:(i + 1) * P]
-                if pooled:
-                    for p in range(P):
-                        row[p] = 0
-                    for q in range(Q):
-                        k = index[n, f, q]
-                        if k < 0 or k >= P:
-                            raise IndexError("conv2d_relu_maxpool2d_backward: a saved pool "
-                                             "index lies outside the convolution's output")
-                        # relu's gradient is 0 at 0; += as overlapping windows share winners
-                        if not mask[n, f, q] <= 0:
-                            row[k] += dout[n, f, q]
-                else:
-                    for p in range(P):
-                        if relu and mask[n, f, p] <= 0:
-                            row[p] = 0
-                        else:
-                            row[p] = dout[n, f, p]
-                acc = s.db[f]
-                for p in range(P):
-                    acc += row[p]
-                s.db[f] = acc
+            _output_gradient(dout, g, relu, mask, index, n0 + i, dy, i * P, s.db)
             if plan.vector:
                 simd_conv.transpose_plane(dy[:, i * P:(i + 1) * P], doutT)
-                simd_conv.weight_grad_sample(_vector_sample(x, g, n, s.padded), doutT, s.dwT,
-                                             g.KH, g.KW, g.OH, g.OW)
+                simd_conv.weight_grad_sample(_vector_sample(x, g, n0 + i, s.padded), doutT,
+                                             s.dwT, g.KH, g.KW, g.OH, g.OW)
             else:
-                unfold_sample(x, g, n, cols, i * P)
-        for grp in range(g.G):
-            dy_g = dy[grp * g.Fg:(grp + 1) * g.Fg]
-            if not plan.vector:
-                np.dot(dy_g, cols[grp].T, s.product)
-                dw = s.dw[grp]
-                for f in range(g.Fg):
-                    for k in range(K):
-                        dw[f, k] += s.product[f, k]
-            if input_grad:
-                dcols = s.dcols[grp * K * width:(grp + 1) * K * width].reshape(K, width)
-                np.dot(w[grp].T, dy_g, dcols)
+                unfold_sample(x, g, n0 + i, cols, i * P)
+        for grp in range(0 if plan.vector else g.G):
+            np.dot(dy[grp * g.Fg:(grp + 1) * g.Fg], cols[grp].T, s.product)
+            dw = s.dw[grp]
+            for f in range(g.Fg):
+                for k in range(K):
+                    dw[f, k] += s.product[f, k]
         if input_grad:
-            dcols = s.dcols[:g.G * K * width].reshape(g.G, K, width)
-            for i in range(count):
-                fold_sample(dcols, g, n0 + i, dx, i * P)
+            _input_gradient(w, g, dy, s, n0, count, dx)
 
 
 @njit(cache=True, parallel=True)
@@ -329,12 +368,14 @@ def forward(x, w, b, g, relu, pooling=None):
     else:
         w3 = w.reshape(g.G, g.Fg, K)
     s = _scratch(g, plan, x.dtype, pooled=pooling is not None)
+    span, parallel = ((_direct_forward_span, _direct_forward_parallel) if plan.direct
+                      else (_forward_span, _forward_parallel))
     if plan.threads == 1:
-        _forward_span(x, w3, bias, g, has_bias, relu, win, plan, out, index,
-                      Scratch(*(a[0] for a in s)), 0, g.N)
+        span(x, w3, bias, g, has_bias, relu, win, plan, out, index, Scratch(*(a[0] for a in s)),
+             0, g.N)
     else:
-        run_parallel(_forward_parallel, x, w3, bias, g, has_bias, relu, win, plan, out, index,
-                     s, plan.threads)
+        run_parallel(parallel, x, w3, bias, g, has_bias, relu, win, plan, out, index, s,
+                     plan.threads)
     return out, index
 
 
