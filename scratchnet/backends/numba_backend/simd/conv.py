@@ -150,8 +150,8 @@ def _store_transposed(typingctx, block, like, bias_address, col0, out_address, p
                 for lane in range(vector.count):
                     c = builder.add(col0_v, ir.Constant(index, j * vector.count + lane))
                     at = builder.add(builder.mul(c, plane_v), row)
-                    builder.store(builder.extract_element(values, ir.Constant(ir.IntType(32), lane)),
-                                  pointer(builder, out_addr, element, at))
+                    value = builder.extract_element(values, ir.Constant(ir.IntType(32), lane))
+                    builder.store(value, pointer(builder, out_addr, element, at))
                 builder.store(ir.Constant(vector, None), acc)
         return context.get_dummy_value()
 
@@ -184,7 +184,7 @@ def applies(g, dtype):
 
 @njit(cache=True)
 def _tap_offsets(C, Hp, Wp, KH, KW):
-    """(C·KH·KW,) int64: tap r = (c·KH + kh)·KW + kw's offset (c·Hp + kh)·Wp + kw in a sample."""
+    """(C·KH·KW,) int64: tap r = (c·KH + kh)·KW + kw's offset (c·Hp + kh)·Wp + kw in xs."""
     shifts = np.empty(C * KH * KW, np.int64)
     r = 0
     for c in range(C):

@@ -1,6 +1,7 @@
-"""Direct stride-1 convolution of few filters, register-blocked (numpy twin: numpy_backend/conv.py).
+"""Direct stride-1 convolution of few filters (numpy twin: numpy_backend/conv.py).
 
-    out[f, oh·OW + ow] = b[f] + Σ_r w2[f, r] · xs[c, oh + kh, ow + kw]     r = (c·KH + kh)·KW + kw
+    out[f, oh·OW + ow] = b[f] + Σ_r w2[f, r] · xs[c, oh + kh, ow + kw]
+                                                           r = (c·KH + kh)·KW + kw
 
 for one sample xs (C, H, W), unpadded. A block of FILTERS (4) filters × VECTORS (3) output
 vectors, each V consecutive outputs of one row (8 float32 or 4 float64 in a 256-bit register),
@@ -18,7 +19,6 @@ the GEMM, not bitwise.
 import functools
 
 import llvmlite.binding as llvm
-import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
