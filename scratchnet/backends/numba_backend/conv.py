@@ -10,6 +10,15 @@ side by side into its own columns buffer, runs the GEMMs with ``np.dot`` (single
 BLAS: see common.py) and finishes those samples while they are in cache: bias, ReLU and, for
 the fused ops, max pooling (forward), or the pooled/ReLU gradient, the weight-gradient partial
 and col2im (backward). Weight and bias gradients are per-thread partials summed at the end.
+
+Where ``simd.conv.applies`` (stride 1, one group, whole blocks of 64 filters, AVX-512), its
+kernels replace the unfold and the GEMM of the forward pass and of the weight gradient, one
+sample at a time (``Plan.vector``); where ``simd.direct_conv.applies`` (stride 1, unpadded,
+4-20 filters, AVX2), its kernel replaces those of the forward pass (``Plan.direct``). The
+epilogue and the input gradient stay the same. The direct kernel has its own span and
+driver (a called njit function is compiled again inside each caller: a model whose layers
+never take it does not compile it); the filter-vector kernels share the GEMM path's, whose
+epilogue and gradient code they would otherwise compile a second time.
 """
 from collections import namedtuple
 
@@ -19,6 +28,8 @@ from numba import njit, prange
 from ..shapes import conv_output_size
 from . import pool
 from .common import chunks_for, run_parallel
+from .simd import conv as simd_conv
+from .simd import direct_conv as simd_direct
 
 __all__ = ["conv2d_forward", "conv2d_backward"]
 
@@ -28,8 +39,15 @@ Geometry.__doc__ = "Every size of one convolution (built by :func:`geometry`), r
 # one thread's buffers, for m samples at a time: columns and their gradient (flat, G·K·m·P
 # values: K = Cg·KH·KW taps, P = OH·OW positions), the conv output or its gradient (flat,
 # F·m·P), one sample's conv output before pooling (F, OH, OW), one group's weight-gradient
-# product (Fg, K), and the thread's partial sums of dw (G, Fg, K) and db (F,)
-Scratch = namedtuple("Scratch", "cols dcols dy conv product dw db")
+# product (Fg, K), and the thread's partial sums of dw (G, Fg, K) and db (F,); for the
+# vector kernels, one sample zero-padded (flat, C·Hp·Wp, where the layer pads), one sample's
+# output gradient transposed (flat, P·F) and the partial sum of dw transposed (K, F)
+Scratch = namedtuple("Scratch", "cols dcols dy conv product dw db padded doutT dwT")
+
+Plan = namedtuple("Plan", "threads m vector direct")
+Plan.__doc__ = ("How a pass runs: threads, samples per GEMM (m), whether simd.conv's kernels "
+                "compute the forward pass and the weight gradient (``vector``), and whether "
+                "simd.direct_conv's computes the forward pass (``direct``).")
 
 # a thread's columns and product for one GEMM stay under this many bytes (several samples
 # when they fit)
@@ -112,139 +130,219 @@ def fold_sample(dcols, g, n, dx, at0):
 
 
 @njit(cache=True)
-def _forward_span(x, w, b, g, has_bias, relu, win, m, out, index, s, lo, hi):
-    """Samples [lo, hi), m at a time: conv (+ b) (+ ReLU) into out (N, F, OH, OW), or with
-    ``index`` non-empty max-pooled by ``win`` into out (N, F, PH, PW) and index (N, F, PH, PW).
+def _vector_sample(x, g, n, padded):
+    """Sample n of x (N, C, H, W) as simd.conv's kernels read it, (C, Hp, Wp): x[n] itself, or
+    copied into ``padded`` (flat, zero border) when the layer pads."""
+    if padded.shape[0] == 0:
+        return x[n]
+    xp = padded.reshape(g.C, g.OH + g.KH - 1, g.OW + g.KW - 1)
+    simd_conv.pad_sample(x, n, g.top, g.left, xp)
+    return xp
 
-    w (G, Fg, Cg·KH·KW); s: this thread's Scratch.
+
+@njit(cache=True)
+def _finish_samples(y, b, g, add_bias, relu, win, out, index, s, n0, count):
+    """Samples n0 .. n0 + count - 1 of the conv output y (F, count·OH·OW): (+ b) (+ ReLU) into
+    out (N, F, OH, OW), or with ``index`` non-empty max-pooled by ``win`` into out
+    (N, F, PH, PW) and index (N, F, PH, PW)."""
+    P = g.OH * g.OW
+    pooled = index.shape[0] > 0
+    for i in range(count):
+        dest = s.conv if pooled else out[n0 + i]
+        d2 = dest.reshape(g.F, P)
+        for f in range(g.F):
+            bias = b[f]
+            for p in range(P):
+                v = y[f, i * P + p]
+                if add_bias:
+                    v = v + bias
+                # `v < 0`, not `v > 0`, so NaN passes through as torch's clamp_min does
+                if relu and v < 0:
+                    d2[f, p] = 0
+                else:
+                    d2[f, p] = v
+        if pooled:
+            pool.forward_span(dest, win, out[n0 + i], index[n0 + i], 0, g.F)
+
+
+@njit(cache=True)
+def _forward_span(x, w, b, g, has_bias, relu, win, plan, out, index, s, lo, hi):
+    """Samples [lo, hi), plan.m at a time, by im2col and GEMM, or with ``plan.vector`` one at a
+    time by simd.conv's kernel (bias added there); finished by _finish_samples.
+
+    w (G, Fg, Cg·KH·KW), or with ``plan.vector`` the weights transposed (1, Cg·KH·KW, F);
+    s: this thread's Scratch.
     """
     P, K = g.OH * g.OW, g.Cg * g.KH * g.KW
-    pooled = index.shape[0] > 0
-    for n0 in range(lo, hi, m):
-        width = (min(n0 + m, hi) - n0) * P
-        cols = s.cols[:g.G * K * width].reshape(g.G, K, width)
+    for n0 in range(lo, hi, plan.m):
+        count = min(n0 + plan.m, hi) - n0
+        width = count * P
         y = s.dy[:g.F * width].reshape(g.F, width)
-        for i in range(min(n0 + m, hi) - n0):
-            unfold_sample(x, g, n0 + i, cols, i * P)
-        for grp in range(g.G):
-            np.dot(w[grp], cols[grp], y[grp * g.Fg:(grp + 1) * g.Fg])
-        for i in range(min(n0 + m, hi) - n0):
-            dest = s.conv if pooled else out[n0 + i]
-            d2 = dest.reshape(g.F, P)
-            for f in range(g.F):
-                bias = b[f]
-                for p in range(P):
-                    v = y[f, i * P + p]
-                    if has_bias:
-                        v = v + bias
-                    # `v < 0`, not `v > 0`, so NaN passes through as torch's clamp_min does
-                    if relu and v < 0:
-                        d2[f, p] = 0
-                    else:
-                        d2[f, p] = v
-            if pooled:
-                pool.forward_span(dest, win, out[n0 + i], index[n0 + i], 0, g.F)
+        if plan.vector:  # m is 1
+            simd_conv.forward_sample(_vector_sample(x, g, n0, s.padded), w[0], b, y, g.KH, g.KW,
+                                     g.OH, g.OW)
+        else:
+            cols = s.cols[:g.G * K * width].reshape(g.G, K, width)
+            for i in range(count):
+                unfold_sample(x, g, n0 + i, cols, i * P)
+            for grp in range(g.G):
+                np.dot(w[grp], cols[grp], y[grp * g.Fg:(grp + 1) * g.Fg])
+        _finish_samples(y, b, g, has_bias and not plan.vector, relu, win, out, index, s, n0,
+                        count)
 
 
 @njit(cache=True, parallel=True)
-def _forward_parallel(x, w, b, g, has_bias, relu, win, m, out, index, s, chunks):
+def _forward_parallel(x, w, b, g, has_bias, relu, win, plan, out, index, s, chunks):
     for t in prange(chunks):
-        _forward_span(x, w, b, g, has_bias, relu, win, m, out, index, _thread_scratch(s, t),
+        _forward_span(x, w, b, g, has_bias, relu, win, plan, out, index, _thread_scratch(s, t),
                       t * g.N // chunks, (t + 1) * g.N // chunks)
 
 
 @njit(cache=True)
-def _backward_span(dout, x, w, g, relu, mask, index, input_grad, m, dx, s, lo, hi):
-    """Samples [lo, hi), m at a time: dx[n] (with ``input_grad``) and this thread's partial
-    dw and db in s (its Scratch).
+def _direct_forward_span(x, w, b, g, has_bias, relu, win, plan, out, index, s, lo, hi):
+    """_forward_span by simd.direct_conv's kernel, one sample at a time (bias added by the
+    kernel). w (1, F, C·KH·KW)."""
+    y = s.dy[:g.F * g.OH * g.OW].reshape(g.F, g.OH * g.OW)
+    for n in range(lo, hi):
+        simd_direct.forward_sample(x[n], w[0], b, y, g.KH, g.KW, g.OH, g.OW)
+        _finish_samples(y, b, g, False, relu, win, out, index, s, n, 1)
+
+
+@njit(cache=True, parallel=True)
+def _direct_forward_parallel(x, w, b, g, has_bias, relu, win, plan, out, index, s, chunks):
+    for t in prange(chunks):
+        _direct_forward_span(x, w, b, g, has_bias, relu, win, plan, out, index,
+                             _thread_scratch(s, t), t * g.N // chunks, (t + 1) * g.N // chunks)
+
+
+@njit(cache=True)
+def _output_gradient(dout, g, relu, mask, index, n, dy, at, db):
+    """dy[:, at:at + OH·OW] = the gradient of sample n's conv output (F, OH·OW), from the op's
+    output gradient dout (N, F, Q) through the pool (``index`` non-empty) and the ReLU
+    (``relu``); db (F,) += its sums. See _backward_span."""
+    P = g.OH * g.OW
+    Q = dout.shape[2]
+    pooled = index.shape[0] > 0
+    for f in range(g.F):
+        row = dy[f, at:at + P]
+        if pooled:
+            for p in range(P):
+                row[p] = 0
+            for q in range(Q):
+                k = index[n, f, q]
+                if k < 0 or k >= P:
+                    raise IndexError("conv2d_relu_maxpool2d_backward: a saved pool index lies "
+                                     "outside the convolution's output")
+                # relu's gradient is 0 at 0; += as overlapping windows share winners
+                if not mask[n, f, q] <= 0:
+                    row[k] += dout[n, f, q]
+        else:
+            for p in range(P):
+                if relu and mask[n, f, p] <= 0:
+                    row[p] = 0
+                else:
+                    row[p] = dout[n, f, p]
+        acc = db[f]
+        for p in range(P):
+            acc += row[p]
+        db[f] = acc
+
+
+@njit(cache=True)
+def _input_gradient(w, g, dy, s, n0, count, dx):
+    """dx[n0 .. n0 + count - 1] += col2im(w[grp]ᵀ · dy[grp]) for each group; dy (F,
+    count·OH·OW)."""
+    K = g.Cg * g.KH * g.KW
+    width = count * g.OH * g.OW
+    dcols = s.dcols[:g.G * K * width].reshape(g.G, K, width)
+    for grp in range(g.G):
+        np.dot(w[grp].T, dy[grp * g.Fg:(grp + 1) * g.Fg], dcols[grp])
+    for i in range(count):
+        fold_sample(dcols, g, n0 + i, dx, i * g.OH * g.OW)
+
+
+@njit(cache=True)
+def _backward_span(dout, x, w, g, relu, mask, index, input_grad, plan, dx, s, lo, hi):
+    """Samples [lo, hi), plan.m at a time: dx[n] (with ``input_grad``) and this thread's
+    partial dw and db in s (its Scratch); with ``plan.vector`` the weight gradient by
+    simd.conv's kernel, one sample at a time, transposed into s.dwT (Cg·KH·KW, F).
 
     dout (N, F, Q): the gradient of the op's output (Q = OH·OW, or the pooled PH·PW with
     ``index`` non-empty); mask (N, F, Q): the op's output, whose ReLU gradient is 0 where it
     is <= 0 (``relu``); index (N, F, Q): the pool's winners in the (OH·OW) plane.
     """
     P, K = g.OH * g.OW, g.Cg * g.KH * g.KW
-    Q = dout.shape[2]
-    pooled = index.shape[0] > 0
-    for n0 in range(lo, hi, m):
-        count = min(n0 + m, hi) - n0
+    doutT = s.doutT.reshape(s.doutT.shape[0] // g.F if g.F else 0, g.F)
+    for n0 in range(lo, hi, plan.m):
+        count = min(n0 + plan.m, hi) - n0
         width = count * P
-        cols = s.cols[:g.G * K * width].reshape(g.G, K, width)
+        cols_width = 0 if plan.vector else width
+        cols = s.cols[:g.G * K * cols_width].reshape(g.G, K, cols_width)
         dy = s.dy[:g.F * width].reshape(g.F, width)
         for i in range(count):
-            n = n0 + i
-            for f in range(g.F):
-                row = dy[f, i * P:(i + 1) * P]
-                if pooled:
-                    for p in range(P):
-                        row[p] = 0
-                    for q in range(Q):
-                        k = index[n, f, q]
-                        if k < 0 or k >= P:
-                            raise IndexError("conv2d_relu_maxpool2d_backward: a saved pool "
-                                             "index lies outside the convolution's output")
-                        # relu's gradient is 0 at 0; += as overlapping windows share winners
-                        if not mask[n, f, q] <= 0:
-                            row[k] += dout[n, f, q]
-                else:
-                    for p in range(P):
-                        if relu and mask[n, f, p] <= 0:
-                            row[p] = 0
-                        else:
-                            row[p] = dout[n, f, p]
-                acc = s.db[f]
-                for p in range(P):
-                    acc += row[p]
-                s.db[f] = acc
-            unfold_sample(x, g, n, cols, i * P)
-        for grp in range(g.G):
-            dy_g = dy[grp * g.Fg:(grp + 1) * g.Fg]
-            np.dot(dy_g, cols[grp].T, s.product)
+            _output_gradient(dout, g, relu, mask, index, n0 + i, dy, i * P, s.db)
+            if plan.vector:
+                simd_conv.transpose_plane(dy[:, i * P:(i + 1) * P], doutT)
+                simd_conv.weight_grad_sample(_vector_sample(x, g, n0 + i, s.padded), doutT,
+                                             s.dwT, g.KH, g.KW, g.OH, g.OW)
+            else:
+                unfold_sample(x, g, n0 + i, cols, i * P)
+        for grp in range(0 if plan.vector else g.G):
+            np.dot(dy[grp * g.Fg:(grp + 1) * g.Fg], cols[grp].T, s.product)
             dw = s.dw[grp]
             for f in range(g.Fg):
                 for k in range(K):
                     dw[f, k] += s.product[f, k]
-            if input_grad:
-                dcols = s.dcols[grp * K * width:(grp + 1) * K * width].reshape(K, width)
-                np.dot(w[grp].T, dy_g, dcols)
         if input_grad:
-            dcols = s.dcols[:g.G * K * width].reshape(g.G, K, width)
-            for i in range(count):
-                fold_sample(dcols, g, n0 + i, dx, i * P)
+            _input_gradient(w, g, dy, s, n0, count, dx)
 
 
 @njit(cache=True, parallel=True)
-def _backward_parallel(dout, x, w, g, relu, mask, index, input_grad, m, dx, s, chunks):
+def _backward_parallel(dout, x, w, g, relu, mask, index, input_grad, plan, dx, s, chunks):
     for t in prange(chunks):
-        _backward_span(dout, x, w, g, relu, mask, index, input_grad, m, dx,
+        _backward_span(dout, x, w, g, relu, mask, index, input_grad, plan, dx,
                        _thread_scratch(s, t), t * g.N // chunks, (t + 1) * g.N // chunks)
 
 
 @njit(cache=True)
 def _thread_scratch(s, t):
     """Thread t's part of the Scratch s (every field's leading axis is the thread)."""
-    return Scratch(s.cols[t], s.dcols[t], s.dy[t], s.conv[t], s.product[t], s.dw[t], s.db[t])
+    return Scratch(s.cols[t], s.dcols[t], s.dy[t], s.conv[t], s.product[t], s.dw[t], s.db[t],
+                   s.padded[t], s.doutT[t], s.dwT[t])
 
 
-def _plan(g, itemsize):
-    """(threads, samples per GEMM): threads for the batch (one when the work is too small to
-    share), and as many samples per GEMM as keep their columns and the GEMM's product (a
-    layer with few input channels has a product many times its columns) under BLOCK_BYTES."""
+def _plan(g, dtype, backward=False):
+    """The Plan of a pass: threads for the batch (one when the work is too small to share);
+    simd's kernels where they apply, one sample at a time in the forward pass; else as many
+    samples per GEMM as keep their columns and the GEMM's product (a layer with few input
+    channels has a product many times its columns) under BLOCK_BYTES."""
     threads = chunks_for(g.N, g.N * g.F * g.C * g.KH * g.KW * g.OH * g.OW // g.G)
-    per_sample = (g.C * g.KH * g.KW + g.F) * g.OH * g.OW * itemsize
-    return threads, max(1, min(BLOCK_BYTES // max(per_sample, 1), -(-g.N // threads)))
+    vector = bool(simd_conv.applies(g, dtype))
+    direct = not backward and not vector and bool(simd_direct.applies(g, dtype))
+    per_sample = (g.C * g.KH * g.KW + g.F) * g.OH * g.OW * np.dtype(dtype).itemsize
+    m = max(1, min(BLOCK_BYTES // max(per_sample, 1), -(-g.N // threads)))
+    return Plan(threads, 1 if (vector or direct) and not backward else m, vector, direct)
 
 
-def _scratch(g, T, m, dtype, pooled=False, backward=False, input_grad=False):
-    """Scratch buffers for T threads taking m samples per GEMM (only those the pass uses)."""
+def _scratch(g, plan, dtype, pooled=False, backward=False, input_grad=False):
+    """Scratch buffers for plan.threads threads taking plan.m samples per GEMM (only those the
+    pass uses)."""
+    T, m, vector, direct = plan
     P, K = g.OH * g.OW, g.Cg * g.KH * g.KW
     columns = g.G * K * m * P
-    return Scratch(np.empty((T, columns), dtype),
+    Hp, Wp = simd_conv.padded_size(g)
+    pads = vector and (g.top, g.left, Hp, Wp) != (0, 0, g.H, g.W)
+    portable_grad = backward and not vector
+    return Scratch(np.empty((T, 0 if vector or direct else columns), dtype),
                    np.empty((T, columns if input_grad else 0), dtype),
                    np.empty((T, g.F * m * P), dtype),
                    np.empty((T, g.F, g.OH, g.OW) if pooled else (T, 0, 0, 0), dtype),
-                   np.empty((T, g.Fg, K) if backward else (T, 0, 0), dtype),
-                   np.zeros((T, g.G, g.Fg, K) if backward else (T, 0, 0, 0), dtype),
-                   np.zeros((T, g.F) if backward else (T, 0), dtype))
+                   np.empty((T, g.Fg, K) if portable_grad else (T, 0, 0), dtype),
+                   np.zeros((T, g.G, g.Fg, K) if portable_grad else (T, 0, 0, 0), dtype),
+                   np.zeros((T, g.F) if backward else (T, 0), dtype),
+                   np.zeros((T, g.C * Hp * Wp if pads else 0), dtype),
+                   np.empty((T, P * g.F if backward and vector else 0), dtype),
+                   np.zeros((T, K, g.F) if backward and vector else (T, 0, 0), dtype))
 
 
 def forward(x, w, b, g, relu, pooling=None):
@@ -253,7 +351,6 @@ def forward(x, w, b, g, relu, pooling=None):
     (empty when unpooled). x, w C-contiguous of one dtype."""
     has_bias = b is not None
     bias = np.ascontiguousarray(b, dtype=x.dtype) if has_bias else np.zeros(g.F, x.dtype)
-    w3 = w.reshape(g.G, g.Fg, g.Cg * g.KH * g.KW)
     if pooling is None:
         win, shape = NO_POOL, (g.N, g.F, g.OH, g.OW)
         index = np.empty((0, 0, 0, 0), POOL_INDEX)
@@ -264,13 +361,21 @@ def forward(x, w, b, g, relu, pooling=None):
     out = np.empty(shape, x.dtype)
     if g.N == 0:
         return out, index
-    T, m = _plan(g, x.itemsize)
-    s = _scratch(g, T, m, x.dtype, pooled=pooling is not None)
-    if T == 1:
-        _forward_span(x, w3, bias, g, has_bias, relu, win, m, out, index,
-                      Scratch(*(a[0] for a in s)), 0, g.N)
+    plan = _plan(g, x.dtype)
+    K = g.Cg * g.KH * g.KW
+    if plan.vector:
+        w3 = np.ascontiguousarray(w.reshape(g.F, K).T).reshape(1, K, g.F)
     else:
-        run_parallel(_forward_parallel, x, w3, bias, g, has_bias, relu, win, m, out, index, s, T)
+        w3 = w.reshape(g.G, g.Fg, K)
+    s = _scratch(g, plan, x.dtype, pooled=pooling is not None)
+    span, parallel = ((_direct_forward_span, _direct_forward_parallel) if plan.direct
+                      else (_forward_span, _forward_parallel))
+    if plan.threads == 1:
+        span(x, w3, bias, g, has_bias, relu, win, plan, out, index, Scratch(*(a[0] for a in s)),
+             0, g.N)
+    else:
+        run_parallel(parallel, x, w3, bias, g, has_bias, relu, win, plan, out, index, s,
+                     plan.threads)
     return out, index
 
 
@@ -288,17 +393,20 @@ def backward(dout, x, w, g, has_bias, relu_out=None, index=None, input_grad=True
     mask = relu_out.reshape(dout.shape) if relu else dout
     index = (np.empty((0, 0, 0), POOL_INDEX) if index is None
              else np.ascontiguousarray(index).reshape(dout.shape))
-    T, m = _plan(g, dtype.itemsize)
-    s = _scratch(g, T, m, dtype, backward=True, input_grad=input_grad)
+    plan = _plan(g, dtype, backward=True)
+    s = _scratch(g, plan, dtype, backward=True, input_grad=input_grad)
     dx = np.zeros((g.N, g.C, g.H, g.W) if input_grad else (0, 0, 0, 0), dtype)
     w3 = w.reshape(g.G, g.Fg, g.Cg * g.KH * g.KW)
-    if g.N and T == 1:
-        _backward_span(dout, x, w3, g, relu, mask, index, input_grad, m, dx,
+    if g.N and plan.threads == 1:
+        _backward_span(dout, x, w3, g, relu, mask, index, input_grad, plan, dx,
                        Scratch(*(a[0] for a in s)), 0, g.N)
     elif g.N:
-        run_parallel(_backward_parallel, dout, x, w3, g, relu, mask, index, input_grad, m, dx,
-                     s, T)
-    dw = s.dw.sum(axis=0).reshape(w.shape)
+        run_parallel(_backward_parallel, dout, x, w3, g, relu, mask, index, input_grad, plan,
+                     dx, s, plan.threads)
+    if plan.vector:
+        dw = np.ascontiguousarray(s.dwT.sum(axis=0).T).reshape(w.shape)
+    else:
+        dw = s.dw.sum(axis=0).reshape(w.shape)
     db = s.db.sum(axis=0) if has_bias else None
     return (dx if input_grad else None), dw, db
 
