@@ -10,6 +10,7 @@ from scratchnet.backends.numba_backend import conv as nb_conv
 from scratchnet.backends.numba_backend import fused as nb_fused
 from scratchnet.backends.numba_backend.simd import conv as simd_conv
 from scratchnet.backends.numba_backend.simd import direct_conv as simd_direct
+from scratchnet.backends.numba_backend.simd import register_block
 from scratchnet.backends.numba_backend.simd.vectors import has_wide_vectors
 from tests.helpers import DTYPES, assert_close
 
@@ -19,7 +20,7 @@ needs_avx512 = pytest.mark.skipif(not has_wide_vectors(),
 
 # (N, C, H, W, F, (KH, KW), (top, bottom, left, right), bias): every one a layer the kernels
 # take in float32 and float64 (F a multiple of 64); OH·OW never a multiple of the block's
-# simd_conv.ROWS pixels, so each plane ends in a short block
+# register_block.ROWS pixels, so each plane ends in a short block
 CASES = [
     (2, 3, 9, 9, 64, (3, 3), (0, 0, 0, 0), True),  # 7·7 pixels, one thread
     (5, 32, 13, 13, 64, (3, 3), (0, 0, 0, 0), True),  # digitcnn's conv2 on 11·11, two threads
@@ -87,7 +88,7 @@ def geometry(case):
 def test_cases_end_in_a_short_block_of_pixels():
     for case in CASES:
         g = geometry(case)
-        assert (g.OH * g.OW) % simd_conv.ROWS != 0, case_id(case)
+        assert (g.OH * g.OW) % register_block.ROWS != 0, case_id(case)
 
 
 @pytest.mark.parametrize("input_grad", [True, False])

@@ -4,7 +4,7 @@
     dwT[r, f] += Σ_p xs[c, oh + kh, ow + kw] · doutT[p, f]          r = (c·KH + kh)·KW + kw
 
 for one sample xs (C, Hp, Wp), already zero-padded when the layer pads. Both are loops around
-a block of ROWS × VECTORS wide accumulators (register_block.py's scheme): forward, 6 output
+register_block.py's block of rb.ROWS × rb.VECTORS wide accumulators: forward, 6 output
 pixels × 64 float32 filters (32 float64) summed over every tap, each tap's filters one
 contiguous row of the transposed weights wt (taps, F) and each pixel's input a broadcast scalar
 read anywhere in the sample, so no column matrix is built and no lane is wasted whatever OW
@@ -13,150 +13,18 @@ every pixel of doutT (P, F), the output gradient transposed. conv.py runs these 
 where :func:`applies` holds, and keeps its own epilogue (ReLU, pooling) and input gradient
 around them.
 
-Why 6 rows and not register_block's 7: a called njit function's code is optimised again
-inside each caller, and in conv.py's span kernels LLVM unrolled the 7-row loop and spilled
-its 28 accumulators to the stack on every step (the broadcast scalar makes 33 live vectors);
-24 accumulators leave room, and one 512-bit FMA per cycle keeps either block busy.
-
 Sums run over taps (forward) or pixels (weight gradient) in order, each step one fused
 multiply-add: within float rounding of the GEMM, not bitwise.
 """
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.extending import intrinsic
+from numba import njit
 
+from . import register_block as rb
 from . import wide_enabled
-from .vectors import (WIDE_VECTOR_BYTES, block_vectors, fmuladd, pointer, splat, stack_block,
-                      vector_of, vector_pointer)
+from .vectors import WIDE_VECTOR_BYTES
 
 __all__ = ["applies", "padded_size", "forward_sample", "weight_grad_sample", "pad_sample",
            "transpose_plane"]
-
-ROWS = 6  # pixels (forward) or taps (weight gradient) per block
-VECTORS = 4  # wide vectors of filters per block
-
-
-def _columns(dtype):
-    """Filters per block: VECTORS wide vectors (64 float32, 32 float64)."""
-    return VECTORS * WIDE_VECTOR_BYTES // np.dtype(dtype).itemsize
-
-
-def _types(context, like):
-    element = context.get_value_type(like.dtype)
-    return element, vector_of(element, WIDE_VECTOR_BYTES)
-
-
-def _accumulator(builder, block, i, j):
-    i32 = ir.IntType(32)
-    return builder.gep(block, [ir.Constant(i32, 0), ir.Constant(i32, i * VECTORS + j)],
-                       inbounds=True)
-
-
-@intrinsic
-def _new_block(typingctx, like):
-    """A zeroed block for arrays of like's dtype (register_block.new_block)."""
-    def codegen(context, builder, signature, args):
-        _, vector = _types(context, like)
-        return stack_block(builder, vector, ROWS * VECTORS)
-
-    return types.voidptr(like), codegen
-
-
-@intrinsic
-def _multiply_add(typingctx, block, like, v_address, v_at, s_address, s_index_address, s_add):
-    """acc[i, j] += s[s_index[i] + s_add] · v[v_at + j·V : v_at + (j+1)·V] for i < ROWS
-    (register_block.multiply_add)."""
-    sig = types.void(block, like, v_address, v_at, s_address, s_index_address, s_add)
-
-    def codegen(context, builder, signature, args):
-        block_ptr, _, v_addr, v_at_v, s_addr, s_index_addr, s_add_v = args
-        element, vector = _types(context, like)
-        acc_block = block_vectors(builder, block_ptr, vector, ROWS * VECTORS)
-        fma = fmuladd(builder, vector)
-        align = WIDE_VECTOR_BYTES // vector.count
-        loaded = []
-        for j in range(VECTORS):
-            at = builder.add(v_at_v, ir.Constant(v_at_v.type, j * vector.count))
-            loaded.append(builder.load(vector_pointer(builder, v_addr, element, at, vector),
-                                       align=align))
-        i64 = ir.IntType(64)
-        for i in range(ROWS):
-            offset = builder.load(pointer(builder, s_index_addr, i64, ir.Constant(i64, i)))
-            scalar = builder.load(pointer(builder, s_addr, element, builder.add(offset, s_add_v)))
-            broadcast = splat(builder, vector, scalar)
-            for j in range(VECTORS):
-                acc = _accumulator(builder, acc_block, i, j)
-                builder.store(builder.call(fma, [broadcast, loaded[j], builder.load(acc)]), acc)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
-def _add_rows(typingctx, block, like, out_address, row_length, col0, row0, count):
-    """out[(row0 + i)·row_length + col0 + j·V : ... + V] += acc[i, j] for i < count, then zero
-    the block (register_block.add_rows)."""
-    sig = types.void(block, like, out_address, row_length, col0, row0, count)
-
-    def codegen(context, builder, signature, args):
-        block_ptr, _, out_addr, length_v, col0_v, row0_v, count_v = args
-        element, vector = _types(context, like)
-        acc_block = block_vectors(builder, block_ptr, vector, ROWS * VECTORS)
-        index = col0_v.type
-        align = WIDE_VECTOR_BYTES // vector.count
-        for i in range(ROWS):
-            row = builder.add(row0_v, ir.Constant(index, i))
-            inside = builder.icmp_signed("<", ir.Constant(index, i), count_v)
-            with builder.if_then(inside, likely=True):
-                for j in range(VECTORS):
-                    acc = _accumulator(builder, acc_block, i, j)
-                    at = builder.add(builder.add(builder.mul(row, length_v), col0_v),
-                                     ir.Constant(index, j * vector.count))
-                    out = vector_pointer(builder, out_addr, element, at, vector)
-                    builder.store(builder.fadd(builder.load(out, align=align), builder.load(acc)),
-                                  out, align=align)
-            for j in range(VECTORS):
-                builder.store(ir.Constant(vector, None), _accumulator(builder, acc_block, i, j))
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
-def _store_transposed(typingctx, block, like, bias_address, col0, out_address, plane,
-                      row_index_address):
-    """out[(col0 + c)·plane + row_index[i]] = acc[i, c] + bias[col0 + c], then zero the block
-    (register_block.store_transposed)."""
-    sig = types.void(block, like, bias_address, col0, out_address, plane, row_index_address)
-
-    def codegen(context, builder, signature, args):
-        block_ptr, _, bias_addr, col0_v, out_addr, plane_v, rows_addr = args
-        element, vector = _types(context, like)
-        acc_block = block_vectors(builder, block_ptr, vector, ROWS * VECTORS)
-        index = col0_v.type
-        i64 = ir.IntType(64)
-        align = WIDE_VECTOR_BYTES // vector.count
-        biases = []
-        for j in range(VECTORS):
-            at = builder.add(col0_v, ir.Constant(index, j * vector.count))
-            biases.append(builder.load(vector_pointer(builder, bias_addr, element, at, vector),
-                                       align=align))
-        for i in range(ROWS):
-            row = builder.load(pointer(builder, rows_addr, i64, ir.Constant(i64, i)))
-            for j in range(VECTORS):
-                acc = _accumulator(builder, acc_block, i, j)
-                values = builder.fadd(builder.load(acc), biases[j])
-                for lane in range(vector.count):
-                    c = builder.add(col0_v, ir.Constant(index, j * vector.count + lane))
-                    at = builder.add(builder.mul(c, plane_v), row)
-                    value = builder.extract_element(values, ir.Constant(ir.IntType(32), lane))
-                    builder.store(value, pointer(builder, out_addr, element, at))
-                builder.store(ir.Constant(vector, None), acc)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
 
 # the transposed weights (taps, F) are read once per block of pixels: they should stay in a
 # core's L2
@@ -176,7 +44,7 @@ def applies(g, dtype):
     itemsize = np.dtype(dtype).itemsize
     Hp, Wp = padded_size(g)
     return (g.G == 1 and (g.sh, g.sw, g.dh, g.dw) == (1, 1, 1, 1) and g.KH * g.KW > 1
-            and g.F > 0 and g.F % _columns(dtype) == 0 and g.OH > 0 and g.OW > 0
+            and g.F > 0 and g.F % rb.columns(dtype) == 0 and g.OH > 0 and g.OW > 0
             and g.F * g.C * g.KH * g.KW * itemsize <= MAX_WEIGHT_BYTES
             and g.top >= 0 and g.left >= 0 and g.top + g.H <= Hp and g.left + g.W <= Wp
             and wide_enabled())
@@ -200,7 +68,7 @@ def _fits(xs, R, F, KH, KW, OH, OW):
     """True when xs (C, Hp, Wp) and an (R, F) operand fit these sizes: the intrinsics read by
     address, unchecked."""
     C, Hp, Wp = xs.shape
-    block = VECTORS * WIDE_VECTOR_BYTES // xs.itemsize
+    block = rb.VECTORS * WIDE_VECTOR_BYTES // xs.itemsize
     return (R == C * KH * KW and Hp >= OH + KH - 1 and Wp >= OW + KW - 1 and OH > 0 and OW > 0
             and F % block == 0)
 
@@ -216,26 +84,26 @@ def forward_sample(xs, wt, b, out, KH, KW, OH, OW):
         raise ValueError("conv2d forward: the filter-vector kernel got operands of the wrong "
                          "sizes")
     Wp = xs.shape[2]
-    block_filters = VECTORS * WIDE_VECTOR_BYTES // xs.itemsize
+    block_filters = rb.VECTORS * WIDE_VECTOR_BYTES // xs.itemsize
     # one flat loop over the taps, each tap's offset from a table: written as loops over
     # (c, kh, kw), LLVM keeps the pixels' addresses in spilled registers
     shifts = _tap_offsets(xs.shape[0], xs.shape[1], Wp, KH, KW)
-    bases = np.empty(ROWS, np.int64)  # each pixel's first input, xs[0, oh, ow]
-    pixels = np.empty(ROWS, np.int64)
+    bases = np.empty(rb.ROWS, np.int64)  # each pixel's first input, xs[0, oh, ow]
+    pixels = np.empty(rb.ROWS, np.int64)
     x_at, w_at, b_at, out_at = xs.ctypes.data, wt.ctypes.data, b.ctypes.data, out.ctypes.data
     bases_at, pixels_at = bases.ctypes.data, pixels.ctypes.data
-    block = _new_block(xs)
+    block = rb.new_block(xs)
     for f0 in range(0, F, block_filters):
-        for p0 in range(0, P, ROWS):
-            for i in range(ROWS):
+        for p0 in range(0, P, rb.ROWS):
+            for i in range(rb.ROWS):
                 # a short last block repeats the last pixel, which stores the same value again
                 p = min(p0 + i, P - 1)
                 oh = p // OW
                 pixels[i] = p
                 bases[i] = oh * Wp + (p - oh * OW)
             for r in range(R):
-                _multiply_add(block, xs, w_at, r * F + f0, x_at, bases_at, shifts[r])
-            _store_transposed(block, xs, b_at, f0, out_at, P, pixels_at)
+                rb.multiply_add(block, xs, w_at, r * F + f0, x_at, bases_at, shifts[r])
+            rb.store_transposed(block, xs, b_at, f0, out_at, P, pixels_at)
 
 
 @njit(cache=True)
@@ -248,24 +116,24 @@ def weight_grad_sample(xs, doutT, dwT, KH, KW, OH, OW):
         raise ValueError("conv2d backward: the filter-vector kernel got operands of the wrong "
                          "sizes")
     Wp = xs.shape[2]
-    block_filters = VECTORS * WIDE_VECTOR_BYTES // xs.itemsize
+    block_filters = rb.VECTORS * WIDE_VECTOR_BYTES // xs.itemsize
     taps = _tap_offsets(xs.shape[0], xs.shape[1], Wp, KH, KW)
     bases = np.empty(P, np.int64)  # a flat loop over the pixels, as forward_sample's taps
     for p in range(P):
         oh = p // OW
         bases[p] = oh * Wp + (p - oh * OW)
-    shifts = np.empty(ROWS, np.int64)  # the block's taps' offsets
+    shifts = np.empty(rb.ROWS, np.int64)  # the block's taps' offsets
     x_at, d_at, dw_at, shifts_at = xs.ctypes.data, doutT.ctypes.data, dwT.ctypes.data, \
         shifts.ctypes.data
-    block = _new_block(xs)
+    block = rb.new_block(xs)
     for f0 in range(0, F, block_filters):
-        for r0 in range(0, R, ROWS):
-            for i in range(ROWS):
+        for r0 in range(0, R, rb.ROWS):
+            for i in range(rb.ROWS):
                 # a short last block repeats a tap, added only once (add_rows' count)
                 shifts[i] = taps[min(r0 + i, R - 1)]
             for p in range(P):
-                _multiply_add(block, xs, d_at, p * F + f0, x_at, shifts_at, bases[p])
-            _add_rows(block, xs, dw_at, F, f0, r0, min(ROWS, R - r0))
+                rb.multiply_add(block, xs, d_at, p * F + f0, x_at, shifts_at, bases[p])
+            rb.add_rows(block, xs, dw_at, F, f0, r0, min(rb.ROWS, R - r0))
 
 
 @njit(cache=True)

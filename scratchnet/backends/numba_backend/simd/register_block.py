@@ -3,11 +3,13 @@
     acc[i, j·V : (j+1)·V]  +=  s[i] · v[j·V : (j+1)·V]        i < ROWS, j < VECTORS
 
 where the ROWS scalars ``s[i]`` are broadcast and the VECTORS·V values ``v`` are contiguous
-(V = lanes of a 512-bit register: 16 float32, 8 float64). With ROWS = 7 and VECTORS = 4 the
-block holds 28 accumulators and the 4 loaded vectors in AVX-512's 32 registers, so a loop of
-``multiply_add`` calls reads each operand once and writes nothing until the block is flushed
-(``add_rows`` or ``store_transposed``). The convolution (simd/conv.py) and linear
-(simd/linear.py) kernels are loops around these three intrinsics.
+(V = lanes of a 512-bit register: 16 float32, 8 float64). With ROWS = 6 and VECTORS = 4 the
+block's 24 accumulators, the 4 loaded vectors and the broadcast scalar stay in AVX-512's 32
+registers, so a loop of ``multiply_add`` calls reads each operand once and writes nothing until
+the block is flushed (``add_rows`` or ``store_transposed``). Seven rows would fill the 32
+registers exactly but for the broadcast: inlined into a larger kernel, LLVM then spilled the
+accumulators on every step. The filter-vector convolution (simd/conv.py) is a loop around
+these intrinsics.
 
 Why intrinsics: written as Numba loops over a small local array, the accumulators live in
 memory (an array is a heap object to LLVM), and the loop vectoriser does not keep a 7 × 4
@@ -27,7 +29,7 @@ from .vectors import (WIDE_VECTOR_BYTES, block_vectors, fmuladd, pointer, splat,
 __all__ = ["ROWS", "VECTORS", "columns", "new_block", "multiply_add", "add_rows",
            "store_transposed"]
 
-ROWS = 7
+ROWS = 6
 VECTORS = 4
 
 
