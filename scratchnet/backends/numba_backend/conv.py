@@ -194,8 +194,9 @@ def _forward_span(x, w, b, g, has_bias, relu, win, plan, out, index, s, lo, hi):
 @njit(cache=True, parallel=True)
 def _forward_parallel(x, w, b, g, has_bias, relu, win, plan, out, index, s, chunks):
     for t in prange(chunks):
-        _forward_span(x, w, b, g, has_bias, relu, win, plan, out, index, _thread_scratch(s, np.int64(t)),
-                      t * g.N // chunks, (t + 1) * g.N // chunks)
+        k = np.int64(t)  # one compiled signature for the span, as when called serially
+        _forward_span(x, w, b, g, has_bias, relu, win, plan, out, index, _thread_scratch(s, k),
+                      k * g.N // chunks, (k + 1) * g.N // chunks)
 
 
 @njit(cache=True)
@@ -211,8 +212,9 @@ def _direct_forward_span(x, w, b, g, has_bias, relu, win, plan, out, index, s, l
 @njit(cache=True, parallel=True)
 def _direct_forward_parallel(x, w, b, g, has_bias, relu, win, plan, out, index, s, chunks):
     for t in prange(chunks):
+        k = np.int64(t)
         _direct_forward_span(x, w, b, g, has_bias, relu, win, plan, out, index,
-                             _thread_scratch(s, np.int64(t)), t * g.N // chunks, (t + 1) * g.N // chunks)
+                             _thread_scratch(s, k), k * g.N // chunks, (k + 1) * g.N // chunks)
 
 
 @njit(cache=True)
@@ -300,12 +302,13 @@ def _backward_span(dout, x, w, g, relu, mask, index, input_grad, plan, dx, s, lo
 @njit(cache=True, parallel=True)
 def _backward_parallel(dout, x, w, g, relu, mask, index, input_grad, plan, dx, s, chunks):
     for t in prange(chunks):
+        k = np.int64(t)
         _backward_span(dout, x, w, g, relu, mask, index, input_grad, plan, dx,
-                       _thread_scratch(s, np.int64(t)), t * g.N // chunks, (t + 1) * g.N // chunks)
+                       _thread_scratch(s, k), k * g.N // chunks, (k + 1) * g.N // chunks)
 
 
 @njit(cache=True)
-def _thread_scratch(s, np.int64(t)):
+def _thread_scratch(s, t):
     """Thread t's part of the Scratch s (every field's leading axis is the thread)."""
     return Scratch(s.cols[t], s.dcols[t], s.dy[t], s.conv[t], s.product[t], s.dw[t], s.db[t],
                    s.padded[t], s.doutT[t], s.dwT[t])
