@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -145,3 +146,12 @@ def test_switched_off_or_warm_cache_starts_no_helper(cold, monkeypatch):
     monkeypatch.setattr(precompile, "cache_is_cold", lambda: False)
     precompile.compile_ahead(model, x, opt)
     assert not precompile.helper_running()
+
+
+def test_a_model_with_two_outputs_gets_its_step_compiled(cold):
+    model = sn.models.build("multimlp")
+    x = np.zeros((4,) + model.input_shape, np.float32)
+    precompile.compile_ahead(model, x, sn.optim.SGD(model.parameters(), lr=0.1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        precompile.finish_compile_ahead()

@@ -73,8 +73,8 @@ def compile_ahead(model, x, optimizer=None, loss=None):
     """Start a helper process that compiles the training step on batch ``x`` (the real batch:
     its size picks serial or parallel kernels); returns at once.
 
-    loss: accepted for the training loop's call; the helper starts backward from ones of the
-    output's shape and type (the loss's own kernels are serial: this process compiles them).
+    loss: accepted for the training loop's call; the helper starts backward from ones shaped as
+    the output (the loss's own kernels are serial: this process compiles them).
     Does nothing when the model already had a helper for this batch shape, or when
     :func:`enabled` is false.
     """
@@ -127,9 +127,16 @@ def helper_main(step):
     out = model(x)
     if optimizer is not None:
         optimizer.zero_grad()
-    backward_to_params(model, np.ones_like(out))
+    backward_to_params(model, _ones_like(out))
     if optimizer is not None:
         optimizer.step()
+
+
+def _ones_like(out):
+    """Ones shaped as the model's output: an array, or a tuple of them (several heads)."""
+    if isinstance(out, (tuple, list)):
+        return tuple(_ones_like(o) for o in out)
+    return np.ones_like(out)
 
 
 def helper_running():
