@@ -13,11 +13,11 @@ signatures), and once the helper is done the drivers load from the cache.
 
 A fresh process rather than a fork: a fork of a process whose thread pool has started (GNU
 OpenMP's) cannot run parallel kernels. Two processes may write one kernel's cache entry at
-once, which Numba's cache index survives only when both write the same signature: every kernel
-takes one signature per dtype whichever path calls it. Serial and parallel kernels split their
-sums differently, so the steps taken while a helper runs (cold cache only) differ from the
-others by round-off. A helper that fails is reported with a warning when it ends; this process
-then compiles what it needs itself.
+once, which Numba's cache index survives only when both write the same signature, so a kernel
+must take one signature per dtype whichever path (serial or a driver) calls it. Serial and
+parallel kernels split their sums differently, so the steps taken while a helper runs (cold
+cache only) differ from the others by round-off. A helper that fails is reported with a
+warning when it ends; this process then compiles what it needs itself.
 """
 import atexit
 import os
