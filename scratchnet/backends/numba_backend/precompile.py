@@ -121,6 +121,9 @@ def helper_main(step):
     from ... import backend
     from ...nn.module import backward_to_params
 
+    if hasattr(os, "nice"):
+        # the helper only uses a spare core: on a busy machine the step waiting here comes first
+        os.nice(10)
     model, x, optimizer, threads = pickle.loads(step)
     backend.set_backend("numba")
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
