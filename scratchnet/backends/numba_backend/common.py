@@ -14,6 +14,8 @@ import os
 import numba
 import numpy as np
 
+from .precompile import helper_running
+
 __all__ = ["PARALLEL_MIN_WORK", "chunks_for", "run_parallel", "launch", "flat"]
 
 # element operations below which a kernel stays on the calling thread: waking Numba's
@@ -22,8 +24,9 @@ PARALLEL_MIN_WORK = 1 << 17
 
 
 def chunks_for(items, work):
-    """How many threads share ``items`` independent items costing ``work`` operations in all."""
-    if work < PARALLEL_MIN_WORK:
+    """How many threads share ``items`` independent items costing ``work`` operations in all
+    (one while a compile helper builds the parallel kernels: see precompile.py)."""
+    if work < PARALLEL_MIN_WORK or helper_running():
         return 1
     return max(1, min(numba.get_num_threads(), items))
 
