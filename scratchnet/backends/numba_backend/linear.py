@@ -1,42 +1,70 @@
-"""Fully connected layer (numpy twin: numpy_backend/linear.py): GEMMs split across threads.
+"""Fully connected layer (numpy twin: numpy_backend/linear.py): products split across threads.
 
     out = x·wᵀ + b        dx = dout·w        dw = doutᵀ·x        db = Σ_n dout[n]
 
-Each thread runs single-threaded BLAS (``np.dot``, see common.py) on its own block: rows of x
-for the forward pass and for dx, output features for dw and db, so every thread writes its
-own part and nothing is summed afterwards.
+Each thread computes its own block, so nothing is summed afterwards: output features for the
+forward pass (rows for a classifier head of NARROW_OUTPUTS or fewer features), output features
+for dw and db, rows for dx. A block runs simd/linear.py's register-block kernels where
+``simd.linear.applies``, else single-threaded BLAS (``np.dot``, see common.py).
 """
 import numpy as np
 from numba import njit, prange
 
 from .common import chunks_for, run_parallel
+from .simd import linear as simd_linear
 
 __all__ = ["linear_forward", "linear_backward"]
 
+# a forward pass with this many output features or fewer splits rows across threads: split by
+# features, each thread would get a sliver of a classifier head
+NARROW_OUTPUTS = 16
+# the fewest output features (or rows) a thread's block gets
+MIN_PER_BLOCK = 16
+
+
+def _blocks(macs, items):
+    """Threads for a product of ``macs`` multiply-adds split along an axis of ``items``.
+
+    A multiply-add counts as half an element operation of common.PARALLEL_MIN_WORK: in a
+    register block it costs a fraction of what an elementwise pass pays per element.
+    """
+    return chunks_for(max(1, items // MIN_PER_BLOCK), macs // 2)
+
 
 @njit(cache=True)
-def _forward_block(x, w, b, has_bias, out, t, blocks):
-    """Rows [r0, r1) of out = x·wᵀ + b, block t of blocks."""
-    N = x.shape[0]
-    r0, r1 = t * N // blocks, (t + 1) * N // blocks
-    np.dot(x[r0:r1], w.T, out[r0:r1])
+def _forward_block(x, w, b, has_bias, out, vector, t, blocks):
+    """Block t of blocks of out = x·wᵀ + b: features [o0, o1) of every row, or rows [r0, r1)
+    of a narrow head. vector: simd_linear.forward_rows (b zeros without bias), else BLAS."""
+    N, O = out.shape
+    if O <= NARROW_OUTPUTS:
+        r0, r1, o0, o1 = t * N // blocks, (t + 1) * N // blocks, 0, O
+    else:
+        r0, r1, o0, o1 = 0, N, t * O // blocks, (t + 1) * O // blocks
+    if vector:
+        simd_linear.forward_rows(x, w, b, out, r0, r1, o0, o1)
+        return
+    if o0 == 0 and o1 == O:
+        np.dot(x[r0:r1], w.T, out[r0:r1])
+    else:
+        out[:, o0:o1] = np.dot(x, w[o0:o1].T)
     if has_bias:
         for i in range(r0, r1):
-            for j in range(out.shape[1]):
+            for j in range(o0, o1):
                 out[i, j] += b[j]
 
 
 @njit(cache=True, parallel=True)
-def _forward_parallel(x, w, b, has_bias, out, blocks):
+def _forward_parallel(x, w, b, has_bias, out, vector, blocks):
     for t in prange(blocks):
-        _forward_block(x, w, b, has_bias, out, t, blocks)
+        _forward_block(x, w, b, has_bias, out, vector, t, blocks)
 
 
 @njit(cache=True)
-def _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, t, blocks):
+def _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, vector, t, blocks):
     """Block t of blocks: dw and db for features [o0, o1), dx for rows [r0, r1).
 
-    dout_t (O, N): scratch for doutᵀ, whose rows [o0, o1) this block fills for its GEMM.
+    dout_t (O, N): scratch for doutᵀ, whose rows [o0, o1) the BLAS path fills for its GEMM.
+    vector: simd_linear.accumulate_rows, else BLAS.
     """
     N, O = dout.shape
     o0, o1 = t * O // blocks, (t + 1) * O // blocks
@@ -44,18 +72,26 @@ def _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, t, blocks):
     for j in range(o0, o1):
         s = 0.0  # float64, as the conv kernels sum their bias gradients
         for i in range(N):
-            dout_t[j, i] = dout[i, j]
             s += dout[i, j]
         db[j] = s
+    if vector:
+        scalars = dout.reshape(dout.size)
+        simd_linear.accumulate_rows(scalars, 1, O, x, dw, o0, o1)  # dout[n, o] at o + n·O
+        if input_grad:
+            simd_linear.accumulate_rows(scalars, O, 1, w, dx, r0, r1)  # at n·O + o
+        return
+    for j in range(o0, o1):
+        for i in range(N):
+            dout_t[j, i] = dout[i, j]
     np.dot(dout_t[o0:o1], x, dw[o0:o1])
     if input_grad:
         np.dot(dout[r0:r1], w, dx[r0:r1])
 
 
 @njit(cache=True, parallel=True)
-def _backward_parallel(dout, x, w, input_grad, dx, dw, db, dout_t, blocks):
+def _backward_parallel(dout, x, w, input_grad, dx, dw, db, dout_t, vector, blocks):
     for t in prange(blocks):
-        _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, t, blocks)
+        _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, vector, t, blocks)
 
 
 def _usable(*arrays):
@@ -77,11 +113,12 @@ def linear_forward(x, w, b):
     has_bias = b is not None
     bias = np.ascontiguousarray(b, dtype=x.dtype) if has_bias else np.zeros(O, x.dtype)
     out = np.empty((N, O), dtype=x.dtype)
-    blocks = chunks_for(N, x.size * O)
+    vector = simd_linear.applies(x, w)
+    blocks = _blocks(x.size * O, N if O <= NARROW_OUTPUTS else O)
     if blocks == 1:
-        _forward_block(x, w, bias, has_bias, out, 0, 1)
+        _forward_block(x, w, bias, has_bias, out, vector, 0, 1)
     else:
-        run_parallel(_forward_parallel, x, w, bias, has_bias, out, blocks)
+        run_parallel(_forward_parallel, x, w, bias, has_bias, out, vector, blocks)
     return out, (x, w, b)
 
 
@@ -96,14 +133,18 @@ def linear_backward(dout, cache, input_grad=True):
         dx = dout @ w if input_grad else None
         return dx, dout.T @ x, (dout.sum(axis=0) if b is not None else None)
     N, O = dout.shape
+    vector = simd_linear.applies(x, w, dout)
     dx = np.empty(x.shape if input_grad else (0, 0), dtype=dout.dtype)
     dw = np.empty(w.shape, dtype=dout.dtype)
     db = np.empty(O, dtype=dout.dtype)
-    dout_t = np.empty((O, N), dtype=dout.dtype)
-    # the same blocks with or without dx: OpenBLAS rounds an entry by the shape of its product
-    blocks = chunks_for(min(N, O), x.size * O)
+    dout_t = np.empty((0, 0) if vector else (O, N), dtype=dout.dtype)
+    # BLAS: the same blocks with or without dx, as OpenBLAS rounds an entry by the shape of its
+    # product; the vector kernels' entries do not depend on the blocks
+    products = 2 if input_grad or not vector else 1
+    blocks = _blocks(products * x.size * O, max(N, O))
     if blocks == 1:
-        _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, 0, 1)
+        _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, vector, 0, 1)
     else:
-        run_parallel(_backward_parallel, dout, x, w, input_grad, dx, dw, db, dout_t, blocks)
+        run_parallel(_backward_parallel, dout, x, w, input_grad, dx, dw, db, dout_t, vector,
+                     blocks)
     return (dx if input_grad else None), dw, (db if b is not None else None)

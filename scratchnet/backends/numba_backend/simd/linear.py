@@ -1,0 +1,203 @@
+"""A linear layer's products (numpy twin: numpy_backend/linear.py) in 512-bit register blocks.
+
+    out = x·wᵀ + b        dw = doutᵀ·x        dx = dout·w
+
+Which calls (``applies``): AVX-512 (``simd.wide_enabled``), float32 or float64 arrays of one
+dtype, and at least ``row_block`` input features (64 float32, 32 float64).
+
+Why: at training batch sizes a GEMM library packs both operands into its own layout on every
+call, and for these thin products the packing is most of the work; these kernels read the
+operands in place.
+
+Forward, ``forward_rows``: dot products along the contiguous rows of x and w (torch's (out, in)
+layout, nothing transposed). A block of DOT_ROWS rows × DOT_OUTPUTS outputs keeps 24 vector
+accumulators, each summing ``lanes`` interleaved partial sums over the input features; each is
+then summed across its lanes pairwise (halves added), the features past the last whole vector
+are added in order, then the bias.
+
+Gradients, ``accumulate_rows``: c[r, :] = Σ_s S(r, s)·B[s, :], the scalars S read from a flat
+array at r·row_step + s·sum_step, in register_block's 7 × 4 block. dw = doutᵀ·x is
+S(o, n) = dout[n, o] with B = x; dx = dout·w is S(n, o) = dout[n, o] with B = w. A last block of
+columns short of 4 vectors ends at the last column and overlaps the block before: the overlap
+is zeroed and computed again with the same arithmetic, so it holds the same values.
+
+Numbers are within float rounding of the GEMM's, not bitwise (``llvm.fmuladd``, other summation
+orders); the parity tests hold both paths to torch's tolerances.
+"""
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+from . import register_block as rb
+from . import wide_enabled
+from .vectors import (WIDE_VECTOR_BYTES, block_vectors, fmuladd, pointer, stack_block,
+                      vector_of, vector_pointer)
+
+__all__ = ["applies", "row_block", "forward_rows", "accumulate_rows"]
+
+DOT_ROWS = 4
+DOT_OUTPUTS = 6  # 24 accumulators + 4 rows of x + 1 row of w: 29 of the 32 vector registers
+
+
+def row_block(dtype):
+    """Input features per block of ``accumulate_rows``: 4 wide vectors (64 float32, 32 float64)."""
+    return rb.columns(dtype)
+
+
+def applies(*arrays):
+    """True when these kernels compute the products of a linear layer on ``arrays`` (x, w and
+    for backward dout): float32 or float64 of one dtype, x's features at least a row_block."""
+    dtype = arrays[0].dtype
+    return (wide_enabled() and dtype in (np.float32, np.float64)
+            and all(a.dtype == dtype for a in arrays) and arrays[0].shape[1] >= row_block(dtype))
+
+
+def _dot_vector(context, like):
+    element = context.get_value_type(like.dtype)
+    return element, vector_of(element, WIDE_VECTOR_BYTES)
+
+
+def _dot_accumulator(builder, block, i, j):
+    i32 = ir.IntType(32)
+    return builder.gep(block, [ir.Constant(i32, 0), ir.Constant(i32, i * DOT_OUTPUTS + j)],
+                       inbounds=True)
+
+
+@intrinsic
+def _new_dot_block(typingctx, like):
+    """A zeroed block of DOT_ROWS × DOT_OUTPUTS wide accumulators for arrays of like's dtype."""
+    def codegen(context, builder, signature, args):
+        _, vector = _dot_vector(context, like)
+        return stack_block(builder, vector, DOT_ROWS * DOT_OUTPUTS)
+
+    return types.voidptr(like), codegen
+
+
+@intrinsic
+def _dot_multiply_add(typingctx, block, like, x_address, x_at_address, w_address, w_at_address,
+                      k):
+    """acc[i, j] += x[x_at[i] + k : ... + V] · w[w_at[j] + k : ... + V] lane by lane, for
+    i < DOT_ROWS, j < DOT_OUTPUTS; x_at, w_at: int64 offsets."""
+    sig = types.void(block, like, x_address, x_at_address, w_address, w_at_address, k)
+
+    def codegen(context, builder, signature, args):
+        block_ptr, _, x_addr, x_at_addr, w_addr, w_at_addr, k_v = args
+        element, vector = _dot_vector(context, like)
+        acc = block_vectors(builder, block_ptr, vector, DOT_ROWS * DOT_OUTPUTS)
+        fma = fmuladd(builder, vector)
+        align = WIDE_VECTOR_BYTES // vector.count  # one element's: the loads are unaligned
+        i64 = ir.IntType(64)
+
+        def row(address, at_address, i):
+            start = builder.load(pointer(builder, at_address, i64, ir.Constant(i64, i)))
+            at = builder.add(start, k_v)
+            return builder.load(vector_pointer(builder, address, element, at, vector),
+                                align=align)
+
+        rows = [row(x_addr, x_at_addr, i) for i in range(DOT_ROWS)]
+        for j in range(DOT_OUTPUTS):
+            weights = row(w_addr, w_at_addr, j)
+            for i in range(DOT_ROWS):
+                a = _dot_accumulator(builder, acc, i, j)
+                builder.store(builder.call(fma, [rows[i], weights, builder.load(a)]), a)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _dot_sums(typingctx, block, like, sums_address):
+    """sums[i·DOT_OUTPUTS + j] = acc[i, j] summed across its lanes (halves added pairwise:
+    lanes l and l + V/2, then on), then zero the block."""
+    sig = types.void(block, like, sums_address)
+
+    def codegen(context, builder, signature, args):
+        block_ptr, _, sums_addr = args
+        element, vector = _dot_vector(context, like)
+        acc = block_vectors(builder, block_ptr, vector, DOT_ROWS * DOT_OUTPUTS)
+        i32 = ir.IntType(32)
+        i64 = ir.IntType(64)
+        for i in range(DOT_ROWS):
+            for j in range(DOT_OUTPUTS):
+                a = _dot_accumulator(builder, acc, i, j)
+                v = builder.load(a)
+                width = vector.count
+                while width > 1:
+                    width //= 2
+                    low = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, width),
+                                                                   list(range(width))))
+                    high = builder.shuffle_vector(v, v, ir.Constant(
+                        ir.VectorType(i32, width), list(range(width, 2 * width))))
+                    v = builder.fadd(low, high)
+                total = builder.extract_element(v, ir.Constant(i32, 0))
+                builder.store(total, pointer(builder, sums_addr, element,
+                                             ir.Constant(i64, i * DOT_OUTPUTS + j)))
+                builder.store(ir.Constant(vector, None), a)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True)
+def forward_rows(x, w, b, out, n0, n1, o0, o1):
+    """out[n0:n1, o0:o1] = x[n0:n1]·w[o0:o1]ᵀ + b[o0:o1] (b zeros for a layer without bias).
+
+    x (N, K), w (O, K), b (O,), out (N, O), all C-contiguous, of one dtype. A short last block
+    repeats its last row or output, which computes the same value again (written once).
+    """
+    K = x.shape[1]
+    V = WIDE_VECTOR_BYTES // x.itemsize
+    whole = K - K % V
+    x_at = np.empty(DOT_ROWS, np.int64)
+    w_at = np.empty(DOT_OUTPUTS, np.int64)
+    sums = np.empty(DOT_ROWS * DOT_OUTPUTS, x.dtype)
+    xa, wa, sa = x.ctypes.data, w.ctypes.data, sums.ctypes.data
+    xa_at, wa_at = x_at.ctypes.data, w_at.ctypes.data
+    block = _new_dot_block(x)
+    for r in range(n0, n1, DOT_ROWS):
+        for i in range(DOT_ROWS):
+            x_at[i] = min(r + i, n1 - 1) * K
+        for c in range(o0, o1, DOT_OUTPUTS):
+            for j in range(DOT_OUTPUTS):
+                w_at[j] = min(c + j, o1 - 1) * K
+            for k in range(0, whole, V):
+                _dot_multiply_add(block, x, xa, xa_at, wa, wa_at, k)
+            _dot_sums(block, x, sa)
+            for i in range(min(DOT_ROWS, n1 - r)):
+                n = r + i
+                for j in range(min(DOT_OUTPUTS, o1 - c)):
+                    o = c + j
+                    s = sums[i * DOT_OUTPUTS + j]
+                    for k in range(whole, K):
+                        s += x[n, k] * w[o, k]
+                    out[n, o] = s + b[o]
+
+
+@njit(cache=True)
+def accumulate_rows(sf, row_step, sum_step, B, c, r0, r1):
+    """c[r] = Σ_s sf[r·row_step + s·sum_step]·B[s] for rows r in [r0, r1) of c, overwritten.
+
+    sf: the scalars, flat; B (S, K) and c (R, K) C-contiguous, of sf's dtype, K >= row_block.
+    """
+    S, K = B.shape
+    width = rb.VECTORS * (WIDE_VECTOR_BYTES // B.itemsize)
+    at = np.empty(rb.ROWS, np.int64)
+    ba, sa, ca, at_a = B.ctypes.data, sf.ctypes.data, c.ctypes.data, at.ctypes.data
+    for r in range(r0, r1):
+        for j in range(K):
+            c[r, j] = 0
+    block = rb.new_block(B)
+    for r in range(r0, r1, rb.ROWS):
+        count = min(rb.ROWS, r1 - r)
+        for i in range(rb.ROWS):
+            at[i] = min(r + i, r1 - 1) * row_step
+        for k0 in range(0, K, width):
+            k = min(k0, K - width)
+            if k < k0:  # the last block overlaps the one before: zero the overlap first
+                for i in range(count):
+                    for j in range(k, k0):
+                        c[r + i, j] = 0
+            for s in range(S):
+                rb.multiply_add(block, B, ba, s * K + k, sa, at_a, s * sum_step)
+            rb.add_rows(block, B, ca, K, k, r, count)
