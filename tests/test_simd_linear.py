@@ -14,7 +14,7 @@ NEEDS_AVX512 = pytest.mark.skipif(not has_wide_vectors(),
 # (rows, input features, output features): features not a multiple of a vector or of a block,
 # one row, one output, a narrow head, more outputs than a thread's share
 SHAPES = [(32, 784, 10), (1, 64, 1), (5, 100, 10), (7, 33, 128), (13, 129, 1024), (3, 200, 17),
-          (70, 65, 6)]
+          (70, 65, 6), (1, 64, 17), (33, 784, 128), (9, 100, 40)]
 
 
 @pytest.fixture(params=["vector", "portable"])
@@ -92,6 +92,28 @@ def test_vector_matches_portable(monkeypatch, rng, dtype, shape):
 
 @NEEDS_AVX512
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_kernels_match_numpy(rng, dtype, shape):
+    """The kernels alone, whatever the selection: narrow heads and single rows included."""
+    N, K, O = shape
+    K = max(K, simd_linear.row_block(dtype))
+    x = rng.standard_normal((N, K)).astype(dtype)
+    w = rng.standard_normal((O, K)).astype(dtype)
+    b = rng.standard_normal(O).astype(dtype)
+    dout = rng.standard_normal((N, O)).astype(dtype)
+    out = np.empty((N, O), dtype)
+    simd_linear.forward_rows(x, w, b, out, 0, N, 0, O)
+    assert_close(out, x.astype(np.float64) @ w.T + b, dtype, "out")
+    dw = np.empty_like(w)
+    simd_linear.accumulate_rows(dout.reshape(-1), 1, O, x, dw, 0, O)
+    assert_close(dw, dout.T.astype(np.float64) @ x, dtype, "dw")
+    dx = np.empty_like(x)
+    simd_linear.accumulate_rows(dout.reshape(-1), O, 1, w, dx, 0, N)
+    assert_close(dx, dout.astype(np.float64) @ w, dtype, "dx")
+
+
+@NEEDS_AVX512
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_kernels_fill_only_their_block(rng, dtype):
     """forward_rows and accumulate_rows write their rows and features, nothing around them."""
     K = simd_linear.row_block(dtype) + 3
@@ -115,16 +137,18 @@ def test_kernels_fill_only_their_block(rng, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_selection(monkeypatch, dtype):
-    """The vector path where AVX-512 is there and the features fill a block; the portable
-    path under SCRATCHNET_SIMD=0, for other dtypes or mixed ones, and for narrow inputs."""
+    """The vector path where AVX-512 is there, the features fill a block and the outputs are
+    more than a narrow head's; the portable path under SCRATCHNET_SIMD=0, for other dtypes
+    or mixed ones, and for narrow inputs or outputs."""
     block = simd_linear.row_block(dtype)
     x = np.zeros((4, block), dtype)
-    w = np.zeros((3, block), dtype)
+    w = np.zeros((simd_linear.NARROW_OUTPUTS + 1, block), dtype)
     monkeypatch.setenv("SCRATCHNET_SIMD", "0")
     assert not simd_linear.applies(x, w)
     monkeypatch.setenv("SCRATCHNET_SIMD", "1")
     assert simd_linear.applies(x, w) == has_wide_vectors()
     assert not simd_linear.applies(x[:, :block - 1], w[:, :block - 1])
+    assert not simd_linear.applies(x, w[:simd_linear.NARROW_OUTPUTS])
     assert not simd_linear.applies(x.astype(np.int64), w.astype(np.int64))
     other = np.float32 if dtype == np.float64 else np.float64
     assert not simd_linear.applies(x, w.astype(other))

@@ -18,6 +18,9 @@ __all__ = ["linear_forward", "linear_backward"]
 # a forward pass with this many output features or fewer splits rows across threads: split by
 # features, each thread would get a sliver of a classifier head
 NARROW_OUTPUTS = 16
+# BLAS runs a tall product with few output columns faster in pieces of this many rows, each
+# piece of x staying in cache while the kernel sweeps it
+NARROW_ROWS = 64
 # the fewest output features (or rows) a thread's block gets
 MIN_PER_BLOCK = 16
 
@@ -44,7 +47,9 @@ def _forward_block(x, w, b, has_bias, out, vector, t, blocks):
         simd_linear.forward_rows(x, w, b, out, r0, r1, o0, o1)
         return
     if o0 == 0 and o1 == O:
-        np.dot(x[r0:r1], w.T, out[r0:r1])
+        for c0 in range(r0, r1, NARROW_ROWS):
+            c1 = min(c0 + NARROW_ROWS, r1)
+            np.dot(x[c0:c1], w.T, out[c0:c1])
     else:
         out[:, o0:o1] = np.dot(x, w[o0:o1].T)
     if has_bias:
@@ -96,8 +101,9 @@ def _backward_parallel(dout, x, w, input_grad, dx, dw, db, dout_t, vector, block
 
 def _usable(*arrays):
     """BLAS through np.dot wants non-empty float arrays of one dtype."""
-    return all(a.size and a.dtype == arrays[0].dtype for a in arrays) \
-        and arrays[0].dtype in (np.float32, np.float64)
+    dtype = arrays[0].dtype
+    return dtype.type in (np.float32, np.float64) and all(a.size and a.dtype == dtype
+                                                          for a in arrays)
 
 
 def linear_forward(x, w, b):
@@ -138,12 +144,14 @@ def linear_backward(dout, cache, input_grad=True):
     dw = np.empty(w.shape, dtype=dout.dtype)
     db = np.empty(O, dtype=dout.dtype)
     dout_t = np.empty((0, 0) if vector else (O, N), dtype=dout.dtype)
-    # BLAS: the same blocks with or without dx, as OpenBLAS rounds an entry by the shape of its
-    # product; the vector kernels' entries do not depend on the blocks
-    products = 2 if input_grad or not vector else 1
-    blocks = _blocks(products * x.size * O, max(N, O))
-    if blocks == 1:
-        _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, vector, 0, 1)
+    threads = _blocks((2 if input_grad else 1) * x.size * O, max(N, O))
+    # BLAS rounds an entry by the shape of its product, so its dw comes in the same blocks with
+    # or without dx (on the calling thread when dw alone is small); the vector kernels' entries
+    # do not depend on the blocks
+    blocks = threads if vector else _blocks(2 * x.size * O, max(N, O))
+    if threads == 1:
+        for t in range(blocks):
+            _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, vector, t, blocks)
     else:
         run_parallel(_backward_parallel, dout, x, w, input_grad, dx, dw, db, dout_t, vector,
                      blocks)

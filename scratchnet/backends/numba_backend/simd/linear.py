@@ -3,7 +3,8 @@
     out = x·wᵀ + b        dw = doutᵀ·x        dx = dout·w
 
 Which calls (``applies``): AVX-512 (``simd.wide_enabled``), float32 or float64 arrays of one
-dtype, and at least ``row_block`` input features (64 float32, 32 float64).
+dtype, at least ``row_block`` input features (64 float32, 32 float64) and more than
+NARROW_OUTPUTS output features.
 
 Why: at training batch sizes a GEMM library packs both operands into its own layout on every
 call, and for these thin products the packing is most of the work; these kernels read the
@@ -36,6 +37,9 @@ from .vectors import (WIDE_VECTOR_BYTES, block_vectors, fmuladd, pointer, stack_
 
 __all__ = ["applies", "row_block", "forward_rows", "accumulate_rows"]
 
+# a classifier head with this many outputs or fewer runs faster as BLAS's GEMM (in pieces of
+# rows, linear.py): a block of DOT_OUTPUTS outputs would be mostly repeats
+NARROW_OUTPUTS = 16
 DOT_ROWS = 4
 DOT_OUTPUTS = 6  # 24 accumulators + 4 rows of x + 1 row of w: 29 of the 32 vector registers
 
@@ -45,12 +49,23 @@ def row_block(dtype):
     return rb.columns(dtype)
 
 
-def applies(*arrays):
-    """True when these kernels compute the products of a linear layer on ``arrays`` (x, w and
-    for backward dout): float32 or float64 of one dtype, x's features at least a row_block."""
-    dtype = arrays[0].dtype
-    return (wide_enabled() and dtype in (np.float32, np.float64)
-            and all(a.dtype == dtype for a in arrays) and arrays[0].shape[1] >= row_block(dtype))
+_ROW_BLOCKS = {np.float32: row_block(np.float32), np.float64: row_block(np.float64)}
+
+
+def applies(x, w, *others):
+    """True when these kernels compute the products of a linear layer on x (N, in), w (out, in)
+    and ``others`` (dout for backward): float32 or float64 of one dtype, at least a row_block
+    of input features and more than NARROW_OUTPUTS output features. Cheap tests first: it runs
+    once per layer call."""
+    dtype = x.dtype
+    block = _ROW_BLOCKS.get(dtype.type)
+    if block is None or x.shape[1] < block or w.shape[0] <= NARROW_OUTPUTS \
+            or w.dtype != dtype:
+        return False
+    for a in others:
+        if a.dtype != dtype:
+            return False
+    return wide_enabled()
 
 
 def _dot_vector(context, like):
