@@ -143,14 +143,21 @@ def test_selection(monkeypatch, dtype):
     block = simd_linear.row_block(dtype)
     x = np.zeros((4, block), dtype)
     w = np.zeros((simd_linear.NARROW_OUTPUTS + 1, block), dtype)
+    other = np.float32 if dtype == np.float64 else np.float64
     monkeypatch.setenv("SCRATCHNET_SIMD", "0")
     assert not simd_linear.applies(x, w)
     monkeypatch.setenv("SCRATCHNET_SIMD", "1")
     assert simd_linear.applies(x, w) == has_wide_vectors()
     assert not simd_linear.applies(x[:, :block - 1], w[:, :block - 1])
     assert not simd_linear.applies(x, w[:simd_linear.NARROW_OUTPUTS])
+    dout = np.zeros((4, w.shape[0]), dtype)
+    assert simd_linear.applies(x, w, dout) == has_wide_vectors()
+    assert not simd_linear.applies(x, w, dout.astype(other))
+    rows = simd_linear.STREAMED_MAX // block + 1
+    tall = np.zeros((rows, block), dtype)
+    assert simd_linear.applies(tall, w) == has_wide_vectors()
+    assert not simd_linear.applies(tall, w, np.zeros((rows, w.shape[0]), dtype))
     assert not simd_linear.applies(x.astype(np.int64), w.astype(np.int64))
-    other = np.float32 if dtype == np.float64 else np.float64
     assert not simd_linear.applies(x, w.astype(other))
 
 
