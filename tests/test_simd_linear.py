@@ -183,3 +183,61 @@ def test_layer_takes_vector_path(threads, monkeypatch, rng, dtype):
     expected = np.empty_like(dx)
     simd_linear.accumulate_rows(dout.reshape(-1), O, 1, w, expected, 0, N)
     np.testing.assert_array_equal(dx, expected)
+
+
+def _mostly_zeros(rng, shape, dtype, density=0.15):
+    x = rng.random(shape)
+    return np.where(rng.random(shape) < density, x, 0).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(256, 784, 128), (300, 100, 70), (257, 33, 64), (260, 9, 200)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("bias", [True, False])
+def test_zero_skipping_forward_matches_torch(threads, monkeypatch, rng, dtype, shape, bias):
+    N, K, O = shape
+    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+    x = _mostly_zeros(rng, (N, K), dtype)
+    x[3, :] = 0  # a row of zeros only: the bias alone
+    w = rng.standard_normal((O, K)).astype(dtype)
+    b = rng.standard_normal(O).astype(dtype) if bias else None
+    assert simd_linear.skips_zeros(x, w)
+    out, _ = linear.linear_forward(x, w, b)
+    expected = torch.nn.functional.linear(to_torch(x), to_torch(w),
+                                          to_torch(b) if bias else None).numpy()
+    assert_close(out, expected, dtype, "out")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_zero_skipping_keeps_nonfinite_products(monkeypatch, rng, dtype):
+    """0·inf is NaN in torch: a non-finite weight sends the product to the GEMM; an input
+    NaN or inf is nonzero and taken."""
+    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+    x = _mostly_zeros(rng, (300, 100), dtype)
+    x[7, 4] = np.nan
+    x[8, 4] = np.inf
+    w = rng.standard_normal((70, 100)).astype(dtype)
+    for bad in (None, np.inf, np.nan):
+        if bad is not None:
+            w[5, 9] = bad
+        out, _ = linear.linear_forward(x, w, None)
+        expected = torch.nn.functional.linear(to_torch(x), to_torch(w)).numpy()
+        np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))
+        finite = np.isfinite(expected)
+        assert_close(out[finite], expected[finite], dtype, "finite entries")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_zero_skipping_selection(monkeypatch, rng, dtype):
+    """Taken for a mostly-zero input of enough rows and outputs; not for a dense input, a
+    training batch, a narrow layer, nor under SCRATCHNET_SIMD=0."""
+    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+    N, O = simd_linear.SKIP_MIN_ROWS, simd_linear.skip_block(dtype)
+    x = _mostly_zeros(rng, (N, 50), dtype)
+    w = np.zeros((O, 50), dtype)
+    assert simd_linear.skips_zeros(x, w)
+    assert not simd_linear.skips_zeros(rng.random((N, 50)).astype(dtype), w)
+    assert not simd_linear.skips_zeros(x[:N - 1], w)
+    assert not simd_linear.skips_zeros(x, w[:O - 1])
+    monkeypatch.setenv("SCRATCHNET_SIMD", "0")
+    assert not simd_linear.skips_zeros(x, w)

@@ -5,7 +5,9 @@
 Each thread computes its own block, so nothing is summed afterwards: output features for the
 forward pass (rows for a classifier head of NARROW_OUTPUTS or fewer features), output features
 for dw and db, rows for dx. A block runs simd/linear.py's register-block kernels where
-``simd.linear.applies``, else single-threaded BLAS (``np.dot``, see common.py).
+``simd.linear.applies``, else single-threaded BLAS (``np.dot``, see common.py). A forward pass
+over an input that is mostly exact zeros, at inference batch sizes, skips them instead
+(``simd.linear.skips_zeros``).
 """
 import numpy as np
 from numba import njit, prange
@@ -99,6 +101,31 @@ def _backward_parallel(dout, x, w, input_grad, dx, dw, db, dout_t, vector, block
         _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, vector, t, blocks)
 
 
+@njit(cache=True, parallel=True)
+def _skip_zeros_parallel(x, wt, b, out, index, positions, blocks):
+    N = x.shape[0]
+    for t in prange(blocks):
+        simd_linear.skip_zeros_rows(x, wt, b, out, index[t], positions, t * N // blocks,
+                                    (t + 1) * N // blocks)
+
+
+def _skip_zeros_forward(x, w, bias):
+    """x·wᵀ + bias over x's nonzero inputs (simd/linear.py), rows split across threads, or
+    None when w holds an inf or NaN (whose products with x's zeros the GEMM must make)."""
+    (N, K), O = x.shape, w.shape[0]
+    wt = np.empty((K, O), dtype=w.dtype)
+    if not simd_linear.transpose_finite(w, wt):
+        return None
+    out = np.empty((N, O), dtype=x.dtype)
+    blocks = chunks_for(N // simd_linear.SKIP_MIN_ROWS_PER_THREAD, x.size * O)
+    index, positions = simd_linear.skip_zeros_scratch(x, blocks)
+    if blocks == 1:
+        simd_linear.skip_zeros_rows(x, wt, bias, out, index[0], positions, 0, N)
+    else:
+        run_parallel(_skip_zeros_parallel, x, wt, bias, out, index, positions, blocks)
+    return out
+
+
 def _usable(*arrays):
     """BLAS through np.dot wants non-empty float arrays of one dtype."""
     dtype = arrays[0].dtype
@@ -118,6 +145,10 @@ def linear_forward(x, w, b):
     N, O = x.shape[0], w.shape[0]
     has_bias = b is not None
     bias = np.ascontiguousarray(b, dtype=x.dtype) if has_bias else np.zeros(O, x.dtype)
+    if simd_linear.skips_zeros(x, w):
+        out = _skip_zeros_forward(x, w, bias)
+        if out is not None:
+            return out, (x, w, b)
     out = np.empty((N, O), dtype=x.dtype)
     vector = simd_linear.applies(x, w)
     blocks = _blocks(x.size * O, N if O <= NARROW_OUTPUTS else O)
