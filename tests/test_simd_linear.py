@@ -1,10 +1,12 @@
-"""The linear layer's vector kernels (simd/linear.py) against the portable path and torch."""
+"""The linear layer's vector kernels (simd/linear.py, simd/sparse_linear.py) against the portable
+path and torch."""
 import numpy as np
 import pytest
 import torch
 
 from scratchnet.backends.numba_backend import common, linear
 from scratchnet.backends.numba_backend.simd import linear as simd_linear
+from scratchnet.backends.numba_backend.simd import sparse_linear
 from scratchnet.backends.numba_backend.simd.vectors import has_wide_vectors
 from tests.helpers import DTYPES, assert_close, to_torch
 
@@ -201,7 +203,7 @@ def test_zero_skipping_forward_matches_torch(threads, monkeypatch, rng, dtype, s
     x[3, :] = 0  # a row of zeros only: the bias alone
     w = rng.standard_normal((O, K)).astype(dtype)
     b = rng.standard_normal(O).astype(dtype) if bias else None
-    assert simd_linear.skips_zeros(x, w)
+    assert sparse_linear.applies(x, w)
     out, _ = linear.linear_forward(x, w, b)
     expected = torch.nn.functional.linear(to_torch(x), to_torch(w),
                                           to_torch(b) if bias else None).numpy()
@@ -232,12 +234,12 @@ def test_zero_skipping_selection(monkeypatch, rng, dtype):
     """Taken for a mostly-zero input of enough rows and outputs; not for a dense input, a
     training batch, a narrow layer, nor under SCRATCHNET_SIMD=0."""
     monkeypatch.setenv("SCRATCHNET_SIMD", "1")
-    N, O = simd_linear.SKIP_MIN_ROWS, simd_linear.skip_block(dtype)
+    N, O = sparse_linear.SKIP_MIN_ROWS, sparse_linear.skip_block(dtype)
     x = _mostly_zeros(rng, (N, 50), dtype)
     w = np.zeros((O, 50), dtype)
-    assert simd_linear.skips_zeros(x, w)
-    assert not simd_linear.skips_zeros(rng.random((N, 50)).astype(dtype), w)
-    assert not simd_linear.skips_zeros(x[:N - 1], w)
-    assert not simd_linear.skips_zeros(x, w[:O - 1])
+    assert sparse_linear.applies(x, w)
+    assert not sparse_linear.applies(rng.random((N, 50)).astype(dtype), w)
+    assert not sparse_linear.applies(x[:N - 1], w)
+    assert not sparse_linear.applies(x, w[:O - 1])
     monkeypatch.setenv("SCRATCHNET_SIMD", "0")
-    assert not simd_linear.skips_zeros(x, w)
+    assert not sparse_linear.applies(x, w)

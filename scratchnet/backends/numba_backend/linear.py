@@ -7,13 +7,14 @@ forward pass (rows for a classifier head of NARROW_OUTPUTS or fewer features), o
 for dw and db, rows for dx. A block runs simd/linear.py's register-block kernels where
 ``simd.linear.applies``, else single-threaded BLAS (``np.dot``, see common.py). A forward pass
 over an input that is mostly exact zeros, at inference batch sizes, skips them instead
-(``simd.linear.skips_zeros``).
+(``simd.sparse_linear.applies``).
 """
 import numpy as np
 from numba import njit, prange
 
 from .common import chunks_for, run_parallel
 from .simd import linear as simd_linear
+from .simd import sparse_linear
 
 __all__ = ["linear_forward", "linear_backward"]
 
@@ -48,10 +49,12 @@ def _forward_block(x, w, b, has_bias, out, vector, t, blocks):
     if vector:
         simd_linear.forward_rows(x, w, b, out, r0, r1, o0, o1)
         return
-    if o0 == 0 and o1 == O:
+    if O <= NARROW_OUTPUTS:
         for c0 in range(r0, r1, NARROW_ROWS):
             c1 = min(c0 + NARROW_ROWS, r1)
             np.dot(x[c0:c1], w.T, out[c0:c1])
+    elif blocks == 1:
+        np.dot(x, w.T, out)
     else:
         out[:, o0:o1] = np.dot(x, w[o0:o1].T)
     if has_bias:
@@ -105,22 +108,22 @@ def _backward_parallel(dout, x, w, input_grad, dx, dw, db, dout_t, vector, block
 def _skip_zeros_parallel(x, wt, b, out, index, positions, blocks):
     N = x.shape[0]
     for t in prange(blocks):
-        simd_linear.skip_zeros_rows(x, wt, b, out, index[t], positions, t * N // blocks,
-                                    (t + 1) * N // blocks)
+        sparse_linear.forward_rows(x, wt, b, out, index[t], positions, t * N // blocks,
+                                   (t + 1) * N // blocks)
 
 
 def _skip_zeros_forward(x, w, bias):
-    """x·wᵀ + bias over x's nonzero inputs (simd/linear.py), rows split across threads, or
-    None when w holds an inf or NaN (whose products with x's zeros the GEMM must make)."""
+    """x·wᵀ + bias over x's nonzero inputs (simd/sparse_linear.py), rows split across threads,
+    or None when w holds an inf or NaN (whose products with x's zeros the GEMM must make)."""
     (N, K), O = x.shape, w.shape[0]
     wt = np.empty((K, O), dtype=w.dtype)
-    if not simd_linear.transpose_finite(w, wt):
+    if not sparse_linear.transpose_finite(w, wt):
         return None
     out = np.empty((N, O), dtype=x.dtype)
-    blocks = chunks_for(N // simd_linear.SKIP_MIN_ROWS_PER_THREAD, x.size * O)
-    index, positions = simd_linear.skip_zeros_scratch(x, blocks)
+    blocks = chunks_for(N // sparse_linear.SKIP_MIN_ROWS_PER_THREAD, x.size * O)
+    index, positions = sparse_linear.scratch(x, blocks)
     if blocks == 1:
-        simd_linear.skip_zeros_rows(x, wt, bias, out, index[0], positions, 0, N)
+        sparse_linear.forward_rows(x, wt, bias, out, index[0], positions, 0, N)
     else:
         run_parallel(_skip_zeros_parallel, x, wt, bias, out, index, positions, blocks)
     return out
@@ -145,7 +148,7 @@ def linear_forward(x, w, b):
     N, O = x.shape[0], w.shape[0]
     has_bias = b is not None
     bias = np.ascontiguousarray(b, dtype=x.dtype) if has_bias else np.zeros(O, x.dtype)
-    if simd_linear.skips_zeros(x, w):
+    if sparse_linear.applies(x, w):
         out = _skip_zeros_forward(x, w, bias)
         if out is not None:
             return out, (x, w, b)
