@@ -16,7 +16,7 @@ NEEDS_AVX512 = pytest.mark.skipif(not has_wide_vectors(),
 # (rows, input features, output features): features not a multiple of a vector or of a block,
 # one row, one output, a narrow head, more outputs than a thread's share
 SHAPES = [(32, 784, 10), (1, 64, 1), (5, 100, 10), (7, 33, 128), (13, 129, 1024), (3, 200, 17),
-          (70, 65, 6), (1, 64, 17), (33, 784, 128), (9, 100, 40)]
+          (70, 65, 6), (1, 64, 17), (33, 784, 128), (9, 100, 40), (100, 70, 30)]
 
 
 @pytest.fixture(params=["vector", "portable"])
@@ -139,9 +139,10 @@ def test_kernels_fill_only_their_block(rng, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_selection(monkeypatch, dtype):
-    """The vector path where AVX-512 is there, the features fill a block and the outputs are
-    more than a narrow head's; the portable path under SCRATCHNET_SIMD=0, for other dtypes
-    or mixed ones, and for narrow inputs or outputs."""
+    """The vector path where AVX-512 is there, at training batch sizes, the features fill a
+    block and the outputs are more than a narrow head's; the portable path under
+    SCRATCHNET_SIMD=0, for other dtypes or mixed ones, narrow inputs or outputs, more rows,
+    and (backward) a weight too large to stay in cache."""
     block = simd_linear.row_block(dtype)
     x = np.zeros((4, block), dtype)
     w = np.zeros((simd_linear.NARROW_OUTPUTS + 1, block), dtype)
@@ -155,10 +156,10 @@ def test_selection(monkeypatch, dtype):
     dout = np.zeros((4, w.shape[0]), dtype)
     assert simd_linear.applies(x, w, dout) == has_wide_vectors()
     assert not simd_linear.applies(x, w, dout.astype(other))
-    rows = simd_linear.STREAMED_MAX // block + 1
-    tall = np.zeros((rows, block), dtype)
-    assert simd_linear.applies(tall, w) == has_wide_vectors()
-    assert not simd_linear.applies(tall, w, np.zeros((rows, w.shape[0]), dtype))
+    assert not simd_linear.applies(np.zeros((simd_linear.MAX_ROWS + 1, block), dtype), w)
+    wide = np.zeros((w.shape[0], simd_linear.STREAMED_MAX // w.shape[0] + 1), dtype)
+    assert simd_linear.applies(x[:, :1].repeat(wide.shape[1], 1), wide) == has_wide_vectors()
+    assert not simd_linear.applies(x[:, :1].repeat(wide.shape[1], 1), wide, dout)
     assert not simd_linear.applies(x.astype(np.int64), w.astype(np.int64))
     assert not simd_linear.applies(x, w.astype(other))
 

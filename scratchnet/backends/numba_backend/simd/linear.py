@@ -3,7 +3,7 @@
     out = x·wᵀ + b        dw = doutᵀ·x        dx = dout·w
 
 Which calls (``applies``): AVX-512 (``simd.wide_enabled``), float32 or float64 arrays of one
-dtype, at least ``row_block`` input features (64 float32, 32 float64), more than
+dtype, at most MAX_ROWS rows (training batches), at least ``row_block`` input features (64 float32, 32 float64), more than
 NARROW_OUTPUTS output features, and for the gradients an x and a w of at most STREAMED_MAX
 values.
 
@@ -41,6 +41,9 @@ __all__ = ["applies", "row_block", "forward_rows", "accumulate_rows"]
 # a classifier head with this many outputs or fewer runs faster as BLAS's GEMM (in pieces of
 # rows, linear.py): a block of DOT_OUTPUTS outputs would be mostly repeats
 NARROW_OUTPUTS = 16
+# training batch sizes: for more rows the GEMM's packing is paid once for enough work, and the
+# GEMM is faster
+MAX_ROWS = 64
 # accumulate_rows reads its operand B (x for dw, w for dx) once per block of rows of the
 # result: past this many values B no longer stays in a core's cache between blocks, and the
 # GEMM, which packs it once, is faster
@@ -59,13 +62,14 @@ _ROW_BLOCKS = {np.float32: row_block(np.float32), np.float64: row_block(np.float
 
 def applies(x, w, dout=None):
     """True when these kernels compute a linear layer's products on x (N, in), w (out, in) and,
-    for the backward pass, dout (N, out): float32 or float64 of one dtype, at least a
-    row_block of input features, more than NARROW_OUTPUTS output features, and for backward
-    x and w of at most STREAMED_MAX values. Cheap tests first: it runs once per layer call."""
+    for the backward pass, dout (N, out): float32 or float64 of one dtype, at most MAX_ROWS
+    rows, at least a row_block of input features, more than NARROW_OUTPUTS output features,
+    and for backward x and w of at most STREAMED_MAX values. Cheap tests first: it runs once
+    per layer call."""
     dtype = x.dtype
     block = _ROW_BLOCKS.get(dtype.type)
     if block is None or x.shape[1] < block or w.shape[0] <= NARROW_OUTPUTS \
-            or w.dtype != dtype:
+            or x.shape[0] > MAX_ROWS or w.dtype != dtype:
         return False
     if dout is not None and (dout.dtype != dtype or x.size > STREAMED_MAX
                              or w.size > STREAMED_MAX):
