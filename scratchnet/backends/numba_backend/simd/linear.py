@@ -3,9 +3,9 @@
     out = x·wᵀ + b        dw = doutᵀ·x        dx = dout·w
 
 Which calls (``applies``): AVX-512 (``simd.wide_enabled``), float32 or float64 arrays of one
-dtype, at most MAX_ROWS rows (training batches), at least ``row_block`` input features (64 float32, 32 float64), more than
-NARROW_OUTPUTS output features, and for the gradients an x and a w of at most STREAMED_MAX
-values.
+dtype, at most MAX_ROWS rows (training batches), at least ``row_block`` input features (64
+float32, 32 float64), more than NARROW_OUTPUTS output features, and for the gradients a
+register block without spills (GRADIENTS_FIT) and an x and a w of at most STREAMED_MAX values.
 
 Why: at training batch sizes a GEMM library packs both operands into its own layout on every
 call, and for these thin products the packing is most of the work; these kernels read the
@@ -48,6 +48,10 @@ MAX_ROWS = 64
 # result: past this many values B no longer stays in a core's cache between blocks, and the
 # GEMM, which packs it once, is faster
 STREAMED_MAX = 1 << 19
+# the gradients' register block must fit AVX-512's 32 vector registers with its operands
+# (ROWS·VECTORS accumulators, VECTORS loaded vectors, one broadcast scalar): a block that
+# spills runs at the mercy of the stack's alignment, which differs from process to process
+GRADIENTS_FIT = rb.ROWS * rb.VECTORS + rb.VECTORS + 1 <= 32
 DOT_ROWS = 4
 DOT_OUTPUTS = 6  # 24 accumulators + 4 rows of x + 1 row of w: 29 of the 32 vector registers
 
@@ -64,14 +68,14 @@ def applies(x, w, dout=None):
     """True when these kernels compute a linear layer's products on x (N, in), w (out, in) and,
     for the backward pass, dout (N, out): float32 or float64 of one dtype, at most MAX_ROWS
     rows, at least a row_block of input features, more than NARROW_OUTPUTS output features,
-    and for backward x and w of at most STREAMED_MAX values. Cheap tests first: it runs once
-    per layer call."""
+    and for backward a register block that fits (GRADIENTS_FIT) and x and w of at most
+    STREAMED_MAX values. Cheap tests first: it runs once per layer call."""
     dtype = x.dtype
     block = _ROW_BLOCKS.get(dtype.type)
     if block is None or x.shape[1] < block or w.shape[0] <= NARROW_OUTPUTS \
             or x.shape[0] > MAX_ROWS or w.dtype != dtype:
         return False
-    if dout is not None and (dout.dtype != dtype or x.size > STREAMED_MAX
+    if dout is not None and (not GRADIENTS_FIT or dout.dtype != dtype or x.size > STREAMED_MAX
                              or w.size > STREAMED_MAX):
         return False
     return wide_enabled()
