@@ -95,29 +95,22 @@ def test_vector_matches_portable(monkeypatch, rng, dtype, shape):
 @NEEDS_AVX512
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_kernels_match_numpy(rng, dtype, shape):
-    """The kernels alone, whatever the selection: narrow heads and single rows included."""
+def test_kernel_matches_numpy(rng, dtype, shape):
+    """The kernel alone, whatever the selection: narrow heads and single rows included."""
     N, K, O = shape
     K = max(K, simd_linear.row_block(dtype))
     x = rng.standard_normal((N, K)).astype(dtype)
     w = rng.standard_normal((O, K)).astype(dtype)
     b = rng.standard_normal(O).astype(dtype)
-    dout = rng.standard_normal((N, O)).astype(dtype)
     out = np.empty((N, O), dtype)
     simd_linear.forward_rows(x, w, b, out, 0, N, 0, O)
     assert_close(out, x.astype(np.float64) @ w.T + b, dtype, "out")
-    dw = np.empty_like(w)
-    simd_linear.accumulate_rows(dout.reshape(-1), 1, O, x, dw, 0, O)
-    assert_close(dw, dout.T.astype(np.float64) @ x, dtype, "dw")
-    dx = np.empty_like(x)
-    simd_linear.accumulate_rows(dout.reshape(-1), O, 1, w, dx, 0, N)
-    assert_close(dx, dout.astype(np.float64) @ w, dtype, "dx")
 
 
 @NEEDS_AVX512
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_kernels_fill_only_their_block(rng, dtype):
-    """forward_rows and accumulate_rows write their rows and features, nothing around them."""
+def test_kernel_fills_only_its_block(rng, dtype):
+    """forward_rows writes its rows and features, nothing around them."""
     K = simd_linear.row_block(dtype) + 3
     x = rng.standard_normal((9, K)).astype(dtype)
     w = rng.standard_normal((20, K)).astype(dtype)
@@ -130,19 +123,12 @@ def test_kernels_fill_only_their_block(rng, dtype):
     inside[2:7, 3:17] = True
     assert np.isnan(out[~inside]).all()
 
-    dout = rng.standard_normal((9, 20)).astype(dtype)
-    dx = np.full(x.shape, np.nan, dtype)
-    simd_linear.accumulate_rows(dout.reshape(-1), 20, 1, w, dx, 1, 8)
-    assert_close(dx[1:8], dout[1:8] @ w, dtype, "dx rows")
-    assert np.isnan(dx[[0, 8]]).all()
-
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_selection(monkeypatch, dtype):
     """The vector path where AVX-512 is there, at training batch sizes, the features fill a
     block and the outputs are more than a narrow head's; the portable path under
-    SCRATCHNET_SIMD=0, for other dtypes or mixed ones, narrow inputs or outputs, more rows,
-    and (backward) a weight too large to stay in cache."""
+    SCRATCHNET_SIMD=0, for other dtypes or mixed ones, narrow inputs or outputs, more rows."""
     block = simd_linear.row_block(dtype)
     x = np.zeros((4, block), dtype)
     w = np.zeros((simd_linear.NARROW_OUTPUTS + 1, block), dtype)
@@ -153,13 +139,7 @@ def test_selection(monkeypatch, dtype):
     assert simd_linear.applies(x, w) == has_wide_vectors()
     assert not simd_linear.applies(x[:, :block - 1], w[:, :block - 1])
     assert not simd_linear.applies(x, w[:simd_linear.NARROW_OUTPUTS])
-    dout = np.zeros((4, w.shape[0]), dtype)
-    assert simd_linear.applies(x, w, dout) == (has_wide_vectors() and simd_linear.GRADIENTS_FIT)
-    assert not simd_linear.applies(x, w, dout.astype(other))
     assert not simd_linear.applies(np.zeros((simd_linear.MAX_ROWS + 1, block), dtype), w)
-    wide = np.zeros((w.shape[0], simd_linear.STREAMED_MAX // w.shape[0] + 1), dtype)
-    assert simd_linear.applies(x[:, :1].repeat(wide.shape[1], 1), wide) == has_wide_vectors()
-    assert not simd_linear.applies(x[:, :1].repeat(wide.shape[1], 1), wide, dout)
     assert not simd_linear.applies(x.astype(np.int64), w.astype(np.int64))
     assert not simd_linear.applies(x, w.astype(other))
 
@@ -167,27 +147,17 @@ def test_selection(monkeypatch, dtype):
 @NEEDS_AVX512
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_layer_takes_vector_path(threads, monkeypatch, rng, dtype):
-    """Where applies() holds, the layer's results are the kernels' own, bit for bit (their
-    entries do not depend on how the threads split the work)."""
+    """Where applies() holds, the layer's output is the kernel's own, bit for bit (its entries
+    do not depend on how the threads split the work)."""
     monkeypatch.setenv("SCRATCHNET_SIMD", "1")
     N, K, O = 40, simd_linear.row_block(dtype) * 2 + 5, 48
     x = rng.standard_normal((N, K)).astype(dtype)
     w = rng.standard_normal((O, K)).astype(dtype)
     b = rng.standard_normal(O).astype(dtype)
-    dout = rng.standard_normal((N, O)).astype(dtype)
-    out, cache = linear.linear_forward(x, w, b)
+    out, _ = linear.linear_forward(x, w, b)
     expected = np.empty_like(out)
     simd_linear.forward_rows(x, w, b, expected, 0, N, 0, O)
     np.testing.assert_array_equal(out, expected)
-    if not simd_linear.GRADIENTS_FIT:
-        pytest.skip("the gradients' register block would spill: their vector path is off")
-    dx, dw, _ = linear.linear_backward(dout, cache)
-    expected = np.empty_like(dw)
-    simd_linear.accumulate_rows(dout.reshape(-1), 1, O, x, expected, 0, O)
-    np.testing.assert_array_equal(dw, expected)
-    expected = np.empty_like(dx)
-    simd_linear.accumulate_rows(dout.reshape(-1), O, 1, w, expected, 0, N)
-    np.testing.assert_array_equal(dx, expected)
 
 
 def _mostly_zeros(rng, shape, dtype, density=0.15):

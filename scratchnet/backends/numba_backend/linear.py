@@ -4,10 +4,10 @@
 
 Each thread computes its own block, so nothing is summed afterwards: output features for the
 forward pass (rows for a classifier head of NARROW_OUTPUTS or fewer features), output features
-for dw and db, rows for dx. A block runs simd/linear.py's register-block kernels where
-``simd.linear.applies``, else single-threaded BLAS (``np.dot``, see common.py). A forward pass
-over an input that is mostly exact zeros, at inference batch sizes, skips them instead
-(``simd.sparse_linear.applies``).
+for dw and db, rows for dx. A block runs single-threaded BLAS (``np.dot``, see common.py), or
+for the forward pass at training batch sizes simd/linear.py's dot-product kernel where
+``simd.linear.applies``. A forward pass over an input that is mostly exact zeros, at inference
+batch sizes, skips them instead (``simd.sparse_linear.applies``).
 """
 import numpy as np
 from numba import njit, prange
@@ -31,8 +31,9 @@ MIN_PER_BLOCK = 16
 def _blocks(macs, items):
     """Threads for a product of ``macs`` multiply-adds split along an axis of ``items``.
 
-    A multiply-add counts as half an element operation of common.PARALLEL_MIN_WORK: in a
-    register block it costs a fraction of what an elementwise pass pays per element.
+    A multiply-add counts as half an element operation of common.PARALLEL_MIN_WORK: it costs
+    less than an elementwise pass's memory traffic per element, so a launch of the pool pays
+    for itself only past twice as many (mlp's layers at batch 32 stay on the calling thread).
     """
     return chunks_for(max(1, items // MIN_PER_BLOCK), macs // 2)
 
@@ -70,11 +71,10 @@ def _forward_parallel(x, w, b, has_bias, out, vector, blocks):
 
 
 @njit(cache=True)
-def _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, vector, t, blocks):
+def _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, t, blocks):
     """Block t of blocks: dw and db for features [o0, o1), dx for rows [r0, r1).
 
-    dout_t (O, N): scratch for doutᵀ, whose rows [o0, o1) the BLAS path fills for its GEMM.
-    vector: simd_linear.accumulate_rows, else BLAS.
+    dout_t (O, N): scratch for doutᵀ, whose rows [o0, o1) this block fills for its GEMM.
     """
     N, O = dout.shape
     o0, o1 = t * O // blocks, (t + 1) * O // blocks
@@ -82,26 +82,18 @@ def _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, vector, t, block
     for j in range(o0, o1):
         s = 0.0  # float64, as the conv kernels sum their bias gradients
         for i in range(N):
+            dout_t[j, i] = dout[i, j]
             s += dout[i, j]
         db[j] = s
-    if vector:
-        scalars = dout.reshape(dout.size)
-        simd_linear.accumulate_rows(scalars, 1, O, x, dw, o0, o1)  # dout[n, o] at o + n·O
-        if input_grad:
-            simd_linear.accumulate_rows(scalars, O, 1, w, dx, r0, r1)  # at n·O + o
-        return
-    for j in range(o0, o1):
-        for i in range(N):
-            dout_t[j, i] = dout[i, j]
     np.dot(dout_t[o0:o1], x, dw[o0:o1])
     if input_grad:
         np.dot(dout[r0:r1], w, dx[r0:r1])
 
 
 @njit(cache=True, parallel=True)
-def _backward_parallel(dout, x, w, input_grad, dx, dw, db, dout_t, vector, blocks):
+def _backward_parallel(dout, x, w, input_grad, dx, dw, db, dout_t, blocks):
     for t in prange(blocks):
-        _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, vector, t, blocks)
+        _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, t, blocks)
 
 
 @njit(cache=True, parallel=True)
@@ -173,20 +165,16 @@ def linear_backward(dout, cache, input_grad=True):
         dx = dout @ w if input_grad else None
         return dx, dout.T @ x, (dout.sum(axis=0) if b is not None else None)
     N, O = dout.shape
-    vector = simd_linear.applies(x, w, dout)
     dx = np.empty(x.shape if input_grad else (0, 0), dtype=dout.dtype)
     dw = np.empty(w.shape, dtype=dout.dtype)
     db = np.empty(O, dtype=dout.dtype)
-    dout_t = np.empty((0, 0) if vector else (O, N), dtype=dout.dtype)
-    threads = _blocks((2 if input_grad else 1) * x.size * O, max(N, O))
-    # BLAS rounds an entry by the shape of its product, so its dw comes in the same blocks with
-    # or without dx (on the calling thread when dw alone is small); the vector kernels' entries
-    # do not depend on the blocks
-    blocks = threads if vector else _blocks(2 * x.size * O, max(N, O))
-    if threads == 1:
+    dout_t = np.empty((O, N), dtype=dout.dtype)
+    # BLAS rounds an entry by the shape of its product, so dw comes in the same blocks with or
+    # without dx; on the calling thread when dw alone is small
+    blocks = _blocks(2 * x.size * O, max(N, O))
+    if blocks == 1 or _blocks((2 if input_grad else 1) * x.size * O, max(N, O)) == 1:
         for t in range(blocks):
-            _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, vector, t, blocks)
+            _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, t, blocks)
     else:
-        run_parallel(_backward_parallel, dout, x, w, input_grad, dx, dw, db, dout_t, vector,
-                     blocks)
+        run_parallel(_backward_parallel, dout, x, w, input_grad, dx, dw, db, dout_t, blocks)
     return (dx if input_grad else None), dw, (db if b is not None else None)

@@ -1,14 +1,13 @@
-"""A linear layer's products (numpy twin: numpy_backend/linear.py) in 512-bit register blocks.
+"""A linear layer's forward pass (numpy twin: numpy_backend/linear.py) in 512-bit register blocks.
 
-    out = x·wᵀ + b        dw = doutᵀ·x        dx = dout·w
+    out = x·wᵀ + b
 
 Which calls (``applies``): AVX-512 (``simd.wide_enabled``), float32 or float64 arrays of one
 dtype, at most MAX_ROWS rows (training batches), at least ``row_block`` input features (64
-float32, 32 float64), more than NARROW_OUTPUTS output features, and for the gradients a
-register block without spills (GRADIENTS_FIT) and an x and a w of at most STREAMED_MAX values.
+float32, 32 float64) and more than NARROW_OUTPUTS output features.
 
 Why: at training batch sizes a GEMM library packs both operands into its own layout on every
-call, and for these thin products the packing is most of the work; these kernels read the
+call, and for these thin products the packing is most of the work; this kernel reads the
 operands in place.
 
 Forward, ``forward_rows``: dot products along the contiguous rows of x and w (torch's (out, in)
@@ -17,26 +16,19 @@ accumulators, each summing ``lanes`` interleaved partial sums over the input fea
 then summed across its lanes pairwise (halves added), the features past the last whole vector
 are added in order, then the bias.
 
-Gradients, ``accumulate_rows``: c[r, :] = Σ_s S(r, s)·B[s, :], the scalars S read from a flat
-array at r·row_step + s·sum_step, in register_block's ROWS × VECTORS block. dw = doutᵀ·x is
-S(o, n) = dout[n, o] with B = x; dx = dout·w is S(n, o) = dout[n, o] with B = w. A last block of
-columns short of 4 vectors ends at the last column and overlaps the block before: the overlap
-is zeroed and computed again with the same arithmetic, so it holds the same values.
-
-Numbers are within float rounding of the GEMM's, not bitwise (``llvm.fmuladd``, other summation
-orders); the parity tests hold both paths to torch's tolerances.
+Numbers are within float rounding of the GEMM's, not bitwise (``llvm.fmuladd``, another
+summation order); the parity tests hold both paths to torch's tolerances.
 """
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from . import register_block as rb
 from . import wide_enabled
 from .vectors import (WIDE_VECTOR_BYTES, block_vectors, fmuladd, pointer, stack_block,
                       vector_of, vector_pointer)
 
-__all__ = ["applies", "row_block", "forward_rows", "accumulate_rows"]
+__all__ = ["applies", "row_block", "forward_rows"]
 
 # a classifier head with this many outputs or fewer runs faster as BLAS's GEMM (in pieces of
 # rows, linear.py): a block of DOT_OUTPUTS outputs would be mostly repeats
@@ -44,39 +36,27 @@ NARROW_OUTPUTS = 16
 # training batch sizes: for more rows the GEMM's packing is paid once for enough work, and the
 # GEMM is faster
 MAX_ROWS = 64
-# accumulate_rows reads its operand B (x for dw, w for dx) once per block of rows of the
-# result: past this many values B no longer stays in a core's cache between blocks, and the
-# GEMM, which packs it once, is faster
-STREAMED_MAX = 1 << 19
-# the gradients' register block must fit AVX-512's 32 vector registers with its operands
-# (ROWS·VECTORS accumulators, VECTORS loaded vectors, one broadcast scalar): a block that
-# spills runs at the mercy of the stack's alignment, which differs from process to process
-GRADIENTS_FIT = rb.ROWS * rb.VECTORS + rb.VECTORS + 1 <= 32
 DOT_ROWS = 4
 DOT_OUTPUTS = 6  # 24 accumulators + 4 rows of x + 1 row of w: 29 of the 32 vector registers
 
 
 def row_block(dtype):
-    """Input features per block of ``accumulate_rows``: 4 wide vectors (64 float32, 32 float64)."""
-    return rb.columns(dtype)
+    """The fewest input features the kernel is chosen for: 4 wide vectors (64 float32, 32
+    float64), so that the lanes' reduction at the end of each dot product is a small part."""
+    return 4 * WIDE_VECTOR_BYTES // np.dtype(dtype).itemsize
 
 
 _ROW_BLOCKS = {np.float32: row_block(np.float32), np.float64: row_block(np.float64)}
 
 
-def applies(x, w, dout=None):
-    """True when these kernels compute a linear layer's products on x (N, in), w (out, in) and,
-    for the backward pass, dout (N, out): float32 or float64 of one dtype, at most MAX_ROWS
-    rows, at least a row_block of input features, more than NARROW_OUTPUTS output features,
-    and for backward a register block that fits (GRADIENTS_FIT) and x and w of at most
-    STREAMED_MAX values. Cheap tests first: it runs once per layer call."""
+def applies(x, w):
+    """True when forward_rows computes x (N, in)·wᵀ for w (out, in): float32 or float64 of one
+    dtype, at most MAX_ROWS rows, at least a row_block of input features and more than
+    NARROW_OUTPUTS output features. Cheap tests first: it runs once per layer call."""
     dtype = x.dtype
     block = _ROW_BLOCKS.get(dtype.type)
     if block is None or x.shape[1] < block or w.shape[0] <= NARROW_OUTPUTS \
             or x.shape[0] > MAX_ROWS or w.dtype != dtype:
-        return False
-    if dout is not None and (not GRADIENTS_FIT or dout.dtype != dtype or x.size > STREAMED_MAX
-                             or w.size > STREAMED_MAX):
         return False
     return wide_enabled()
 
@@ -200,32 +180,3 @@ def forward_rows(x, w, b, out, n0, n1, o0, o1):
                     for k in range(whole, K):
                         s += x[n, k] * w[o, k]
                     out[n, o] = s + b[o]
-
-
-@njit(cache=True)
-def accumulate_rows(sf, row_step, sum_step, B, c, r0, r1):
-    """c[r] = Σ_s sf[r·row_step + s·sum_step]·B[s] for rows r in [r0, r1) of c, overwritten.
-
-    sf: the scalars, flat; B (S, K) and c (R, K) C-contiguous, of sf's dtype, K >= row_block.
-    """
-    S, K = B.shape
-    width = rb.VECTORS * (WIDE_VECTOR_BYTES // B.itemsize)
-    at = np.empty(rb.ROWS, np.int64)
-    ba, sa, ca, at_a = B.ctypes.data, sf.ctypes.data, c.ctypes.data, at.ctypes.data
-    for r in range(r0, r1):
-        for j in range(K):
-            c[r, j] = 0
-    block = rb.new_block(B)
-    for r in range(r0, r1, rb.ROWS):
-        count = min(rb.ROWS, r1 - r)
-        for i in range(rb.ROWS):
-            at[i] = min(r + i, r1 - 1) * row_step
-        for k0 in range(0, K, width):
-            k = min(k0, K - width)
-            if k < k0:  # the last block overlaps the one before: zero the overlap first
-                for i in range(count):
-                    for j in range(k, k0):
-                        c[r + i, j] = 0
-            for s in range(S):
-                rb.multiply_add(block, B, ba, s * K + k, sa, at_a, s * sum_step)
-            rb.add_rows(block, B, ca, K, k, r, count)
