@@ -128,7 +128,8 @@ def test_kernel_fills_only_its_block(rng, dtype):
 def test_selection(monkeypatch, dtype):
     """The vector path where AVX-512 is there, at training batch sizes, the features fill a
     block and the outputs are more than a narrow head's; the portable path under
-    SCRATCHNET_SIMD=0, for other dtypes or mixed ones, narrow inputs or outputs, more rows."""
+    SCRATCHNET_SIMD=0, for other dtypes or mixed ones, narrow inputs or outputs, more rows or
+    more weights."""
     block = simd_linear.row_block(dtype)
     x = np.zeros((4, block), dtype)
     w = np.zeros((simd_linear.NARROW_OUTPUTS + 1, block), dtype)
@@ -140,6 +141,8 @@ def test_selection(monkeypatch, dtype):
     assert not simd_linear.applies(x[:, :block - 1], w[:, :block - 1])
     assert not simd_linear.applies(x, w[:simd_linear.NARROW_OUTPUTS])
     assert not simd_linear.applies(np.zeros((simd_linear.MAX_ROWS + 1, block), dtype), w)
+    wide = simd_linear.MAX_WEIGHTS // block + 1
+    assert not simd_linear.applies(x, np.zeros((wide, block), dtype))
     assert not simd_linear.applies(x.astype(np.int64), w.astype(np.int64))
     assert not simd_linear.applies(x, w.astype(other))
 

@@ -4,17 +4,19 @@
 
 Which calls (``applies``): AVX-512 (``simd.wide_enabled``), float32 or float64 arrays of one
 dtype, at most MAX_ROWS rows (training batches), at least ``row_block`` input features (64
-float32, 32 float64) and more than NARROW_OUTPUTS output features.
+float32, 32 float64), more than NARROW_OUTPUTS output features and at most MAX_WEIGHTS
+weights.
 
 Why: at training batch sizes a GEMM library packs both operands into its own layout on every
 call, and for these thin products the packing is most of the work; this kernel reads the
 operands in place.
 
 Forward, ``forward_rows``: dot products along the contiguous rows of x and w (torch's (out, in)
-layout, nothing transposed). A block of DOT_ROWS rows × DOT_OUTPUTS outputs keeps 24 vector
-accumulators, each summing ``lanes`` interleaved partial sums over the input features; each is
-then summed across its lanes pairwise (halves added), the features past the last whole vector
-are added in order, then the bias.
+layout, nothing transposed), each block of outputs over every row in turn, so that its rows of
+w stay in cache while the (few) rows of x stream past. A block of DOT_ROWS rows × DOT_OUTPUTS
+outputs keeps 24 vector accumulators, each summing ``lanes`` interleaved partial sums over the
+input features; each is then summed across its lanes pairwise (halves added), the features
+past the last whole vector are added in order, then the bias.
 
 Numbers are within float rounding of the GEMM's, not bitwise (``llvm.fmuladd``, another
 summation order); the parity tests hold both paths to torch's tolerances.
@@ -36,6 +38,9 @@ NARROW_OUTPUTS = 16
 # training batch sizes: for more rows the GEMM's packing is paid once for enough work, and the
 # GEMM is faster
 MAX_ROWS = 64
+# a larger w comes from memory for every block of rows of x; the GEMM, which packs it once, is
+# then as fast
+MAX_WEIGHTS = 1 << 19
 DOT_ROWS = 4
 DOT_OUTPUTS = 6  # 24 accumulators + 4 rows of x + 1 row of w: 29 of the 32 vector registers
 
@@ -51,12 +56,13 @@ _ROW_BLOCKS = {np.float32: row_block(np.float32), np.float64: row_block(np.float
 
 def applies(x, w):
     """True when forward_rows computes x (N, in)·wᵀ for w (out, in): float32 or float64 of one
-    dtype, at most MAX_ROWS rows, at least a row_block of input features and more than
-    NARROW_OUTPUTS output features. Cheap tests first: it runs once per layer call."""
+    dtype, at most MAX_ROWS rows, at least a row_block of input features, more than
+    NARROW_OUTPUTS output features and at most MAX_WEIGHTS weights. Cheap tests first: it
+    runs once per layer call."""
     dtype = x.dtype
     block = _ROW_BLOCKS.get(dtype.type)
     if block is None or x.shape[1] < block or w.shape[0] <= NARROW_OUTPUTS \
-            or x.shape[0] > MAX_ROWS or w.dtype != dtype:
+            or x.shape[0] > MAX_ROWS or w.size > MAX_WEIGHTS or w.dtype != dtype:
         return False
     return wide_enabled()
 
@@ -163,12 +169,12 @@ def forward_rows(x, w, b, out, n0, n1, o0, o1):
     xa, wa, sa = x.ctypes.data, w.ctypes.data, sums.ctypes.data
     xa_at, wa_at = x_at.ctypes.data, w_at.ctypes.data
     block = _new_dot_block(x)
-    for r in range(n0, n1, DOT_ROWS):
-        for i in range(DOT_ROWS):
-            x_at[i] = min(r + i, n1 - 1) * K
-        for c in range(o0, o1, DOT_OUTPUTS):
-            for j in range(DOT_OUTPUTS):
-                w_at[j] = min(c + j, o1 - 1) * K
+    for c in range(o0, o1, DOT_OUTPUTS):
+        for j in range(DOT_OUTPUTS):
+            w_at[j] = min(c + j, o1 - 1) * K
+        for r in range(n0, n1, DOT_ROWS):
+            for i in range(DOT_ROWS):
+                x_at[i] = min(r + i, n1 - 1) * K
             for k in range(0, whole, V):
                 _dot_multiply_add(block, x, xa, xa_at, wa, wa_at, k)
             _dot_sums(block, x, sa)
