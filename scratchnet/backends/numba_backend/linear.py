@@ -1,35 +1,73 @@
-"""Fully connected layer (numpy twin: numpy_backend/linear.py): GEMMs split across threads.
+"""Fully connected layer (numpy twin: numpy_backend/linear.py): products split across threads.
 
     out = x·wᵀ + b        dx = dout·w        dw = doutᵀ·x        db = Σ_n dout[n]
 
-Each thread runs single-threaded BLAS (``np.dot``, see common.py) on its own block: rows of x
-for the forward pass and for dx, output features for dw and db, so every thread writes its
-own part and nothing is summed afterwards.
+Each thread computes its own block, so nothing is summed afterwards: output features for the
+forward pass (rows for a classifier head of NARROW_OUTPUTS or fewer features), output features
+for dw and db, rows for dx. A block runs single-threaded BLAS (``np.dot``, see common.py), or
+for the forward pass at training batch sizes simd/linear.py's dot-product kernel where
+``simd.linear.applies``. A forward pass over an input that is mostly exact zeros, at inference
+batch sizes, skips them instead (``simd.sparse_linear.applies``).
 """
 import numpy as np
 from numba import njit, prange
 
 from .common import chunks_for, run_parallel
+from .simd import linear as simd_linear
+from .simd import sparse_linear
 
 __all__ = ["linear_forward", "linear_backward"]
 
+# a forward pass with this many output features or fewer splits rows across threads: split by
+# features, each thread would get a sliver of a classifier head
+NARROW_OUTPUTS = 16
+# BLAS runs a tall product with few output columns faster in pieces of this many rows, each
+# piece of x staying in cache while the kernel sweeps it
+NARROW_ROWS = 64
+# the fewest output features (or rows) a thread's block gets
+MIN_PER_BLOCK = 16
+
+
+def _blocks(macs, items):
+    """Threads for a product of ``macs`` multiply-adds split along an axis of ``items``.
+
+    A multiply-add counts as half an element operation of common.PARALLEL_MIN_WORK: it costs
+    less than an elementwise pass's memory traffic per element, so a launch of the pool pays
+    for itself only past twice as many (mlp's layers at batch 32 stay on the calling thread).
+    """
+    return chunks_for(max(1, items // MIN_PER_BLOCK), macs // 2)
+
 
 @njit(cache=True)
-def _forward_block(x, w, b, has_bias, out, t, blocks):
-    """Rows [r0, r1) of out = x·wᵀ + b, block t of blocks."""
-    N = x.shape[0]
-    r0, r1 = t * N // blocks, (t + 1) * N // blocks
-    np.dot(x[r0:r1], w.T, out[r0:r1])
+def _forward_block(x, w, b, has_bias, out, vector, t, blocks):
+    """Block t of blocks of out = x·wᵀ + b: features [o0, o1) of every row, or rows [r0, r1)
+    of a narrow head. vector: simd_linear.forward_rows (b zeros without bias), else BLAS."""
+    N, O = out.shape
+    if O <= NARROW_OUTPUTS:
+        r0, r1, o0, o1 = t * N // blocks, (t + 1) * N // blocks, 0, O
+    else:
+        r0, r1, o0, o1 = 0, N, t * O // blocks, (t + 1) * O // blocks
+    if vector:
+        simd_linear.forward_rows(x, w, b, out, r0, r1, o0, o1)
+        return
+    if O <= NARROW_OUTPUTS:
+        for c0 in range(r0, r1, NARROW_ROWS):
+            c1 = min(c0 + NARROW_ROWS, r1)
+            np.dot(x[c0:c1], w.T, out[c0:c1])
+    elif blocks == 1:
+        np.dot(x, w.T, out)
+    else:
+        out[:, o0:o1] = np.dot(x, w[o0:o1].T)
     if has_bias:
         for i in range(r0, r1):
-            for j in range(out.shape[1]):
+            for j in range(o0, o1):
                 out[i, j] += b[j]
 
 
 @njit(cache=True, parallel=True)
-def _forward_parallel(x, w, b, has_bias, out, blocks):
+def _forward_parallel(x, w, b, has_bias, out, vector, blocks):
     for t in prange(blocks):
-        _forward_block(x, w, b, has_bias, out, t, blocks)
+        _forward_block(x, w, b, has_bias, out, vector, t, blocks)
 
 
 @njit(cache=True)
@@ -58,10 +96,36 @@ def _backward_parallel(dout, x, w, input_grad, dx, dw, db, dout_t, blocks):
         _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, t, blocks)
 
 
+@njit(cache=True, parallel=True)
+def _skip_zeros_parallel(x, wt, b, out, index, positions, blocks):
+    N = x.shape[0]
+    for t in prange(blocks):
+        sparse_linear.forward_rows(x, wt, b, out, index[t], positions, t * N // blocks,
+                                   (t + 1) * N // blocks)
+
+
+def _skip_zeros_forward(x, w, bias):
+    """x·wᵀ + bias over x's nonzero inputs (simd/sparse_linear.py), rows split across threads,
+    or None when w holds an inf or NaN (whose products with x's zeros the GEMM must make)."""
+    (N, K), O = x.shape, w.shape[0]
+    wt = np.empty((K, O), dtype=w.dtype)
+    if not sparse_linear.transpose_finite(w, wt):
+        return None
+    out = np.empty((N, O), dtype=x.dtype)
+    blocks = chunks_for(N // sparse_linear.SKIP_MIN_ROWS_PER_THREAD, x.size * O)
+    index, positions = sparse_linear.scratch(x, blocks)
+    if blocks == 1:
+        sparse_linear.forward_rows(x, wt, bias, out, index[0], positions, 0, N)
+    else:
+        run_parallel(_skip_zeros_parallel, x, wt, bias, out, index, positions, blocks)
+    return out
+
+
 def _usable(*arrays):
     """BLAS through np.dot wants non-empty float arrays of one dtype."""
-    return all(a.size and a.dtype == arrays[0].dtype for a in arrays) \
-        and arrays[0].dtype in (np.float32, np.float64)
+    dtype = arrays[0].dtype
+    return dtype.type in (np.float32, np.float64) and all(a.size and a.dtype == dtype
+                                                          for a in arrays)
 
 
 def linear_forward(x, w, b):
@@ -76,12 +140,17 @@ def linear_forward(x, w, b):
     N, O = x.shape[0], w.shape[0]
     has_bias = b is not None
     bias = np.ascontiguousarray(b, dtype=x.dtype) if has_bias else np.zeros(O, x.dtype)
+    if sparse_linear.applies(x, w):
+        out = _skip_zeros_forward(x, w, bias)
+        if out is not None:
+            return out, (x, w, b)
     out = np.empty((N, O), dtype=x.dtype)
-    blocks = chunks_for(N, x.size * O)
+    vector = simd_linear.applies(x, w)
+    blocks = _blocks(x.size * O, N if O <= NARROW_OUTPUTS else O)
     if blocks == 1:
-        _forward_block(x, w, bias, has_bias, out, 0, 1)
+        _forward_block(x, w, bias, has_bias, out, vector, 0, 1)
     else:
-        run_parallel(_forward_parallel, x, w, bias, has_bias, out, blocks)
+        run_parallel(_forward_parallel, x, w, bias, has_bias, out, vector, blocks)
     return out, (x, w, b)
 
 
@@ -100,10 +169,12 @@ def linear_backward(dout, cache, input_grad=True):
     dw = np.empty(w.shape, dtype=dout.dtype)
     db = np.empty(O, dtype=dout.dtype)
     dout_t = np.empty((O, N), dtype=dout.dtype)
-    # the same blocks with or without dx: OpenBLAS rounds an entry by the shape of its product
-    blocks = chunks_for(min(N, O), x.size * O)
-    if blocks == 1:
-        _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, 0, 1)
+    # BLAS rounds an entry by the shape of its product, so dw comes in the same blocks with or
+    # without dx; on the calling thread when dw alone is small
+    blocks = _blocks(2 * x.size * O, max(N, O))
+    if blocks == 1 or _blocks((2 if input_grad else 1) * x.size * O, max(N, O)) == 1:
+        for t in range(blocks):
+            _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, t, blocks)
     else:
         run_parallel(_backward_parallel, dout, x, w, input_grad, dx, dw, db, dout_t, blocks)
     return (dx if input_grad else None), dw, (db if b is not None else None)
