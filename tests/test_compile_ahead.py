@@ -16,15 +16,13 @@ from scratchnet.nn.module import backward_to_params
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # In a fresh cache: (1) compile_ahead, wait for the helper, take a step: every kernel loads
-# from the cache; (2) the same model without compile_ahead gives the same parameters; (3) a
-# step taken while a helper runs (serial kernels) agrees to round-off.
+# from the cache; (2) the same model without compile_ahead gives the same parameters; (3) so
+# does a step taken while a helper runs (each driver's chunks in turn on this thread).
 _FRESH_CACHE_SCRIPT = r"""
 import json
 import sys
 
 import numpy as np
-from numba.core.registry import CPUDispatcher
-
 from scratchnet.backends.numba_backend import precompile
 from tests.test_compile_ahead import build, step
 
@@ -39,7 +37,8 @@ kernels = {}
 for name, module in list(sys.modules.items()):
     if name.startswith("scratchnet.") and module is not None:
         for attr, value in vars(module).items():
-            if isinstance(value, CPUDispatcher) and value.signatures:
+            # a compiled kernel (duck-typed: Numba's dispatcher class is not public)
+            if hasattr(value, "py_func") and hasattr(value, "stats") and value.signatures:
                 kernels[f"{name}.{attr}"] = (sum(value.stats.cache_hits.values()),
                                              sum(value.stats.cache_misses.values()))
 
@@ -54,8 +53,8 @@ print(json.dumps({
     "started": started, "serial": serial, "kernels": kernels,
     "same": all(np.array_equal(a.data, b.data)
                 for a, b in zip(ahead.parameters(), plain.parameters())),
-    "close": all(np.allclose(a.data, b.data, rtol=1e-5, atol=1e-7)
-                 for a, b in zip(while_helper.parameters(), plain.parameters())),
+    "same_while_helper": all(np.array_equal(a.data, b.data)
+                             for a, b in zip(while_helper.parameters(), plain.parameters())),
 }))
 """
 
@@ -94,7 +93,7 @@ def test_after_the_helper_every_kernel_loads_and_the_numbers_match(tmp_path):
     assert all(misses == 0 and hits > 0 for hits, misses in kernels.values()), \
         {k: v for k, v in kernels.items() if v[1] or not v[0]}
     assert report["same"]
-    assert report["close"]
+    assert report["same_while_helper"]
 
 
 class FailsInHelper(sn.nn.Module):

@@ -4,6 +4,8 @@ Every parallel kernel in this backend comes as a serial ``*_span`` function over
 [lo, hi) and a ``*_parallel`` driver whose ``prange`` hands one contiguous range of items to
 each of ``chunks`` threads; :func:`chunks_for` decides how many, :func:`launch` runs one pair,
 and :func:`run_parallel` every ``prange`` kernel, so that a worker's exception surfaces as itself.
+While a compile helper builds the ``prange`` drivers (precompile.py), :func:`run_split` runs a
+driver's chunks in turn on this thread instead: the same split, so the same numbers.
 
 Kernels call BLAS through ``np.dot`` from inside ``prange``, so the BLAS that Numba calls
 (SciPy's) is held to one thread here: Numba's pool is then the only one that runs, as two
@@ -16,7 +18,7 @@ import numpy as np
 
 from .precompile import helper_running
 
-__all__ = ["PARALLEL_MIN_WORK", "chunks_for", "run_parallel", "launch", "flat"]
+__all__ = ["PARALLEL_MIN_WORK", "chunks_for", "run_parallel", "run_split", "launch", "flat"]
 
 # element operations below which a kernel stays on the calling thread: waking Numba's
 # workers costs more than such work
@@ -24,9 +26,8 @@ PARALLEL_MIN_WORK = 1 << 17
 
 
 def chunks_for(items, work):
-    """How many threads share ``items`` independent items costing ``work`` operations in all
-    (one while a compile helper builds the parallel kernels: see precompile.py)."""
-    if work < PARALLEL_MIN_WORK or helper_running():
+    """How many threads share ``items`` independent items costing ``work`` operations in all."""
+    if work < PARALLEL_MIN_WORK:
         return 1
     return max(1, min(numba.get_num_threads(), items))
 
@@ -42,10 +43,23 @@ def run_parallel(parallel, *args):
         raise
 
 
+def run_split(parallel, chunk, chunks, *args):
+    """``parallel(*args, chunks)``, whose ``prange`` does ``chunk(t)``'s work for t < chunks;
+    while a compile helper runs, ``chunk(t)`` for each t in turn on this thread instead."""
+    if helper_running():
+        for t in range(chunks):
+            chunk(t)
+    else:
+        run_parallel(parallel, *args, chunks)
+
+
 def launch(span, parallel, items, work, *args):
-    """Run ``span(*args, 0, items)``, or ``parallel(*args, chunks)`` when ``work`` is large."""
+    """Run ``span(*args, 0, items)``, or ``parallel(*args, chunks)`` when ``work`` is large.
+
+    For these kernels every item's result is independent of the split, so while a compile
+    helper runs the whole range goes to the span on this thread."""
     chunks = chunks_for(items, work)
-    if chunks <= 1:
+    if chunks <= 1 or helper_running():
         span(*args, 0, items)
     else:
         run_parallel(parallel, *args, chunks)

@@ -27,7 +27,7 @@ from numba import njit, prange
 
 from ..shapes import conv_output_size
 from . import pool
-from .common import chunks_for, run_parallel
+from .common import chunks_for, run_split
 from .simd import conv as simd_conv
 from .simd import direct_conv as simd_direct
 
@@ -373,12 +373,16 @@ def forward(x, w, b, g, relu, pooling=None):
     s = _scratch(g, plan, x.dtype, pooled=pooling is not None)
     span, parallel = ((_direct_forward_span, _direct_forward_parallel) if plan.direct
                       else (_forward_span, _forward_parallel))
-    if plan.threads == 1:
-        span(x, w3, bias, g, has_bias, relu, win, plan, out, index, Scratch(*(a[0] for a in s)),
-             0, g.N)
+    T = plan.threads
+
+    def chunk(t):
+        span(x, w3, bias, g, has_bias, relu, win, plan, out, index,
+             Scratch(*(a[t] for a in s)), t * g.N // T, (t + 1) * g.N // T)
+
+    if T == 1:
+        chunk(0)
     else:
-        run_parallel(parallel, x, w3, bias, g, has_bias, relu, win, plan, out, index, s,
-                     plan.threads)
+        run_split(parallel, chunk, T, x, w3, bias, g, has_bias, relu, win, plan, out, index, s)
     return out, index
 
 
@@ -400,12 +404,17 @@ def backward(dout, x, w, g, has_bias, relu_out=None, index=None, input_grad=True
     s = _scratch(g, plan, dtype, backward=True, input_grad=input_grad)
     dx = np.zeros((g.N, g.C, g.H, g.W) if input_grad else (0, 0, 0, 0), dtype)
     w3 = w.reshape(g.G, g.Fg, g.Cg * g.KH * g.KW)
-    if g.N and plan.threads == 1:
+    T = plan.threads
+
+    def chunk(t):
         _backward_span(dout, x, w3, g, relu, mask, index, input_grad, plan, dx,
-                       Scratch(*(a[0] for a in s)), 0, g.N)
+                       Scratch(*(a[t] for a in s)), t * g.N // T, (t + 1) * g.N // T)
+
+    if g.N and T == 1:
+        chunk(0)
     elif g.N:
-        run_parallel(_backward_parallel, dout, x, w3, g, relu, mask, index, input_grad, plan,
-                     dx, s, plan.threads)
+        run_split(_backward_parallel, chunk, T, dout, x, w3, g, relu, mask, index, input_grad,
+                  plan, dx, s)
     if plan.vector:
         dw = np.ascontiguousarray(s.dwT.sum(axis=0).T).reshape(w.shape)
     else:

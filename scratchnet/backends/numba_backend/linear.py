@@ -12,7 +12,7 @@ batch sizes, skips them instead (``simd.sparse_linear.applies``).
 import numpy as np
 from numba import njit, prange
 
-from .common import chunks_for, run_parallel
+from .common import chunks_for, run_split
 from .simd import linear as simd_linear
 from .simd import sparse_linear
 
@@ -67,7 +67,7 @@ def _forward_block(x, w, b, has_bias, out, vector, t, blocks):
 @njit(cache=True, parallel=True)
 def _forward_parallel(x, w, b, has_bias, out, vector, blocks):
     for t in prange(blocks):
-        _forward_block(x, w, b, has_bias, out, vector, t, blocks)
+        _forward_block(x, w, b, has_bias, out, vector, np.int64(t), blocks)
 
 
 @njit(cache=True)
@@ -93,15 +93,16 @@ def _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, t, blocks):
 @njit(cache=True, parallel=True)
 def _backward_parallel(dout, x, w, input_grad, dx, dw, db, dout_t, blocks):
     for t in prange(blocks):
-        _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, t, blocks)
+        _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, np.int64(t), blocks)
 
 
 @njit(cache=True, parallel=True)
 def _skip_zeros_parallel(x, wt, b, out, index, positions, blocks):
     N = x.shape[0]
     for t in prange(blocks):
-        sparse_linear.forward_rows(x, wt, b, out, index[t], positions, t * N // blocks,
-                                   (t + 1) * N // blocks)
+        k = np.int64(t)
+        sparse_linear.forward_rows(x, wt, b, out, index[k], positions, k * N // blocks,
+                                   (k + 1) * N // blocks)
 
 
 def _skip_zeros_forward(x, w, bias):
@@ -114,10 +115,14 @@ def _skip_zeros_forward(x, w, bias):
     out = np.empty((N, O), dtype=x.dtype)
     blocks = chunks_for(N // sparse_linear.SKIP_MIN_ROWS_PER_THREAD, x.size * O)
     index, positions = sparse_linear.scratch(x, blocks)
+    def chunk(t):
+        sparse_linear.forward_rows(x, wt, bias, out, index[t], positions, t * N // blocks,
+                                   (t + 1) * N // blocks)
+
     if blocks == 1:
-        sparse_linear.forward_rows(x, wt, bias, out, index[0], positions, 0, N)
+        chunk(0)
     else:
-        run_parallel(_skip_zeros_parallel, x, wt, bias, out, index, positions, blocks)
+        run_split(_skip_zeros_parallel, chunk, blocks, x, wt, bias, out, index, positions)
     return out
 
 
@@ -150,7 +155,9 @@ def linear_forward(x, w, b):
     if blocks == 1:
         _forward_block(x, w, bias, has_bias, out, vector, 0, 1)
     else:
-        run_parallel(_forward_parallel, x, w, bias, has_bias, out, vector, blocks)
+        run_split(_forward_parallel,
+                  lambda t: _forward_block(x, w, bias, has_bias, out, vector, t, blocks),
+                  blocks, x, w, bias, has_bias, out, vector)
     return out, (x, w, b)
 
 
@@ -172,9 +179,12 @@ def linear_backward(dout, cache, input_grad=True):
     # BLAS rounds an entry by the shape of its product, so dw comes in the same blocks with or
     # without dx; on the calling thread when dw alone is small
     blocks = _blocks(2 * x.size * O, max(N, O))
+    def chunk(t):
+        _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, t, blocks)
+
     if blocks == 1 or _blocks((2 if input_grad else 1) * x.size * O, max(N, O)) == 1:
         for t in range(blocks):
-            _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, t, blocks)
+            chunk(t)
     else:
-        run_parallel(_backward_parallel, dout, x, w, input_grad, dx, dw, db, dout_t, blocks)
+        run_split(_backward_parallel, chunk, blocks, dout, x, w, input_grad, dx, dw, db, dout_t)
     return (dx if input_grad else None), dw, (db if b is not None else None)

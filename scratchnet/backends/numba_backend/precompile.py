@@ -7,16 +7,16 @@ around the serial ``*_span`` kernels they call. So, when the cache is cold,
 ``compile_ahead(model, x, optimizer)`` starts a fresh Python process with a copy of the model,
 the batch and the optimizer; it takes the step once, so that every kernel the step meets lands
 in Numba's on-disk cache (``cache=True``), and exits. Until it has exited,
-:func:`helper_running` is true and ``common.chunks_for`` keeps all work on the calling thread:
-this process compiles only the serial kernels (the ones the drivers call, under the same
-signatures), and once the helper is done the drivers load from the cache.
+:func:`helper_running` is true and ``common.run_split`` runs each driver's chunks in turn on
+the calling thread: this process compiles only the serial kernels (the ones the drivers call,
+under the same signatures), with the same split of the work, so the same numbers; once the
+helper is done the drivers load from the cache.
 
 A fresh process rather than a fork: a fork of a process whose thread pool has started (GNU
 OpenMP's) cannot run parallel kernels. Two processes may write one kernel's cache entry at
 once, which Numba's cache index survives only when both write the same signature, so a kernel
-must take one signature per dtype whichever path (serial or a driver) calls it. Serial and
-parallel kernels split their sums differently, so the steps taken while a helper runs (cold
-cache only) differ from the others by round-off. A helper that fails is reported with a
+must take one signature per dtype whichever path (serial or a driver) calls it. A helper that
+fails is reported with a
 warning when it ends; this process then compiles what it needs itself.
 """
 import atexit
