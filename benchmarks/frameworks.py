@@ -37,6 +37,7 @@ class ScratchnetSide:
         # numpy: no other pool, so BLAS gets them all
         self.blas_threads = 1 if self.backend == "numba" else threads
         self.stepped = False
+        self.compiled = False
 
     def enter(self):
         backend.set_backend(self.backend)
@@ -53,6 +54,10 @@ class ScratchnetSide:
             # as scratchnet.training does before its first step
             backend.ops().compile_ahead(self.model, x, self.opt, self._loss_gradient(y))
             self.stepped = True
+        elif not self.compiled:
+            # from the second step on, no compile helper shares the cores with the timed steps
+            backend.ops().finish_compile_ahead()
+            self.compiled = True
         out = self.model(x)
         loss = self.loss_fn(out, y)
         self.opt.zero_grad()
