@@ -1,4 +1,4 @@
-"""Skipping the input gradient (``input_grad=False``) and reusable training workspaces.
+"""Skipping the input gradient (``input_grad=False``).
 
 A training loop needs only parameter gradients (torch never computes the gradient of an input
 that does not require grad), so ops, layers and models can skip dx. These tests check that the
@@ -102,7 +102,7 @@ def test_models_backward_to_params_equals_full_backward(backend, name, rng):
         for k, p in model.named_parameters():
             np.testing.assert_array_equal(p.grad, full[k], err_msg=k)
 
-        model.train()  # kept columns and workspaces; compare with fusion off (plain layers)
+        model.train()  # compare with fusion off (plain layers)
         model.zero_grad()
         model(x)
         backward_to_params(model, dout)

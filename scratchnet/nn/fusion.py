@@ -76,12 +76,10 @@ class _FusedStep:
     """A run of layers executed as one fused op; falls back to the layers for odd inputs."""
 
     __slots__ = ("layers", "_cache", "_backend", "_fallback", "_out_shape", "_out_dtype",
-                 "_main", "_workspace")
+                 "_main")
     skips_input_grad = True
 
     def __init__(self, layers):
-        # buffers the numba ops reuse from step to step while training (numba_backend/fused.py)
-        self._workspace = {}
         self._cache = self._backend = None
         self._fallback = False
         self._out_shape = self._out_dtype = None
@@ -109,10 +107,6 @@ class _FusedStep:
         if main.bias is not None:
             main.bias.accumulate_grad(db, fresh=True)
         return dx
-
-    def _training_workspace(self):
-        """The reusable buffers while training; None in eval mode (no backward will follow)."""
-        return self._workspace if self._main.training else None
 
     def _done(self, out, cache, name):
         self._cache = cache
@@ -154,7 +148,7 @@ class _ConvReluPool(_FusedStep):
         b = conv.bias.data if conv.bias is not None else None
         out, cache = backend.ops(name).conv2d_relu_maxpool2d_forward(
             x, conv.weight.data, b, conv.stride, conv._padding_tblr, conv.dilation, conv.groups,
-            k, s, p, d, pool.ceil_mode, workspace=self._training_workspace())
+            k, s, p, d, pool.ceil_mode)
         return self._done(out, cache, name)
 
     def _backward_op(self, dout, input_grad):
@@ -173,8 +167,7 @@ class _ConvRelu(_FusedStep):
         name = backend.get_backend()
         b = conv.bias.data if conv.bias is not None else None
         out, cache = backend.ops(name).conv2d_relu_forward(
-            x, conv.weight.data, b, conv.stride, conv._padding_tblr, conv.dilation, conv.groups,
-            workspace=self._training_workspace())
+            x, conv.weight.data, b, conv.stride, conv._padding_tblr, conv.dilation, conv.groups)
         return self._done(out, cache, name)
 
     def _backward_op(self, dout, input_grad):

@@ -41,11 +41,8 @@ def _conv_relu_backward(dout, cache, input_grad):
     return conv.backward(dout, x, w, g, has_bias, out, index, input_grad)
 
 
-def conv2d_relu_forward(x, w, b, stride, padding, dilation, groups, workspace=None):
-    """relu(conv2d(x)). Arguments as conv2d_forward. Returns (out, cache).
-
-    workspace: accepted for the layers' signature; unused.
-    """
+def conv2d_relu_forward(x, w, b, stride, padding, dilation, groups):
+    """relu(conv2d(x)). Arguments as conv2d_forward. Returns (out, cache)."""
     return _conv_relu(x, w, b, stride, padding, dilation, groups)
 
 
@@ -56,11 +53,11 @@ def conv2d_relu_backward(dout, cache, input_grad=True):
 
 def conv2d_relu_maxpool2d_forward(x, w, b, stride, padding, dilation, groups,
                                   kernel_size, pool_stride, pool_padding, pool_dilation,
-                                  ceil_mode, workspace=None):
+                                  ceil_mode):
     """maxpool2d(relu(conv2d(x))) (== relu(maxpool2d(conv2d(x)))).
 
-    Convolution arguments as conv2d_forward, then the pool's as maxpool2d_forward; workspace
-    as conv2d_relu_forward. Returns (out, cache); out (N, F, PH, PW).
+    Convolution arguments as conv2d_forward, then the pool's as maxpool2d_forward. Returns
+    (out, cache); out (N, F, PH, PW).
     """
     return _conv_relu(x, w, b, stride, padding, dilation, groups,
                       (kernel_size, pool_stride, pool_padding, pool_dilation, ceil_mode))

@@ -19,11 +19,8 @@ __all__ = ["conv2d_relu_forward", "conv2d_relu_backward",
            "linear_leaky_relu_forward", "linear_leaky_relu_backward"]
 
 
-def conv2d_relu_forward(x, w, b, stride, padding, dilation, groups, workspace=None):
-    """relu(conv2d(x)). Arguments as conv2d_forward. Returns (out, cache).
-
-    workspace: accepted for the numba backend's signature (its reusable buffers); unused here.
-    """
+def conv2d_relu_forward(x, w, b, stride, padding, dilation, groups):
+    """relu(conv2d(x)). Arguments as conv2d_forward. Returns (out, cache)."""
     y, conv_cache = conv2d_forward(x, w, b, stride, padding, dilation, groups)
     out, relu_cache = relu_forward(y)
     return out, (conv_cache, relu_cache)
@@ -37,11 +34,10 @@ def conv2d_relu_backward(dout, cache, input_grad=True):
 
 def conv2d_relu_maxpool2d_forward(x, w, b, stride, padding, dilation, groups,
                                   kernel_size, pool_stride, pool_padding, pool_dilation,
-                                  ceil_mode, workspace=None):
+                                  ceil_mode):
     """maxpool2d(relu(conv2d(x))) (== relu(maxpool2d(conv2d(x)))).
 
-    Convolution arguments as conv2d_forward, then the pool's as maxpool2d_forward; workspace
-    as conv2d_relu_forward.
+    Convolution arguments as conv2d_forward, then the pool's as maxpool2d_forward.
     Returns (out, cache); out (N, F, PH, PW).
     """
     y, conv_cache = conv2d_forward(x, w, b, stride, padding, dilation, groups)
