@@ -85,48 +85,65 @@ def _inside(offset, stride, size, n_out):
 @njit(cache=True)
 def unfold_sample(x, g, n, cols, at0):
     """Sample n of x (N, C, H, W) into columns [at0, at0 + OH·OW) of cols (G, Cg·KH·KW, ·);
-    padding taps are 0."""
+    padding taps are 0.
+
+    Flat offsets into x[n] and cols[grp] rather than a view per row: the rows are short (OW),
+    and a view per row cost more than its copy."""
+    src = x[n].reshape(-1)
+    width = cols.shape[2]
     for c in range(g.C):
         grp = c // g.Cg
         k0 = (c - grp * g.Cg) * g.KH * g.KW
+        dst = cols[grp].reshape(-1)
         for kh in range(g.KH):
             for kw in range(g.KW):
-                row = cols[grp, k0 + kh * g.KW + kw]
+                row = (k0 + kh * g.KW + kw) * width + at0
                 offset = kw * g.dw - g.left
                 ow0, ow1 = _inside(offset, g.sw, g.W, g.OW)
                 for oh in range(g.OH):
                     h = oh * g.sh - g.top + kh * g.dh
-                    at = at0 + oh * g.OW
+                    at = row + oh * g.OW
                     lo, hi = (ow0, ow1) if 0 <= h < g.H else (g.OW, g.OW)
-                    src = x[n, c, min(max(h, 0), g.H - 1)]
+                    s0 = (c * g.H + min(max(h, 0), g.H - 1)) * g.W + offset
                     # unsigned indices: no negative-index wrapping, so the copy vectorises
                     for ow in range(lo):
-                        row[U(at + ow)] = 0
-                    for ow in range(lo, hi):
-                        row[U(at + ow)] = src[U(ow * g.sw + offset)]
+                        dst[U(at + ow)] = 0
+                    if g.sw == 1:
+                        for ow in range(lo, hi):
+                            dst[U(at + ow)] = src[U(s0 + ow)]
+                    else:
+                        for ow in range(lo, hi):
+                            dst[U(at + ow)] = src[U(s0 + ow * g.sw)]
                     for ow in range(hi, g.OW):
-                        row[U(at + ow)] = 0
+                        dst[U(at + ow)] = 0
 
 
 @njit(cache=True)
 def fold_sample(dcols, g, n, dx, at0):
     """Add columns [at0, at0 + OH·OW) of dcols (G, Cg·KH·KW, ·) onto sample n of dx
-    (N, C, H, W): unfold_sample's adjoint."""
+    (N, C, H, W): unfold_sample's adjoint (flat offsets likewise)."""
+    dst = dx[n].reshape(-1)
+    width = dcols.shape[2]
     for c in range(g.C):
         grp = c // g.Cg
         k0 = (c - grp * g.Cg) * g.KH * g.KW
+        src = dcols[grp].reshape(-1)
         for kh in range(g.KH):
             for kw in range(g.KW):
-                row = dcols[grp, k0 + kh * g.KW + kw]
+                row = (k0 + kh * g.KW + kw) * width + at0
                 offset = kw * g.dw - g.left
                 ow0, ow1 = _inside(offset, g.sw, g.W, g.OW)
                 for oh in range(g.OH):
                     h = oh * g.sh - g.top + kh * g.dh
                     if 0 <= h < g.H:
-                        at = at0 + oh * g.OW
-                        dst = dx[n, c, h]
-                        for ow in range(ow0, ow1):
-                            dst[U(ow * g.sw + offset)] += row[U(at + ow)]
+                        at = row + oh * g.OW
+                        d0 = (c * g.H + h) * g.W + offset
+                        if g.sw == 1:
+                            for ow in range(ow0, ow1):
+                                dst[U(d0 + ow)] += src[U(at + ow)]
+                        else:
+                            for ow in range(ow0, ow1):
+                                dst[U(d0 + ow * g.sw)] += src[U(at + ow)]
 
 
 @njit(cache=True)
