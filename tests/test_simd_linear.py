@@ -1,11 +1,10 @@
-"""The linear layer's vector kernels (simd/linear.py, simd/sparse_linear.py) against the portable
-path and torch."""
+"""The linear layer against torch whatever its split across threads, and its zero-skipping
+forward pass (simd/sparse_linear.py) against torch and the portable path."""
 import numpy as np
 import pytest
 import torch
 
 from scratchnet.backends.numba_backend import common, linear
-from scratchnet.backends.numba_backend.simd import linear as simd_linear
 from scratchnet.backends.numba_backend.simd import sparse_linear
 from scratchnet.backends.numba_backend.simd.vectors import has_wide_vectors
 from tests.helpers import DTYPES, assert_close, to_torch
@@ -17,18 +16,6 @@ NEEDS_AVX512 = pytest.mark.skipif(not has_wide_vectors(),
 # one row, one output, a narrow head, more outputs than a thread's share
 SHAPES = [(32, 784, 10), (1, 64, 1), (5, 100, 10), (7, 33, 128), (13, 129, 1024), (3, 200, 17),
           (70, 65, 6), (1, 64, 17), (33, 784, 128), (9, 100, 40), (100, 70, 30)]
-
-
-@pytest.fixture(params=["vector", "portable"])
-def path(request, monkeypatch):
-    """The vector kernels (skipped without AVX-512) or the portable ones (SCRATCHNET_SIMD=0)."""
-    if request.param == "vector":
-        if not has_wide_vectors():
-            pytest.skip("the vector path runs only on a CPU with AVX-512")
-        monkeypatch.setenv("SCRATCHNET_SIMD", "1")
-    else:
-        monkeypatch.setenv("SCRATCHNET_SIMD", "0")
-    return request.param
 
 
 @pytest.fixture(params=["serial", "parallel"])
@@ -51,7 +38,7 @@ def _torch_linear(x, w, b, dout):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear_matches_torch(path, threads, rng, dtype, shape, bias):
+def test_linear_matches_torch(threads, rng, dtype, shape, bias):
     N, K, O = shape
     x = rng.standard_normal((N, K)).astype(dtype)
     w = rng.standard_normal((O, K)).astype(dtype)
@@ -72,95 +59,6 @@ def test_linear_matches_torch(path, threads, rng, dtype, shape, bias):
     np.testing.assert_array_equal(dw_alone, dw)
     if bias:
         np.testing.assert_array_equal(db_alone, db)
-
-
-@NEEDS_AVX512
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_vector_matches_portable(monkeypatch, rng, dtype, shape):
-    N, K, O = shape
-    x = rng.standard_normal((N, K)).astype(dtype)
-    w = rng.standard_normal((O, K)).astype(dtype)
-    b = rng.standard_normal(O).astype(dtype)
-    dout = rng.standard_normal((N, O)).astype(dtype)
-    results = {}
-    for switch in ("1", "0"):
-        monkeypatch.setenv("SCRATCHNET_SIMD", switch)
-        out, cache = linear.linear_forward(x, w, b)
-        results[switch] = (out,) + linear.linear_backward(dout, cache)
-    for name, vector, portable in zip(("out", "dx", "dw", "db"), results["1"], results["0"]):
-        assert_close(vector, portable, dtype, name)
-
-
-@NEEDS_AVX512
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_kernel_matches_numpy(rng, dtype, shape):
-    """The kernel alone, whatever the selection: narrow heads and single rows included."""
-    N, K, O = shape
-    K = max(K, simd_linear.row_block(dtype))
-    x = rng.standard_normal((N, K)).astype(dtype)
-    w = rng.standard_normal((O, K)).astype(dtype)
-    b = rng.standard_normal(O).astype(dtype)
-    out = np.empty((N, O), dtype)
-    simd_linear.forward_rows(x, w, b, out, 0, N, 0, O)
-    assert_close(out, x.astype(np.float64) @ w.T + b, dtype, "out")
-
-
-@NEEDS_AVX512
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_kernel_fills_only_its_block(rng, dtype):
-    """forward_rows writes its rows and features, nothing around them."""
-    K = simd_linear.row_block(dtype) + 3
-    x = rng.standard_normal((9, K)).astype(dtype)
-    w = rng.standard_normal((20, K)).astype(dtype)
-    b = rng.standard_normal(20).astype(dtype)
-    out = np.full((9, 20), np.nan, dtype)
-    simd_linear.forward_rows(x, w, b, out, 2, 7, 3, 17)
-    expected = x[2:7] @ w[3:17].T + b[3:17]
-    assert_close(out[2:7, 3:17], expected, dtype, "block")
-    inside = np.zeros(out.shape, bool)
-    inside[2:7, 3:17] = True
-    assert np.isnan(out[~inside]).all()
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_selection(monkeypatch, dtype):
-    """The vector path where AVX-512 is there, at training batch sizes, the features fill a
-    block and the outputs are more than a narrow head's; the portable path under
-    SCRATCHNET_SIMD=0, for other dtypes or mixed ones, narrow inputs or outputs, more rows or
-    more weights."""
-    block = simd_linear.row_block(dtype)
-    x = np.zeros((4, block), dtype)
-    w = np.zeros((simd_linear.NARROW_OUTPUTS + 1, block), dtype)
-    other = np.float32 if dtype == np.float64 else np.float64
-    monkeypatch.setenv("SCRATCHNET_SIMD", "0")
-    assert not simd_linear.applies(x, w)
-    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
-    assert simd_linear.applies(x, w) == has_wide_vectors()
-    assert not simd_linear.applies(x[:, :block - 1], w[:, :block - 1])
-    assert not simd_linear.applies(x, w[:simd_linear.NARROW_OUTPUTS])
-    assert not simd_linear.applies(np.zeros((simd_linear.MAX_ROWS + 1, block), dtype), w)
-    wide = simd_linear.MAX_WEIGHTS // block + 1
-    assert not simd_linear.applies(x, np.zeros((wide, block), dtype))
-    assert not simd_linear.applies(x.astype(np.int64), w.astype(np.int64))
-    assert not simd_linear.applies(x, w.astype(other))
-
-
-@NEEDS_AVX512
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_layer_takes_vector_path(threads, monkeypatch, rng, dtype):
-    """Where applies() holds, the layer's output is the kernel's own, bit for bit (its entries
-    do not depend on how the threads split the work)."""
-    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
-    N, K, O = 40, simd_linear.row_block(dtype) * 2 + 5, 48
-    x = rng.standard_normal((N, K)).astype(dtype)
-    w = rng.standard_normal((O, K)).astype(dtype)
-    b = rng.standard_normal(O).astype(dtype)
-    out, _ = linear.linear_forward(x, w, b)
-    expected = np.empty_like(out)
-    simd_linear.forward_rows(x, w, b, expected, 0, N, 0, O)
-    np.testing.assert_array_equal(out, expected)
 
 
 def _mostly_zeros(rng, shape, dtype, density=0.15):

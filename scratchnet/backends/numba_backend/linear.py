@@ -4,16 +4,14 @@
 
 Each thread computes its own block, so nothing is summed afterwards: output features for the
 forward pass (rows for a classifier head of NARROW_OUTPUTS or fewer features), output features
-for dw and db, rows for dx. A block runs single-threaded BLAS (``np.dot``, see common.py), or
-for the forward pass at training batch sizes simd/linear.py's dot-product kernel where
-``simd.linear.applies``. A forward pass over an input that is mostly exact zeros, at inference
-batch sizes, skips them instead (``simd.sparse_linear.applies``).
+for dw and db, rows for dx. A block runs single-threaded BLAS (``np.dot``, see common.py). A
+forward pass over an input that is mostly exact zeros, at inference batch sizes, skips them
+instead (``simd.sparse_linear.applies``).
 """
 import numpy as np
 from numba import njit, prange
 
 from .common import chunks_for, run_split
-from .simd import linear as simd_linear
 from .simd import sparse_linear
 
 __all__ = ["linear_forward", "linear_backward"]
@@ -39,17 +37,14 @@ def _blocks(macs, items):
 
 
 @njit(cache=True)
-def _forward_block(x, w, b, has_bias, out, vector, t, blocks):
+def _forward_block(x, w, b, has_bias, out, t, blocks):
     """Block t of blocks of out = x·wᵀ + b: features [o0, o1) of every row, or rows [r0, r1)
-    of a narrow head. vector: simd_linear.forward_rows (b zeros without bias), else BLAS."""
+    of a narrow head."""
     N, O = out.shape
     if O <= NARROW_OUTPUTS:
         r0, r1, o0, o1 = t * N // blocks, (t + 1) * N // blocks, 0, O
     else:
         r0, r1, o0, o1 = 0, N, t * O // blocks, (t + 1) * O // blocks
-    if vector:
-        simd_linear.forward_rows(x, w, b, out, r0, r1, o0, o1)
-        return
     if O <= NARROW_OUTPUTS:
         for c0 in range(r0, r1, NARROW_ROWS):
             c1 = min(c0 + NARROW_ROWS, r1)
@@ -65,9 +60,9 @@ def _forward_block(x, w, b, has_bias, out, vector, t, blocks):
 
 
 @njit(cache=True, parallel=True)
-def _forward_parallel(x, w, b, has_bias, out, vector, blocks):
+def _forward_parallel(x, w, b, has_bias, out, blocks):
     for t in prange(blocks):
-        _forward_block(x, w, b, has_bias, out, vector, np.int64(t), blocks)
+        _forward_block(x, w, b, has_bias, out, np.int64(t), blocks)
 
 
 @njit(cache=True)
@@ -150,14 +145,13 @@ def linear_forward(x, w, b):
         if out is not None:
             return out, (x, w, b)
     out = np.empty((N, O), dtype=x.dtype)
-    vector = simd_linear.applies(x, w)
     blocks = _blocks(x.size * O, N if O <= NARROW_OUTPUTS else O)
     if blocks == 1:
-        _forward_block(x, w, bias, has_bias, out, vector, 0, 1)
+        _forward_block(x, w, bias, has_bias, out, 0, 1)
     else:
         run_split(_forward_parallel,
-                  lambda t: _forward_block(x, w, bias, has_bias, out, vector, t, blocks),
-                  blocks, x, w, bias, has_bias, out, vector)
+                  lambda t: _forward_block(x, w, bias, has_bias, out, t, blocks),
+                  blocks, x, w, bias, has_bias, out)
     return out, (x, w, b)
 
 
