@@ -112,7 +112,7 @@ class FailsInHelper(sn.nn.Module):
 
 @pytest.fixture
 def cold(monkeypatch):
-    """compile_ahead as with a cold cache and two threads, whatever this session's cache."""
+    """compile_ahead as with a cold cache and two threads, whatever the cache holds now."""
     monkeypatch.setattr(precompile, "cache_is_cold", lambda: True)
     monkeypatch.setattr(precompile.numba, "get_num_threads", lambda: 2)
     monkeypatch.delenv("SCRATCHNET_COMPILE_AHEAD", raising=False)
