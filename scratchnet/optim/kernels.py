@@ -9,8 +9,8 @@ numpy does with a Python float against a float32 array), so the results are bitw
 the numpy path under NumPy 2's promotion rules. No ``fastmath``: LLVM then never contracts
 a multiply and an add into an FMA, which would change the rounding.
 
-Adam's and Adadelta's kernels use ``error_model="numpy"``: a float division is then a plain division giving
-inf/NaN, as the numpy update does, instead of a test of every divisor for zero.
+Adam's and Adadelta's kernels use ``error_model="numpy"``: a float division is then a plain
+division giving inf/NaN, as the numpy update does, instead of a test of every divisor for zero.
 
 Used when the numba backend is selected and the JIT is enabled; the numpy backend keeps the
 readable numpy update.

@@ -147,8 +147,8 @@ def store_transposed(typingctx, block, like, bias_address, col0, out_address, pl
                 for lane in range(vector.count):
                     c = builder.add(col0_v, ir.Constant(index, j * vector.count + lane))
                     at = builder.add(builder.mul(c, plane_v), row)
-                    builder.store(builder.extract_element(values, ir.Constant(ir.IntType(32), lane)),
-                                  pointer(builder, out_addr, element, at))
+                    value = builder.extract_element(values, ir.Constant(ir.IntType(32), lane))
+                    builder.store(value, pointer(builder, out_addr, element, at))
                 builder.store(ir.Constant(vector, None), acc)
         return context.get_dummy_value()
 
