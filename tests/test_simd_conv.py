@@ -11,7 +11,7 @@ from scratchnet.backends.numba_backend import fused as nb_fused
 from scratchnet.backends.numba_backend.simd import conv as simd_conv
 from scratchnet.backends.numba_backend.simd import direct_conv as simd_direct
 from scratchnet.backends.numba_backend.simd import register_block
-from scratchnet.backends.numba_backend.simd.vectors import has_wide_vectors
+from scratchnet.backends.numba_backend.simd.vectors import has_vector_fma, has_wide_vectors
 from tests.helpers import DTYPES, assert_close
 
 needs_avx512 = pytest.mark.skipif(not has_wide_vectors(),
@@ -188,7 +188,7 @@ def test_kernels_refuse_operands_of_the_wrong_size():
 
 # simd/direct_conv.py: the forward pass of stride-1, unpadded layers of 4-20 filters
 
-needs_avx2 = pytest.mark.skipif(not simd_direct._has_vector_fma(),
+needs_avx2 = pytest.mark.skipif(not has_vector_fma(),
                                 reason="the direct kernel needs AVX2 and FMA, which this CPU "
                                        "lacks (the portable path runs instead)")
 
@@ -257,7 +257,7 @@ def test_direct_selection(change, monkeypatch):
                          change.get("padding", (0, 0, 0, 0)), (1, 1), 1)
     assert not simd_direct.applies(g, np.float32)
     lenet = direct_geometry(DIRECT_CASES[1])
-    assert simd_direct.applies(lenet, np.float32) == simd_direct._has_vector_fma()
+    assert simd_direct.applies(lenet, np.float32) == has_vector_fma()
     assert not nb_conv._plan(lenet, np.float32, backward=True).direct
     monkeypatch.setenv("SCRATCHNET_SIMD", "0")
     assert not simd_direct.applies(lenet, np.float32)

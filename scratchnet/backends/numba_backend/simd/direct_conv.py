@@ -16,16 +16,13 @@ keeping its own epilogue and backward pass around it.
 Sums run over the taps in order, each step one fused multiply-add: within float rounding of
 the GEMM, not bitwise.
 """
-import functools
-
-import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
 from . import enabled
-from .vectors import (VECTOR_BYTES, block_vectors, fmuladd, lanes, pointer, splat, stack_block,
-                      vector_of, vector_pointer)
+from .vectors import (VECTOR_BYTES, block_vectors, element_and_vector, fmuladd, has_vector_fma,
+                      lanes, pointer, slot, splat, stack_block, vector_pointer)
 
 __all__ = ["applies", "forward_sample"]
 
@@ -36,13 +33,6 @@ MAX_RECOMPUTED = 0.25
 # from 64 filters or a few hundred taps, the GEMM runs near its peak and im2col is cheap beside it
 MAX_FILTERS = 20
 MAX_TAPS = 256
-
-
-@functools.cache
-def _has_vector_fma():
-    """True on a CPU with AVX2 and FMA, the 16 × 256-bit registers the block is sized for."""
-    features = llvm.get_host_cpu_features().flatten().split(",")
-    return "+avx2" in features and "+fma" in features
 
 
 def applies(g, dtype):
@@ -56,24 +46,14 @@ def applies(g, dtype):
             and g.C * g.KH * g.KW <= MAX_TAPS and FILTERS <= g.F <= MAX_FILTERS
             and (g.top, g.left) == (0, 0) and (g.OH, g.OW) == (g.H - g.KH + 1, g.W - g.KW + 1)
             and g.OW >= V and slots - g.OW <= MAX_RECOMPUTED * slots
-            and enabled() and _has_vector_fma())
-
-
-def _types(context, like):
-    element = context.get_value_type(like.dtype)
-    return element, vector_of(element, VECTOR_BYTES)
-
-
-def _accumulator(builder, block, k):
-    i32 = ir.IntType(32)
-    return builder.gep(block, [ir.Constant(i32, 0), ir.Constant(i32, k)], inbounds=True)
+            and enabled() and has_vector_fma())
 
 
 @intrinsic
 def _new_block(typingctx, like):
     """A zeroed block of FILTERS × VECTORS accumulators for arrays of like's dtype."""
     def codegen(context, builder, signature, args):
-        _, vector = _types(context, like)
+        _, vector = element_and_vector(context, like, VECTOR_BYTES)
         return stack_block(builder, vector, FILTERS * VECTORS)
 
     return types.voidptr(like), codegen
@@ -86,7 +66,7 @@ def _tap(typingctx, block, like, w_address, w_at, w_stride, x_address, x0, x1, x
 
     def codegen(context, builder, signature, args):
         block_ptr, _, w_addr, w_at_v, w_stride_v, x_addr, *x_at = args
-        element, vector = _types(context, like)
+        element, vector = element_and_vector(context, like, VECTOR_BYTES)
         acc_block = block_vectors(builder, block_ptr, vector, FILTERS * VECTORS)
         fma = fmuladd(builder, vector)
         align = VECTOR_BYTES // vector.count  # one element's: the loads are unaligned
@@ -96,7 +76,7 @@ def _tap(typingctx, block, like, w_address, w_at, w_stride, x_address, x0, x1, x
             at = builder.add(w_at_v, builder.mul(w_stride_v, ir.Constant(w_at_v.type, i)))
             weight = splat(builder, vector, builder.load(pointer(builder, w_addr, element, at)))
             for j in range(VECTORS):
-                acc = _accumulator(builder, acc_block, i * VECTORS + j)
+                acc = slot(builder, acc_block, i * VECTORS + j)
                 builder.store(builder.call(fma, [weight, inputs[j], builder.load(acc)]), acc)
         return context.get_dummy_value()
 
@@ -110,14 +90,14 @@ def _flush(typingctx, block, like, b_address, f0, out_address, plane, o0, o1, o2
 
     def codegen(context, builder, signature, args):
         block_ptr, _, b_addr, f0_v, out_addr, plane_v, *o_at = args
-        element, vector = _types(context, like)
+        element, vector = element_and_vector(context, like, VECTOR_BYTES)
         acc_block = block_vectors(builder, block_ptr, vector, FILTERS * VECTORS)
         align = VECTOR_BYTES // vector.count
         for i in range(FILTERS):
             f = builder.add(f0_v, ir.Constant(f0_v.type, i))
             bias = splat(builder, vector, builder.load(pointer(builder, b_addr, element, f)))
             for j in range(VECTORS):
-                acc = _accumulator(builder, acc_block, i * VECTORS + j)
+                acc = slot(builder, acc_block, i * VECTORS + j)
                 at = builder.add(builder.mul(f, plane_v), o_at[j])
                 builder.store(builder.fadd(builder.load(acc), bias),
                               vector_pointer(builder, out_addr, element, at, vector), align=align)

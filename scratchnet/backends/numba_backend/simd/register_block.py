@@ -23,8 +23,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .vectors import (WIDE_VECTOR_BYTES, block_vectors, fmuladd, pointer, splat, stack_block,
-                      vector_of, vector_pointer)
+from .vectors import (WIDE_VECTOR_BYTES, block_vectors, element_and_vector, fmuladd, pointer,
+                      slot, splat, stack_block, vector_pointer)
 
 __all__ = ["ROWS", "VECTORS", "columns", "new_block", "multiply_add", "add_rows",
            "store_transposed"]
@@ -39,22 +39,11 @@ def columns(dtype):
     return VECTORS * WIDE_VECTOR_BYTES // np.dtype(dtype).itemsize
 
 
-def _types(context, like):
-    element = context.get_value_type(like.dtype)
-    return element, vector_of(element, WIDE_VECTOR_BYTES)
-
-
-def _accumulator(builder, block, i, j):
-    i32 = ir.IntType(32)
-    return builder.gep(block, [ir.Constant(i32, 0), ir.Constant(i32, i * VECTORS + j)],
-                       inbounds=True)
-
-
 @intrinsic
 def new_block(typingctx, like):
     """A zeroed block (an opaque pointer to the caller's stack) for arrays of like's dtype."""
     def codegen(context, builder, signature, args):
-        _, vector = _types(context, like)
+        _, vector = element_and_vector(context, like, WIDE_VECTOR_BYTES)
         return stack_block(builder, vector, ROWS * VECTORS)
 
     return types.voidptr(like), codegen
@@ -68,7 +57,7 @@ def multiply_add(typingctx, block, like, v_address, v_at, s_address, s_index_add
 
     def codegen(context, builder, signature, args):
         block_ptr, _, v_addr, v_at_v, s_addr, s_index_addr, s_add_v = args
-        element, vector = _types(context, like)
+        element, vector = element_and_vector(context, like, WIDE_VECTOR_BYTES)
         acc_block = block_vectors(builder, block_ptr, vector, ROWS * VECTORS)
         fma = fmuladd(builder, vector)
         align = WIDE_VECTOR_BYTES // vector.count  # one element's: the loads are unaligned
@@ -83,7 +72,7 @@ def multiply_add(typingctx, block, like, v_address, v_at, s_address, s_index_add
             scalar = builder.load(pointer(builder, s_addr, element, builder.add(offset, s_add_v)))
             broadcast = splat(builder, vector, scalar)
             for j in range(VECTORS):
-                acc = _accumulator(builder, acc_block, i, j)
+                acc = slot(builder, acc_block, i * VECTORS + j)
                 builder.store(builder.call(fma, [broadcast, loaded[j], builder.load(acc)]), acc)
         return context.get_dummy_value()
 
@@ -98,7 +87,7 @@ def add_rows(typingctx, block, like, out_address, row_length, col0, row0, count)
 
     def codegen(context, builder, signature, args):
         block_ptr, _, out_addr, length_v, col0_v, row0_v, count_v = args
-        element, vector = _types(context, like)
+        element, vector = element_and_vector(context, like, WIDE_VECTOR_BYTES)
         acc_block = block_vectors(builder, block_ptr, vector, ROWS * VECTORS)
         index = col0_v.type
         align = WIDE_VECTOR_BYTES // vector.count
@@ -107,14 +96,14 @@ def add_rows(typingctx, block, like, out_address, row_length, col0, row0, count)
             inside = builder.icmp_signed("<", ir.Constant(index, i), count_v)
             with builder.if_then(inside, likely=True):
                 for j in range(VECTORS):
-                    acc = _accumulator(builder, acc_block, i, j)
+                    acc = slot(builder, acc_block, i * VECTORS + j)
                     at = builder.add(builder.add(builder.mul(row, length_v), col0_v),
                                      ir.Constant(index, j * vector.count))
                     out = vector_pointer(builder, out_addr, element, at, vector)
                     builder.store(builder.fadd(builder.load(out, align=align), builder.load(acc)),
                                   out, align=align)
             for j in range(VECTORS):
-                builder.store(ir.Constant(vector, None), _accumulator(builder, acc_block, i, j))
+                builder.store(ir.Constant(vector, None), slot(builder, acc_block, i * VECTORS + j))
         return context.get_dummy_value()
 
     return sig, codegen
@@ -129,7 +118,7 @@ def store_transposed(typingctx, block, like, bias_address, col0, out_address, pl
 
     def codegen(context, builder, signature, args):
         block_ptr, _, bias_addr, col0_v, out_addr, plane_v, rows_addr = args
-        element, vector = _types(context, like)
+        element, vector = element_and_vector(context, like, WIDE_VECTOR_BYTES)
         acc_block = block_vectors(builder, block_ptr, vector, ROWS * VECTORS)
         index = col0_v.type
         i64 = ir.IntType(64)
@@ -142,7 +131,7 @@ def store_transposed(typingctx, block, like, bias_address, col0, out_address, pl
         for i in range(ROWS):
             row = builder.load(pointer(builder, rows_addr, i64, ir.Constant(i64, i)))
             for j in range(VECTORS):
-                acc = _accumulator(builder, acc_block, i, j)
+                acc = slot(builder, acc_block, i * VECTORS + j)
                 values = builder.fadd(builder.load(acc), biases[j])
                 for lane in range(vector.count):
                     c = builder.add(col0_v, ir.Constant(index, j * vector.count + lane))

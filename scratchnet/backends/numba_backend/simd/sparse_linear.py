@@ -23,8 +23,8 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from . import enabled
-from .vectors import (VECTOR_BYTES, block_vectors, fmuladd, splat, stack_block, vector_of,
-                      vector_pointer)
+from .vectors import (VECTOR_BYTES, block_vectors, element_and_vector, fmuladd, slot, splat,
+                      stack_block, vector_pointer)
 
 __all__ = ["applies", "skip_block", "transpose_finite", "forward_rows", "scratch"]
 
@@ -79,24 +79,14 @@ def _positions_table(V):
 _POSITIONS = {np.dtype(t): _positions_table(_skip_lanes(t)) for t in (np.float32, np.float64)}
 
 
-def _skip_vector(context, like):
-    element = context.get_value_type(like.dtype)
-    return element, vector_of(element, VECTOR_BYTES)
-
-
 @intrinsic
 def _new_skip_block(typingctx, like):
     """SKIP_ACCUMULATORS zeroed 256-bit vectors for arrays of like's dtype."""
     def codegen(context, builder, signature, args):
-        _, vector = _skip_vector(context, like)
+        _, vector = element_and_vector(context, like, VECTOR_BYTES)
         return stack_block(builder, vector, SKIP_ACCUMULATORS)
 
     return types.voidptr(like), codegen
-
-
-def _skip_accumulator(builder, block, j):
-    i32 = ir.IntType(32)
-    return builder.gep(block, [ir.Constant(i32, 0), ir.Constant(i32, j)], inbounds=True)
 
 
 @intrinsic
@@ -104,7 +94,7 @@ def _axpy(typingctx, block, like, value, w_address, w_at):
     """acc[j] += value · w[w_at + j·V : ... + V] for j < SKIP_ACCUMULATORS."""
     def codegen(context, builder, signature, args):
         block_ptr, _, value_v, w_addr, w_at_v = args
-        element, vector = _skip_vector(context, like)
+        element, vector = element_and_vector(context, like, VECTOR_BYTES)
         acc = block_vectors(builder, block_ptr, vector, SKIP_ACCUMULATORS)
         fma = fmuladd(builder, vector)
         scale = splat(builder, vector, value_v)
@@ -113,7 +103,7 @@ def _axpy(typingctx, block, like, value, w_address, w_at):
             at = builder.add(w_at_v, ir.Constant(w_at_v.type, j * vector.count))
             weights = builder.load(vector_pointer(builder, w_addr, element, at, vector),
                                    align=align)
-            a = _skip_accumulator(builder, acc, j)
+            a = slot(builder, acc, j)
             builder.store(builder.call(fma, [scale, weights, builder.load(a)]), a)
         return context.get_dummy_value()
 
@@ -125,14 +115,14 @@ def _flush(typingctx, block, like, b_address, b_at, out_address, out_at):
     """out[out_at + j·V : ... + V] = acc[j] + b[b_at + j·V : ... + V], then zero the block."""
     def codegen(context, builder, signature, args):
         block_ptr, _, b_addr, b_at_v, out_addr, out_at_v = args
-        element, vector = _skip_vector(context, like)
+        element, vector = element_and_vector(context, like, VECTOR_BYTES)
         acc = block_vectors(builder, block_ptr, vector, SKIP_ACCUMULATORS)
         align = VECTOR_BYTES // vector.count
         for j in range(SKIP_ACCUMULATORS):
             step = ir.Constant(b_at_v.type, j * vector.count)
             bias = builder.load(vector_pointer(builder, b_addr, element,
                                                builder.add(b_at_v, step), vector), align=align)
-            a = _skip_accumulator(builder, acc, j)
+            a = slot(builder, acc, j)
             out = vector_pointer(builder, out_addr, element, builder.add(out_at_v, step), vector)
             builder.store(builder.fadd(builder.load(a), bias), out, align=align)
             builder.store(ir.Constant(vector, None), a)
@@ -150,7 +140,7 @@ def _list_nonzeros(typingctx, like, x_address, x_at, positions_address, index_ad
 
     def codegen(context, builder, signature, args):
         _, x_addr, x_at_v, table_addr, index_addr, m_v, k_v = args
-        element, vector = _skip_vector(context, like)
+        element, vector = element_and_vector(context, like, VECTOR_BYTES)
         V = vector.count
         i32, i64 = ir.IntType(32), ir.IntType(64)
         values = builder.load(vector_pointer(builder, x_addr, element, x_at_v, vector),

@@ -10,18 +10,29 @@ import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 
-__all__ = ["VECTOR_BYTES", "WIDE_VECTOR_BYTES", "has_wide_vectors", "lanes", "vector_of",
-           "pointer", "vector_pointer", "fmuladd", "splat", "stack_block", "block_vectors"]
+__all__ = ["VECTOR_BYTES", "WIDE_VECTOR_BYTES", "has_wide_vectors", "has_vector_fma", "lanes",
+           "vector_of", "element_and_vector", "pointer", "vector_pointer", "fmuladd", "splat",
+           "stack_block", "block_vectors", "slot"]
 
 VECTOR_BYTES = 32  # AVX2's 256-bit registers (16 of them)
 WIDE_VECTOR_BYTES = 64  # AVX-512's 512-bit registers (32 of them)
 
 
 @functools.cache
+def _host_features():
+    """The CPU features LLVM compiles for here, as "+name" strings."""
+    return frozenset(llvm.get_host_cpu_features().flatten().split(","))
+
+
 def has_wide_vectors():
     """True when the CPU Numba compiles for has AVX-512F. Elsewhere LLVM splits each 512-bit
-    operation in two and a block of 28 accumulators spills: right, but slow."""
-    return "+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
+    operation in two and a block of 24 accumulators spills: right, but slow."""
+    return "+avx512f" in _host_features()
+
+
+def has_vector_fma():
+    """True on a CPU with AVX2 and FMA (16 registers of 256 bits, fused multiply-add)."""
+    return {"+avx2", "+fma"} <= _host_features()
 
 
 def lanes(dtype, vector_bytes):
@@ -33,6 +44,13 @@ def vector_of(element, vector_bytes):
     """The LLVM vector of ``element`` (ir.FloatType or ir.DoubleType) filling vector_bytes."""
     width = 4 if isinstance(element, ir.FloatType) else 8
     return ir.VectorType(element, vector_bytes // width)
+
+
+def element_and_vector(context, like, vector_bytes):
+    """The LLVM element type of the Numba array type ``like`` and its vector of vector_bytes
+    (an intrinsic's arrays are typed by a ``like`` argument)."""
+    element = context.get_value_type(like.dtype)
+    return element, vector_of(element, vector_bytes)
 
 
 def pointer(builder, address, element, index=None):
@@ -85,3 +103,10 @@ def stack_block(builder, vector, count):
 def block_vectors(builder, block, vector, count):
     """The i8 pointer from :func:`stack_block` as a pointer to its ``[count x vector]``."""
     return builder.bitcast(block, ir.ArrayType(vector, count).as_pointer())
+
+
+def slot(builder, block, k):
+    """A pointer to vector k of a block from :func:`block_vectors` (a constant index, so the
+    block stays in registers)."""
+    i32 = ir.IntType(32)
+    return builder.gep(block, [ir.Constant(i32, 0), ir.Constant(i32, k)], inbounds=True)
