@@ -6,11 +6,7 @@ import torch
 
 from scratchnet.backends.numba_backend import common, linear
 from scratchnet.backends.numba_backend.simd import sparse_linear
-from scratchnet.backends.numba_backend.simd.vectors import has_wide_vectors
 from tests.helpers import DTYPES, assert_close, to_torch
-
-NEEDS_AVX512 = pytest.mark.skipif(not has_wide_vectors(),
-                                  reason="the vector path runs only on a CPU with AVX-512")
 
 # (rows, input features, output features): features not a multiple of a vector or of a block,
 # one row, one output, a narrow head, more outputs than a thread's share

@@ -45,8 +45,9 @@ def run_parallel(parallel, *args):
 
 def run_split(parallel, chunk, chunks, *args):
     """``parallel(*args, chunks)``, whose ``prange`` does ``chunk(t)``'s work for t < chunks;
-    while a compile helper runs, ``chunk(t)`` for each t in turn on this thread instead."""
-    if helper_running():
+    for one chunk, or while a compile helper runs, ``chunk(t)`` for each t in turn on this
+    thread instead."""
+    if chunks == 1 or helper_running():
         for t in range(chunks):
             chunk(t)
     else:

@@ -396,10 +396,7 @@ def forward(x, w, b, g, relu, pooling=None):
         span(x, w3, bias, g, has_bias, relu, win, plan, out, index,
              Scratch(*(a[t] for a in s)), t * g.N // T, (t + 1) * g.N // T)
 
-    if T == 1:
-        chunk(0)
-    else:
-        run_split(parallel, chunk, T, x, w3, bias, g, has_bias, relu, win, plan, out, index, s)
+    run_split(parallel, chunk, T, x, w3, bias, g, has_bias, relu, win, plan, out, index, s)
     return out, index
 
 
@@ -427,9 +424,7 @@ def backward(dout, x, w, g, has_bias, relu_out=None, index=None, input_grad=True
         _backward_span(dout, x, w3, g, relu, mask, index, input_grad, plan, dx,
                        Scratch(*(a[t] for a in s)), t * g.N // T, (t + 1) * g.N // T)
 
-    if g.N and T == 1:
-        chunk(0)
-    elif g.N:
+    if g.N:
         run_split(_backward_parallel, chunk, T, dout, x, w3, g, relu, mask, index, input_grad,
                   plan, dx, s)
     if plan.vector:

@@ -43,16 +43,15 @@ def _forward_block(x, w, b, has_bias, out, t, blocks):
     N, O = out.shape
     if O <= NARROW_OUTPUTS:
         r0, r1, o0, o1 = t * N // blocks, (t + 1) * N // blocks, 0, O
-    else:
-        r0, r1, o0, o1 = 0, N, t * O // blocks, (t + 1) * O // blocks
-    if O <= NARROW_OUTPUTS:
         for c0 in range(r0, r1, NARROW_ROWS):
             c1 = min(c0 + NARROW_ROWS, r1)
             np.dot(x[c0:c1], w.T, out[c0:c1])
-    elif blocks == 1:
-        np.dot(x, w.T, out)
     else:
-        out[:, o0:o1] = np.dot(x, w[o0:o1].T)
+        r0, r1, o0, o1 = 0, N, t * O // blocks, (t + 1) * O // blocks
+        if blocks == 1:
+            np.dot(x, w.T, out)
+        else:
+            out[:, o0:o1] = np.dot(x, w[o0:o1].T)
     if has_bias:
         for i in range(r0, r1):
             for j in range(o0, o1):
@@ -110,14 +109,12 @@ def _skip_zeros_forward(x, w, bias):
     out = np.empty((N, O), dtype=x.dtype)
     blocks = chunks_for(N // sparse_linear.SKIP_MIN_ROWS_PER_THREAD, x.size * O)
     index, positions = sparse_linear.scratch(x, blocks)
+
     def chunk(t):
         sparse_linear.forward_rows(x, wt, bias, out, index[t], positions, t * N // blocks,
                                    (t + 1) * N // blocks)
 
-    if blocks == 1:
-        chunk(0)
-    else:
-        run_split(_skip_zeros_parallel, chunk, blocks, x, wt, bias, out, index, positions)
+    run_split(_skip_zeros_parallel, chunk, blocks, x, wt, bias, out, index, positions)
     return out
 
 
@@ -146,12 +143,8 @@ def linear_forward(x, w, b):
             return out, (x, w, b)
     out = np.empty((N, O), dtype=x.dtype)
     blocks = _blocks(x.size * O, N if O <= NARROW_OUTPUTS else O)
-    if blocks == 1:
-        _forward_block(x, w, bias, has_bias, out, 0, 1)
-    else:
-        run_split(_forward_parallel,
-                  lambda t: _forward_block(x, w, bias, has_bias, out, t, blocks),
-                  blocks, x, w, bias, has_bias, out)
+    run_split(_forward_parallel, lambda t: _forward_block(x, w, bias, has_bias, out, t, blocks),
+              blocks, x, w, bias, has_bias, out)
     return out, (x, w, b)
 
 
@@ -173,6 +166,7 @@ def linear_backward(dout, cache, input_grad=True):
     # BLAS rounds an entry by the shape of its product, so dw comes in the same blocks with or
     # without dx; on the calling thread when dw alone is small
     blocks = _blocks(2 * x.size * O, max(N, O))
+
     def chunk(t):
         _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, t, blocks)
 
