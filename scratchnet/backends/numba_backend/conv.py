@@ -73,7 +73,7 @@ def geometry(x_shape, w_shape, stride, padding, dilation, groups):
                     top, left, dilation[0], dilation[1], OH, OW)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _inside(offset, stride, size, n_out):
     """The range [lo, hi) of outputs o whose tap ``o·stride + offset`` lies in [0, size)."""
     lo = 0 if offset >= 0 else (stride - 1 - offset) // stride
@@ -118,7 +118,7 @@ def unfold_sample(x, g, n, cols, at0):
                         dst[U(at + ow)] = 0
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def fold_sample(dcols, g, n, dx, at0):
     """Add columns [at0, at0 + OH·OW) of dcols (G, Cg·KH·KW, ·) onto sample n of dx
     (N, C, H, W): unfold_sample's adjoint (flat offsets likewise)."""
@@ -146,7 +146,7 @@ def fold_sample(dcols, g, n, dx, at0):
                                 dst[U(d0 + ow * g.sw)] += src[U(at + ow)]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _vector_sample(x, g, n, padded):
     """Sample n of x (N, C, H, W) as simd.conv's kernels read it, (C, Hp, Wp): x[n] itself, or
     copied into ``padded`` (flat, zero border) when the layer pads."""
@@ -157,7 +157,7 @@ def _vector_sample(x, g, n, padded):
     return xp
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _finish_samples(y, b, g, add_bias, relu, win, out, index, s, n0, count):
     """Samples n0 .. n0 + count - 1 of the conv output y (F, count·OH·OW): (+ b) (+ ReLU) into
     out (N, F, OH, OW), or with ``index`` non-empty max-pooled by ``win`` into out
@@ -234,7 +234,7 @@ def _direct_forward_parallel(x, w, b, g, has_bias, relu, win, plan, out, index, 
                              _thread_scratch(s, k), k * g.N // chunks, (k + 1) * g.N // chunks)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _output_gradient(dout, g, relu, mask, index, n, dy, at, db):
     """dy[:, at:at + OH·OW] = the gradient of sample n's conv output (F, OH·OW), from the op's
     output gradient dout (N, F, Q) through the pool (``index`` non-empty) and the ReLU
@@ -267,7 +267,7 @@ def _output_gradient(dout, g, relu, mask, index, n, dy, at, db):
         db[f] = acc
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _input_gradient(w, g, dy, s, n0, count, dx):
     """dx[n0 .. n0 + count - 1] += col2im(w[grp]ᵀ · dy[grp]) for each group; dy (F,
     count·OH·OW)."""

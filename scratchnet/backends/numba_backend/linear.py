@@ -51,7 +51,11 @@ def _forward_block(x, w, b, has_bias, out, t, blocks):
         if blocks == 1:
             np.dot(x, w.T, out)
         else:
-            out[:, o0:o1] = np.dot(x, w[o0:o1].T)
+            part = np.dot(x, w[o0:o1].T)
+            # an element loop: a slice assignment compiles Numba's shape-error formatting
+            for i in range(N):
+                for j in range(o1 - o0):
+                    out[i, o0 + j] = part[i, j]
     if has_bias:
         for i in range(r0, r1):
             for j in range(o0, o1):

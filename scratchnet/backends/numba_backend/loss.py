@@ -46,7 +46,7 @@ def _nll_backward_rows(target, weight, ignore_index, g, C):
     return dlogp
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _row_lse(x, i):
     """Row max and ``log(sum(exp(x[i] - max)))`` of row ``i``."""
     C = x.shape[1]

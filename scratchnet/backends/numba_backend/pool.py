@@ -22,7 +22,7 @@ Window.__doc__ = "A pooling window's kernel, stride, padding and dilation, read 
 U = np.uint64  # an unsigned index: no negative-index wrapping in the 2×2 loop
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _taps(size, out_size, K, S, P, D):
     """First in-bounds tap of each window along one axis and how many taps are in bounds."""
     first = np.empty(out_size, dtype=np.int64)

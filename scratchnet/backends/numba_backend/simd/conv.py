@@ -50,7 +50,7 @@ def applies(g, dtype):
             and wide_enabled())
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _tap_offsets(C, Hp, Wp, KH, KW):
     """(C·KH·KW,) int64: tap r = (c·KH + kh)·KW + kw's offset (c·Hp + kh)·Wp + kw in xs."""
     shifts = np.empty(C * KH * KW, np.int64)
@@ -63,7 +63,7 @@ def _tap_offsets(C, Hp, Wp, KH, KW):
     return shifts
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _fits(xs, R, F, KH, KW, OH, OW):
     """True when xs (C, Hp, Wp) and an (R, F) operand fit these sizes: the intrinsics read by
     address, unchecked."""
@@ -136,7 +136,7 @@ def weight_grad_sample(xs, doutT, dwT, KH, KW, OH, OW):
             rb.add_rows(block, xs, dw_at, F, f0, r0, min(rb.ROWS, R - r0))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def pad_sample(x, n, top, left, xp):
     """xp[:, top:top + H, left:left + W] = x[n] (C, H, W). The border of xp (C, Hp, Wp) is not
     written: callers allocate it zeroed and hold only such copies there."""
@@ -147,7 +147,7 @@ def pad_sample(x, n, top, left, xp):
                 xp[c, top + i, left + j] = x[n, c, i, j]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def transpose_plane(a, aT):
     """aT (P, F) = a (F, P)ᵀ, in tiles of 16 × 16."""
     F, P = a.shape
