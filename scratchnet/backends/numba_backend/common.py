@@ -11,14 +11,17 @@ Kernels call BLAS through ``np.dot`` from inside ``prange``, so the BLAS that Nu
 (SciPy's) is held to one thread here: Numba's pool is then the only one that runs, as two
 busy-waiting pools on the same cores slow each other down several times over.
 """
+import math
 import os
+import threading
 
 import numba
 import numpy as np
 
 from .precompile import helper_running
 
-__all__ = ["PARALLEL_MIN_WORK", "chunks_for", "run_parallel", "run_split", "launch", "flat"]
+__all__ = ["PARALLEL_MIN_WORK", "chunks_for", "run_parallel", "run_split", "launch", "flat",
+           "scratch_arrays"]
 
 # element operations below which a kernel stays on the calling thread: waking Numba's
 # workers costs more than such work
@@ -69,6 +72,56 @@ def launch(span, parallel, items, work, *args):
 def flat(a):
     """A C-contiguous 1-D view of ``a`` (a copy only when ``a`` is not contiguous)."""
     return np.ascontiguousarray(a).reshape(-1)
+
+
+# every array scratch_arrays hands out starts on a cache line
+_ALIGN = 64
+
+_workspace = threading.local()
+
+# layouts of scratch_arrays remembered per thread
+_MAX_LAYOUTS = 64
+
+
+def scratch_arrays(shapes, dtype, zeroed):
+    """Arrays of these shapes and ``dtype``, laid out in one buffer that the calling Python
+    thread reuses from call to call; those whose ``zeroed`` flag is set are filled with 0.
+
+    Why: a fresh large array is fresh pages, each a page fault on first touch (glibc returns
+    big blocks to the system on free), and an op's scratch of a few MB cost more in faults than
+    its kernels. The arrays stay valid until this thread's next call: for an op's own scratch,
+    never for anything it returns.
+    """
+    key = (tuple(shapes), np.dtype(dtype))
+    views = getattr(_workspace, "views", {})
+    arrays = views.get(key)
+    if arrays is None:
+        arrays = _carve(shapes, np.dtype(dtype))
+        views = _workspace.views  # _carve may have started a new buffer and forgotten the old
+        if len(views) >= _MAX_LAYOUTS:  # a model's layers need a handful: bound odd callers
+            views.clear()
+        views[key] = arrays
+    for a, zero in zip(arrays, zeroed):
+        if zero:
+            a.fill(0)
+    return arrays
+
+
+def _carve(shapes, dtype):
+    """Views of this thread's buffer (grown first where too small) for scratch_arrays."""
+    sizes = [math.prod(shape) * dtype.itemsize for shape in shapes]
+    total = sum(sizes) + _ALIGN * (len(sizes) + 1)
+    buffer = getattr(_workspace, "buffer", None)
+    if buffer is None or buffer.size < total:
+        # views of the old buffer keep it alive: forget them with it
+        buffer = _workspace.buffer = np.empty(total, np.uint8)
+        _workspace.views = {}
+    at = -buffer.ctypes.data % _ALIGN
+    arrays = []
+    for shape, size in zip(shapes, sizes):
+        arrays.append(buffer[at:at + size].view(dtype).reshape(shape))
+        at += -(-size // _ALIGN) * _ALIGN
+    return arrays
 
 
 def _single_threaded_blas():
