@@ -38,8 +38,6 @@ class ReLU(Module):
     def __init__(self, inplace=False):
         super().__init__()
         self.inplace = inplace
-        self._cache = self._backend = None
-        self._out_shape = self._out_dtype = None
 
     def forward(self, x):
         x = float_input("ReLU", x)
@@ -68,13 +66,12 @@ class LeakyReLU(Module):
     Input: any shape. At x == 0 the gradient is ``negative_slope``, as in torch.
     """
 
+    _overwrote_negative = False
+
     def __init__(self, negative_slope=0.01, inplace=False):
         super().__init__()
         self.negative_slope = negative_slope
         self.inplace = inplace
-        self._cache = self._backend = None
-        self._out_shape = self._out_dtype = None
-        self._overwrote_negative = False
 
     def forward(self, x):
         x = float_input("LeakyReLU", x)

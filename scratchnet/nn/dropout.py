@@ -22,8 +22,6 @@ class Dropout(Module):
                              f"but got {p}")
         self.p = p
         self.inplace = inplace
-        self._cache = self._backend = None
-        self._out_shape = self._out_dtype = None
 
     def forward(self, x):
         x = float_input("Dropout", x)

@@ -25,8 +25,6 @@ class Flatten(Module):
         super().__init__()
         self.start_dim = start_dim
         self.end_dim = end_dim
-        self._in_shape = None
-        self._out_shape = self._out_dtype = None
 
     def forward(self, x):
         x = np.asarray(x)

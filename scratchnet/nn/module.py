@@ -75,6 +75,9 @@ class Module:
     skips_input_grad = False
     # True for classes without their own backward: forward is recorded, backward replays it
     _composite = True
+    # a leaf's forward cache, empty until its first forward: defaults here rather than set in
+    # each __init__, as a functional op builds a layer per call
+    _cache = _backend = _in_shape = _out_shape = _out_dtype = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -87,11 +90,12 @@ class Module:
 
     def __setattr__(self, name, value):
         d = self.__dict__
-        if "_parameters" not in d:
+        params = d.get("_parameters")
+        if params is None:
             raise AttributeError(
                 f"{type(self).__name__}: call super().__init__() before assigning attributes")
-        if not isinstance(value, (Parameter, Module)) and name not in d["_parameters"] \
-                and name not in d["_modules"]:
+        if name not in params and name not in d["_modules"] \
+                and not isinstance(value, (Parameter, Module)):
             # plain attributes (a layer's forward cache, every step) skip the registry
             object.__setattr__(self, name, value)
             return

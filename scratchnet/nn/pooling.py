@@ -11,6 +11,8 @@ __all__ = ["MaxPool2d"]
 
 def _pair(name, value):
     """An int or a 2-sequence of ints as a tuple (h, w); ValueError naming ``name`` otherwise."""
+    if type(value) is int:  # the common case, without the general path's calls
+        return value, value
     try:
         if isinstance(value, (tuple, list)):
             if len(value) != 2:
@@ -33,6 +35,8 @@ class MaxPool2d(Module):
     row-major order; a NaN always wins), as in torch.
     """
 
+    _batched = True
+
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
                  ceil_mode=False):
         super().__init__()
@@ -46,9 +50,6 @@ class MaxPool2d(Module):
         self.return_indices = return_indices
         self.ceil_mode = ceil_mode
         self._pairs()
-        self._cache = self._backend = None
-        self._batched = True
-        self._out_shape = self._out_dtype = None
 
     def _pairs(self):
         k = _pair("kernel_size", self.kernel_size)

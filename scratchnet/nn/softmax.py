@@ -28,8 +28,6 @@ class _SoftmaxBase(Module):
     def __init__(self, dim=None):
         super().__init__()
         self.dim = dim
-        self._cache = self._backend = None
-        self._out_shape = self._out_dtype = None
 
     def _ops(self, ops):
         """(forward, backward) op pair from the backend module ``ops``."""
