@@ -286,6 +286,27 @@ def _direct_forward_parallel(x, w, b, g, has_bias, relu, win, plan, out, index, 
 
 
 @njit(cache=True, inline="always")
+def _row_sum(row):
+    """Σ row, as eight interleaved partial sums added pairwise at the end: a single running sum
+    is a chain of dependent adds, and without fastmath LLVM may not reorder it into vectors."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = row.dtype.type(0)
+    n = row.shape[0]
+    n8 = n - n % 8
+    for p in range(0, n8, 8):
+        s0 += row[p]
+        s1 += row[p + 1]
+        s2 += row[p + 2]
+        s3 += row[p + 3]
+        s4 += row[p + 4]
+        s5 += row[p + 5]
+        s6 += row[p + 6]
+        s7 += row[p + 7]
+    for p in range(n8, n):
+        s0 += row[p]
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+@njit(cache=True, inline="always")
 def _output_gradient(dout, g, relu, mask, index, n, dy, at, db):
     """dy[:, at:at + OH·OW] = the gradient of sample n's conv output (F, OH·OW), from the op's
     output gradient dout (N, F, Q) through the pool (``index`` non-empty) and the ReLU
@@ -312,10 +333,7 @@ def _output_gradient(dout, g, relu, mask, index, n, dy, at, db):
                     row[p] = 0
                 else:
                     row[p] = dout[n, f, p]
-        acc = db[f]
-        for p in range(P):
-            acc += row[p]
-        db[f] = acc
+        db[f] += _row_sum(row)
 
 
 @njit(cache=True, inline="always")
