@@ -88,8 +88,8 @@ def scratch_arrays(shapes, dtype, zeroed):
     thread reuses from call to call; those whose ``zeroed`` flag is set are filled with 0.
 
     Why: a fresh large array is fresh pages, each a page fault on first touch (glibc returns
-    big blocks to the system on free), and an op's scratch of a few MB cost more in faults than
-    its kernels. The arrays stay valid until this thread's next call: for an op's own scratch,
+    big blocks to the system on free), and for a small layer those faults cost more than its
+    kernels. The arrays stay valid until this thread's next call: for an op's own scratch,
     never for anything it returns.
     """
     key = (tuple(shapes), np.dtype(dtype))

@@ -86,8 +86,9 @@ def _inside(offset, stride, size, n_out):
 @njit(cache=True, inline="always")
 def _unpadded(g):
     """True when every tap of Geometry g reads inside the image at horizontal stride 1: each
-    column row is then plain copies of OW contiguous values, which unfold_sample and
-    fold_sample take without the padding's range checks (several times faster at OW ≈ 8)."""
+    column row is then plain copies of OW contiguous values, which unfold_sample takes without
+    the padding's range checks (which dominate short rows). fold_sample, its adjoint, keeps
+    one loop: the same special case there cost more compile time than it saved."""
     return (g.sw == 1 and g.top == 0 and g.left == 0
             and (g.OH - 1) * g.sh + (g.KH - 1) * g.dh < g.H and g.OW + (g.KW - 1) * g.dw <= g.W)
 
@@ -147,19 +148,6 @@ def fold_sample(dcols, g, n, dx, at0):
     (N, C, H, W): unfold_sample's adjoint (flat offsets likewise)."""
     dst = dx[n].reshape(-1)
     width = dcols.shape[2]
-    if _unpadded(g):
-        for c in range(g.C):
-            grp = c // g.Cg
-            row = (c - grp * g.Cg) * g.KH * g.KW * width + at0
-            src = dcols[grp].reshape(-1)
-            for kh in range(g.KH):
-                for kw in range(g.KW):
-                    for oh in range(g.OH):
-                        d0 = (c * g.H + oh * g.sh + kh * g.dh) * g.W + kw * g.dw
-                        for ow in range(g.OW):
-                            dst[U(d0 + ow)] += src[U(row + oh * g.OW + ow)]
-                    row += width
-        return
     for c in range(g.C):
         grp = c // g.Cg
         k0 = (c - grp * g.Cg) * g.KH * g.KW
