@@ -29,8 +29,8 @@ CASES = [
     (None, 3, 9, 8, 5, 5, 2, 2, 1, 1, True),
     (None, 2, 4, 6, 2, 1, 2, 0, 1, 2, False),
     (3, 6, 13, 11, 9, 3, (2, 3), 1, (1, 2), 3, True),
-    # unpadded with horizontal stride 1 (unfold's and fold's plain-copy loops): vertical stride
-    # and dilation, then grouped with horizontal dilation
+    # unpadded with horizontal stride 1 (unfold's plain-copy loop): vertical stride and
+    # dilation, then grouped with horizontal dilation
     (2, 3, 9, 8, 4, 3, (2, 1), 0, (2, 1), 1, True),
     (2, 4, 8, 9, 6, 3, 1, 0, (1, 2), 2, True),
     # stride 1, OW == W with a kernel wider than the image: column rows with no valid entry
