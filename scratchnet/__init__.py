@@ -1,10 +1,13 @@
 """scratchnet: a CNN training stack in NumPy + Numba, proven op by op against PyTorch."""
-from . import backend, nn, optim  # noqa: F401
+from . import allocator, backend, nn, optim  # noqa: F401
 from .backend import get_backend, set_backend, use_backend  # noqa: F401
 from .nn.functional import add, flatten  # noqa: F401
 from .random import manual_seed  # noqa: F401
 
 __version__ = "0.1.0"
+
+# a training loop reuses the memory it frees (allocator.py)
+allocator.keep_freed_memory()
 
 
 def __getattr__(name):

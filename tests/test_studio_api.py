@@ -620,13 +620,19 @@ def test_capture_activations_uses_forward_hooks_where_layers_have_them():
 
 # ----- the command -----
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_serve_prints_the_url_serves_and_stops_cleanly_on_ctrl_c(runs_dir):
     env = {**os.environ, "PYTHONPATH": ROOT}
     for host, warns in (("127.0.0.1", False), ("0.0.0.0", True)):
+        # Ctrl-C reaches the server even when this test runs as a background job (whose
+        # SIGINT is ignored, which a child would inherit)
         proc = subprocess.Popen([sys.executable, "-m", "scratchnet", "serve",
                                  str(runs_dir / "runs"), "--host", host, "--port", "0"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=env)
+                                env=env, preexec_fn=_default_sigint)
         try:
             lines = [proc.stdout.readline() for _ in range(2)]
             url = lines[1].split()[1]
