@@ -88,10 +88,12 @@ def test_zero_skipping_keeps_nonfinite_products(monkeypatch, rng, dtype):
     x = _mostly_zeros(rng, (300, 100), dtype)
     x[7, 4] = np.nan
     x[8, 4] = np.inf
-    w = rng.standard_normal((70, 100)).astype(dtype)
-    for bad in (None, np.inf, np.nan):
+    finite_w = rng.standard_normal((70, 100)).astype(dtype)
+    # the threads transpose w by input features: a bad weight in either half is seen
+    for bad, column in ((None, 0), (np.inf, 9), (np.nan, 9), (np.inf, 90)):
+        w = finite_w.copy()
         if bad is not None:
-            w[5, 9] = bad
+            w[5, column] = bad
         out, _ = linear.linear_forward(x, w, None)
         expected = torch.nn.functional.linear(to_torch(x), to_torch(w)).numpy()
         np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))

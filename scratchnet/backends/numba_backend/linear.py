@@ -103,15 +103,29 @@ def _skip_zeros_parallel(x, wt, b, out, index, positions, blocks):
                                    (k + 1) * N // blocks)
 
 
+@njit(cache=True, parallel=True)
+def _transpose_finite_parallel(w, wt, finite, blocks):
+    K = w.shape[1]
+    for t in prange(blocks):
+        finite[t] = sparse_linear.transpose_finite(w, wt, t * K // blocks, (t + 1) * K // blocks)
+
+
 def _skip_zeros_forward(x, w, bias):
     """x·wᵀ + bias over x's nonzero inputs (simd/sparse_linear.py), rows split across threads,
-    or None when w holds an inf or NaN (whose products with x's zeros the GEMM must make)."""
+    or None when w holds an inf or NaN (whose products with x's zeros the GEMM must make).
+    The threads first share the transpose of w, by input features."""
     (N, K), O = x.shape, w.shape[0]
     wt = np.empty((K, O), dtype=w.dtype)
-    if not sparse_linear.transpose_finite(w, wt):
+    blocks = chunks_for(N // sparse_linear.SKIP_MIN_ROWS_PER_THREAD, x.size * O)
+    finite = np.ones(blocks, dtype=np.bool_)
+
+    def transpose(t):
+        finite[t] = sparse_linear.transpose_finite(w, wt, t * K // blocks, (t + 1) * K // blocks)
+
+    run_split(_transpose_finite_parallel, transpose, blocks, w, wt, finite)
+    if not finite.all():
         return None
     out = np.empty((N, O), dtype=x.dtype)
-    blocks = chunks_for(N // sparse_linear.SKIP_MIN_ROWS_PER_THREAD, x.size * O)
     index, positions = sparse_linear.scratch(x, blocks)
 
     def chunk(t):

@@ -178,12 +178,13 @@ def _nonzeros(x, at, K, positions, index):
 
 
 @njit(cache=True)
-def transpose_finite(w, wt):
-    """wt = wᵀ for w (O, K), wt (K, O); returns True when every weight is finite."""
-    O, K = w.shape
+def transpose_finite(w, wt, k0, k1):
+    """wt[k0:k1] = w[:, k0:k1]ᵀ for w (O, K), wt (K, O): input features [k0, k1) (a span, so
+    threads can share the transpose); returns True when those weights are all finite."""
+    O = w.shape[0]
     finite = True
     for o in range(O):
-        for k in range(K):
+        for k in range(k0, k1):
             v = w[o, k]
             wt[k, o] = v
             finite &= v - v == 0  # inf - inf and NaN - NaN are NaN
