@@ -1,4 +1,4 @@
-"""allocator.py: under glibc, memory a step frees is reused by the next step, not faulted in anew."""
+"""allocator.py: under glibc, the memory a step frees is reused, not faulted in anew."""
 import json
 import os
 import subprocess

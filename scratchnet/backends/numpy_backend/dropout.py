@@ -11,9 +11,9 @@ def draw_keep_mask(shape, p, rng):
 
     One 32-bit draw per element whatever the data dtype, so a seed gives the same mask in
     float32 and float64 and in either backend: element i is kept when its draw is below
-    (1-p)·2³² (a keep probability within 2⁻³² of 1-p). Why raw 32-bit halves of the generator's 64-bit
-    outputs (read little-endian on every platform): a large dropout layer draws hundreds of
-    thousands per step, and these are numpy's cheapest draws.
+    (1-p)·2³² (a keep probability within 2⁻³² of 1-p). Why raw 32-bit halves of the
+    generator's 64-bit outputs (read little-endian on every platform): a large dropout layer
+    draws hundreds of thousands per step, and these are numpy's cheapest draws.
     """
     n = math.prod(shape)
     words = rng.bit_generator.random_raw((n + 1) // 2).astype("<u8", copy=False)
