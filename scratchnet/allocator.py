@@ -17,6 +17,8 @@ libraries are left alone. ``SCRATCHNET_MALLOC_TUNING=0`` leaves malloc as it is.
 import ctypes
 import os
 
+from .switches import switched_on
+
 __all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_freed_memory", "applied"]
 
 # mallopt's parameter numbers (glibc's malloc.h)
@@ -47,8 +49,7 @@ def keep_freed_memory():
     """Set glibc's mmap and trim thresholds (see the module docstring). Returns True when they
     are set; False without glibc, or when ``SCRATCHNET_MALLOC_TUNING`` is 0."""
     global _applied
-    if os.environ.get("SCRATCHNET_MALLOC_TUNING", "1").strip().lower() in ("0", "false", "no",
-                                                                         "off"):
+    if not switched_on("SCRATCHNET_MALLOC_TUNING"):
         return False
     libc = _glibc()
     mallopt = getattr(libc, "mallopt", None)

@@ -33,12 +33,12 @@ back to the plain layer calls for inputs the fused ops don't take (unbatched, em
 wrong dtype), so error messages are the layers' own.
 """
 import contextlib
-import os
 
 import numpy as np
 
 from .. import backend
 from ..backends.numpy_backend.pool import pool_output_size
+from ..switches import switched_on
 from .activation import LeakyReLU, ReLU, grad_output
 from .conv import Conv2d
 from .linear import Linear
@@ -47,8 +47,7 @@ from .pooling import MaxPool2d
 
 __all__ = ["plan", "set_enabled", "is_enabled", "disabled"]
 
-_enabled = os.environ.get("SCRATCHNET_FUSION", "1").strip().lower() not in ("0", "false", "no",
-                                                                            "off")
+_enabled = switched_on("SCRATCHNET_FUSION")
 
 
 def set_enabled(flag):

@@ -87,9 +87,9 @@ def scratch_arrays(shapes, dtype, zeroed):
     """Arrays of these shapes and ``dtype``, laid out in one buffer that the calling Python
     thread reuses from call to call; those whose ``zeroed`` flag is set are filled with 0.
 
-    Why: a fresh large array is fresh pages, each a page fault on first touch (glibc returns
-    big blocks to the system on free), and for a small layer those faults cost more than its
-    kernels. The arrays stay valid until this thread's next call: for an op's own scratch,
+    Why: a fresh large array is fresh pages, each a page fault on first touch (wherever the C
+    library returns big blocks to the system on free: glibc's default, see allocator.py), and
+    for a small layer those faults cost more than its kernels. The arrays stay valid until this thread's next call: for an op's own scratch,
     never for anything it returns.
     """
     key = (tuple(shapes), np.dtype(dtype))

@@ -10,10 +10,9 @@ Only public APIs build them: ``numba.extending.intrinsic`` and llvmlite's IR bui
 arrays passed by address (``a.ctypes.data``), the pattern of Numba's own ``@intrinsic``
 documentation.
 """
-import os
-
 import numba
 
+from ....switches import switched_on
 from .vectors import has_wide_vectors
 
 __all__ = ["enabled", "wide_enabled"]
@@ -23,8 +22,7 @@ def enabled():
     """True unless ``SCRATCHNET_SIMD=0`` (or the JIT is off: intrinsics need compiled code)."""
     if numba.config.DISABLE_JIT:
         return False
-    return os.environ.get("SCRATCHNET_SIMD", "1").strip().lower() not in ("0", "false", "no",
-                                                                           "off")
+    return switched_on("SCRATCHNET_SIMD")
 
 
 def wide_enabled():
