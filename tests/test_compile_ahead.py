@@ -154,3 +154,31 @@ def test_a_model_with_two_outputs_gets_its_step_compiled(cold):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         precompile.finish_compile_ahead()
+
+
+def test_a_recorded_step_calls_no_kernel_and_its_notes_compile_without_computing():
+    from scratchnet.backends.numba_backend import activation, common
+
+    x = np.full(4 * common.PARALLEL_MIN_WORK, -1.0, np.float32)  # large enough to split
+    out = np.ones_like(x)
+
+    def relu():
+        common.launch(activation._relu_span, activation._relu_parallel, x.size, x.size, x, out)
+
+    def relu_by_halves():
+        def chunk(t):
+            activation._relu_span(x, out, t * x.size // 2, (t + 1) * x.size // 2)
+        common.run_split(activation._relu_parallel, chunk, 2, x, out)
+
+    calls = common.recorded_calls(lambda: (relu(), relu_by_halves()))
+    assert (out == 1).all()
+    (launched_serial, launched_parallel), (split_serial, split_parallel) = calls
+    launched_serial()  # an empty range
+    launched_parallel()  # no chunks
+    split_parallel()
+    assert (out == 1).all()
+    split_serial()  # thread 0's share
+    assert (out[:x.size // 2] == 0).all() and (out[x.size // 2:] == 1).all()
+    assert common.recorded_calls(lambda: None) == []
+    relu()  # recording ended: the call is made
+    assert (out == 0).all()

@@ -5,7 +5,9 @@ Every parallel kernel in this backend comes as a serial ``*_span`` function over
 each of ``chunks`` threads; :func:`chunks_for` decides how many, :func:`launch` runs one pair,
 and :func:`run_parallel` every ``prange`` kernel, so that a worker's exception surfaces as itself.
 While a compile helper builds the ``prange`` drivers (precompile.py), :func:`run_split` runs a
-driver's chunks in turn on this thread instead: the same split, so the same numbers.
+driver's chunks in turn on this thread instead: the same split, so the same numbers. In the
+helper, :func:`recorded_calls` notes the kernel calls of a step for it to compile, in the
+order it chooses, without taking the step.
 
 Kernels call BLAS through ``np.dot`` from inside ``prange``, so the BLAS that Numba calls
 (SciPy's) is held to one thread here: Numba's pool is then the only one that runs, as two
@@ -21,7 +23,7 @@ import numpy as np
 from .precompile import helper_running
 
 __all__ = ["PARALLEL_MIN_WORK", "chunks_for", "run_parallel", "run_split", "launch", "flat",
-           "scratch_arrays"]
+           "scratch_arrays", "recorded_calls"]
 
 # element operations below which a kernel stays on the calling thread: waking Numba's
 # workers costs more than such work
@@ -46,10 +48,39 @@ def run_parallel(parallel, *args):
         raise
 
 
+# the calls noted while recorded_calls walks a step; None otherwise
+_noted = None
+
+
+def recorded_calls(take_step):
+    """Call ``take_step()`` with the kernel calls of :func:`launch` and :func:`run_split` noted
+    instead of made; returns the notes in call order, as (serial, parallel) pairs of functions
+    of no arguments that compile, when called, the serial kernel of a call and its ``prange``
+    driver (None where the call would stay serial).
+
+    Why: a compile helper (precompile.py) can then compile a step's kernels in any order,
+    without compiling the forward pass before it can reach the backward one. The step computes
+    nothing (the arrays it passes on hold whatever np.empty left there), so ``serial`` runs
+    its kernel on an empty range or, for run_split, thread 0's share of those unset arrays:
+    run_split's kernels address memory by the arrays' sizes, and check the saved indices they
+    read (raising IndexError).
+    """
+    global _noted
+    _noted = []
+    try:
+        take_step()
+        return _noted
+    finally:
+        _noted = None
+
+
 def run_split(parallel, chunk, chunks, *args):
     """``parallel(*args, chunks)``, whose ``prange`` does ``chunk(t)``'s work for t < chunks;
     for one chunk, or while a compile helper runs, ``chunk(t)`` for each t in turn on this
     thread instead."""
+    if _noted is not None:
+        _noted.append((lambda: chunk(0), (lambda: parallel(*args, 0)) if chunks > 1 else None))
+        return
     if chunks == 1 or helper_running():
         for t in range(chunks):
             chunk(t)
@@ -63,6 +94,10 @@ def launch(span, parallel, items, work, *args):
     For these kernels every item's result is independent of the split, so while a compile
     helper runs the whole range goes to the span on this thread."""
     chunks = chunks_for(items, work)
+    if _noted is not None:
+        _noted.append((lambda: span(*args, 0, 0),
+                       (lambda: parallel(*args, 0)) if chunks > 1 else None))
+        return
     if chunks <= 1 or helper_running():
         span(*args, 0, items)
     else:

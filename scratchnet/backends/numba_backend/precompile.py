@@ -5,12 +5,18 @@ With an empty Numba cache the first step compiles its kernels one after another 
 and about half of that time goes to the ``prange`` drivers (common.py), which Numba compiles
 around the serial ``*_span`` kernels they call. So, when the cache is cold,
 ``compile_ahead(model, x, optimizer)`` starts a fresh Python process with a copy of the model,
-the batch and the optimizer; it takes the step once, so that every kernel the step meets lands
-in Numba's on-disk cache (``cache=True``), and exits. Until it has exited,
-:func:`helper_running` is true and ``common.run_split`` runs each driver's chunks in turn on
-the calling thread: this process compiles only the serial kernels (the ones the drivers call,
-under the same signatures), with the same split of the work, so the same numbers; once the
-helper is done the drivers load from the cache.
+the batch and the optimizer, which puts the step's kernels in Numba's on-disk cache
+(``cache=True``) and exits. Until it has exited, :func:`helper_running` is true and
+``common.run_split`` runs each driver's chunks in turn on the calling thread: this process
+compiles only the serial kernels (the ones the drivers call, under the same signatures), with
+the same split of the work, so the same numbers; once the helper is done the drivers load from
+the cache.
+
+The helper does not take the step: it notes the step's kernel calls
+(``common.recorded_calls``), compiles the serial kernels from the step's end (the optimizer,
+then the backward pass), while this process compiles them from its start, and then the
+drivers. Each process loads what the other has already put in the cache, so the two meet in
+the middle.
 
 A fresh process rather than a fork: a fork of a process whose thread pool has started (GNU
 OpenMP's) cannot run parallel kernels. Two processes may write one kernel's cache entry at
@@ -117,9 +123,11 @@ def _write_step(model, x, optimizer):
 
 
 def helper_main(step):
-    """In the helper: unpickle (model, x, optimizer, threads) from ``step``; take one step."""
+    """In the helper: unpickle (model, x, optimizer, threads) from ``step``; compile the step's
+    serial kernels, last first, then its drivers."""
     from ... import backend
     from ...nn.module import backward_to_params
+    from .common import recorded_calls
 
     if hasattr(os, "nice"):
         # the helper only uses a spare core: on a busy machine the step waiting here comes first
@@ -127,12 +135,24 @@ def helper_main(step):
     model, x, optimizer, threads = pickle.loads(step)
     backend.set_backend("numba")
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    out = model(x)
-    if optimizer is not None:
-        optimizer.zero_grad()
-    backward_to_params(model, _ones_like(out))
-    if optimizer is not None:
-        optimizer.step()
+
+    def take_step():
+        out = model(x)
+        if optimizer is not None:
+            optimizer.zero_grad()
+        backward_to_params(model, _ones_like(out))
+        if optimizer is not None:
+            optimizer.step()
+
+    calls = recorded_calls(take_step)
+    for serial, _ in reversed(calls):
+        try:
+            serial()
+        except IndexError:  # a saved index in the unset arrays, checked after compiling
+            pass
+    for _, parallel in calls:
+        if parallel is not None:
+            parallel()
 
 
 def _ones_like(out):
