@@ -110,6 +110,23 @@ class FailsInHelper(sn.nn.Module):
         return self.fc(x)
 
 
+class ChecksItsValues(sn.nn.Module):
+    """A model whose forward reads a layer's output: it fails on a noted step's unset values
+    (here whenever a step is being noted, for a deterministic test)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = sn.nn.Linear(4, 3)
+
+    def forward(self, x):
+        from scratchnet.backends.numba_backend import common
+
+        out = self.fc(x)
+        if common._noted is not None:
+            raise ValueError("the output holds no values yet")
+        return out
+
+
 @pytest.fixture
 def cold(monkeypatch):
     """compile_ahead as with a cold cache and two threads, whatever the cache holds now."""
@@ -126,6 +143,15 @@ def test_a_failing_helper_warns_and_training_goes_on(cold):
         precompile.finish_compile_ahead()
     assert not precompile.helper_running()
     assert model(x).shape == (2, 3)
+
+
+def test_a_model_that_reads_its_values_gets_its_step_taken_in_the_helper(cold):
+    model = ChecksItsValues()
+    precompile.compile_ahead(model, np.ones((2, 4), np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        precompile.finish_compile_ahead()
+    assert model(np.ones((2, 4), np.float32)).shape == (2, 3)
 
 
 def test_a_model_that_does_not_pickle_starts_no_helper(cold):

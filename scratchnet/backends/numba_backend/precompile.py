@@ -16,7 +16,8 @@ The helper does not take the step: it notes the step's kernel calls
 (``common.recorded_calls``), compiles the serial kernels from the step's end (the optimizer,
 then the backward pass), while this process compiles them from its start, and then the
 drivers. Each process loads what the other has already put in the cache, so the two meet in
-the middle.
+the middle. A model whose own code fails on the noted step's unset values gets the step taken
+instead.
 
 A fresh process rather than a fork: a fork of a process whose thread pool has started (GNU
 OpenMP's) cannot run parallel kernels. Two processes may write one kernel's cache entry at
@@ -144,7 +145,12 @@ def helper_main(step):
         if optimizer is not None:
             optimizer.step()
 
-    calls = recorded_calls(take_step)
+    try:
+        calls = recorded_calls(take_step)
+    except Exception:  # whatever a model's own code raises on unset values
+        # a forward pass that reads its values (the walk's arrays hold none): take the step
+        take_step()
+        return
     for serial, _ in reversed(calls):
         try:
             serial()
