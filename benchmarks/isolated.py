@@ -3,7 +3,7 @@
 JIT: the first training step of the numba backend in a new process with ``NUMBA_CACHE_DIR``
 pointing at an empty directory (cold: every kernel compiles), then again in a second process
 with the same, now filled, directory (warm: kernels load from disk). The compile cost is the
-first step minus a steady step. The first step starts the backward kernels' helper process
+first step minus a steady step. The first step starts the compile helper process
 (``compile_ahead``) as scratchnet's training loop does, and its time is inside the step's.
 
 Memory: one process per side trains for a few steps. After setup (imports, model, batches)
