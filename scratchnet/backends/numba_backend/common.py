@@ -124,8 +124,8 @@ def scratch_arrays(shapes, dtype, zeroed):
 
     Why: a fresh large array is fresh pages, each a page fault on first touch (wherever the C
     library returns big blocks to the system on free: glibc's default, see allocator.py), and
-    for a small layer those faults cost more than its kernels. The arrays stay valid until this thread's next call: for an op's own scratch,
-    never for anything it returns.
+    for a small layer those faults cost more than its kernels. The arrays stay valid until this
+    thread's next call: for an op's own scratch, never for anything it returns.
     """
     key = (tuple(shapes), np.dtype(dtype))
     views = getattr(_workspace, "views", {})
