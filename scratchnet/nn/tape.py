@@ -118,18 +118,19 @@ class Tape:
         """Call leaf ``module`` with recording paused (its own backward covers what it calls)."""
         global _active
         x = args[0] if args else None
-        if isinstance(x, Deferred):
+        if type(x) is Deferred:
             out = x.extend(module) if not args[1:] and not kwargs else None
             if out is not None:
                 return out
             x = x.materialize()
             args = (x,) + tuple(args[1:])
-        if x is not None:
+        if x is not None and id(x) not in self.known:
             self.check_input(type(module).__name__, x)
         self.started = True
         f = fusion or _load_fusion()
-        if f.is_enabled() and f.defers(module, x) and not args[1:] and not kwargs:
-            return Deferred(self, (module,), x)
+        if (type(module) in f.HEADS and f.is_enabled() and f.defers(module, x)
+                and not args[1:] and not kwargs):
+            return Deferred(self, (module,), (type(module),), x)
         _active = None
         try:
             return self.run_module(module, args, kwargs)
@@ -150,16 +151,16 @@ class Tape:
             self.last_entry[id(module)] = self.entries[-1]
         return out
 
-    def fused_step(self, layers, types):
-        """The fused step for ``layers`` (the head's own, reused; a fresh one if it already
-        ran in this forward), bound to these layers."""
+    def fused_step(self, layers, types, step_class):
+        """The fused step of class ``step_class`` for ``layers`` (the head's own, reused; a
+        fresh one if it already ran in this forward), bound to these layers."""
         head = layers[0]
         steps = head.__dict__.setdefault("_fused_steps", {})
         step = steps.get(types)
         if step is None:
-            step = steps[types] = fusion.step_class(types)(list(layers))
+            step = steps[types] = step_class(list(layers))
         elif id(step) in self.steps_used:
-            return fusion.step_class(types)(list(layers))
+            return step_class(list(layers))
         else:
             step.rebind(list(layers))
         self.steps_used.add(id(step))
@@ -277,21 +278,6 @@ def run_composite(module, args, kwargs):
     return out
 
 
-def paused():
-    """Context: ops run unrecorded (what a leaf's own forward does)."""
-    return _Paused()
-
-
-class _Paused:
-    def __enter__(self):
-        global _active
-        self._saved, _active = _active, None
-
-    def __exit__(self, *exc):
-        global _active
-        _active = self._saved
-
-
 class Deferred(NDArrayOperatorsMixin):
     """The output of a Conv2d/Linear (and the ReLU/pool after it) not computed yet.
 
@@ -299,42 +285,48 @@ class Deferred(NDArrayOperatorsMixin):
     anything else runs it first (``materialize``). NumPy sees it as the array it stands for.
     """
 
-    __slots__ = ("tape", "layers", "types", "x", "value", "extended")
+    __slots__ = ("tape", "layers", "types", "x", "value", "extended", "step_class")
 
-    def __init__(self, tape, layers, x):
+    def __init__(self, tape, layers, types, x, step_class=None):
         self.tape = tape
         self.layers = layers
-        self.types = tuple(map(type, layers))
+        self.types = types  # tuple(map(type, layers))
         self.x = x
         self.value = None
         self.extended = False
+        self.step_class = step_class  # the run's fused step class, None if it has none
 
     def extend(self, module):
         """The run extended by ``module`` (deferred, or computed when complete); None if the
         run cannot grow by it."""
         if self.value is not None or self.extended:
             return None
-        prefix, complete, _ = (fusion or _load_fusion()).match(self.types + (type(module),))
+        types = self.types + (type(module),)
+        prefix, complete, step_class = (fusion or _load_fusion()).match(types)
         if not prefix:
             return None
         self.extended = True
-        nxt = Deferred(self.tape, self.layers + (module,), self.x)
+        nxt = Deferred(self.tape, self.layers + (module,), types, self.x, step_class)
         return nxt.materialize() if complete else nxt
 
     def materialize(self):
         """Compute the run (fused where a fused op exists for it) and record it; the array."""
+        global _active
         if self.value is not None:
             return self.value
         tape, layers, x = self.tape, self.layers, self.x
-        with paused():
-            if fusion.match(self.types)[2] is not None:
-                step = tape.fused_step(layers, self.types)
+        saved, _active = _active, None  # recording paused, as in run_leaf
+        try:
+            if self.step_class is not None:
+                step = tape.fused_step(layers, self.types, self.step_class)
                 out = step(x)
                 tape.record(step, (x,), out, has_params=True, skips=True)
             else:
                 out = x
                 for layer in layers:
                     out = tape.run_module(layer, (out,), {})
+        finally:
+            _active = saved
         self.value = out
         return out
 

@@ -41,9 +41,8 @@ def _taps(size, out_size, K, S, P, D):
 def _plain_2x2_span(x, out, index, lo, hi):
     """Planes [lo, hi) of MaxPool2d(2) windows that all lie inside the input.
 
-    Windows without NaN take plain ``a > m`` comparisons and only a window with a NaN the
-    exact scan: LLVM lowers a select between floats to a branch on x86, and with the NaN
-    tests in every comparison those branches follow the data and mispredict.
+    Each window is torch's scan written as three selects, with no branch: a branch would follow
+    the data and mispredict, and rows of 16 or more outputs vectorise.
     """
     H, W = x.shape[1], x.shape[2]
     OH, OW = out.shape[1], out.shape[2]
@@ -56,17 +55,20 @@ def _plain_2x2_span(x, out, index, lo, hi):
             d = (p * OH + oh) * OW
             for ow in range(OW):
                 c = 2 * ow
-                a = (xf[U(r0 + c)], xf[U(r0 + c + 1)], xf[U(r1 + c)], xf[U(r1 + c + 1)])
-                steps = (0, 1, W, W + 1)
-                m, j = a[0], 0
-                if (a[0] != a[0]) | (a[1] != a[1]) | (a[2] != a[2]) | (a[3] != a[3]):
-                    for t in range(1, 4):
-                        if a[t] > m or a[t] != a[t]:
-                            m, j = a[t], steps[t]
-                else:
-                    for t in range(1, 4):
-                        if a[t] > m:
-                            m, j = a[t], steps[t]
+                m = xf[U(r0 + c)]
+                j = 0
+                a = xf[U(r0 + c + 1)]
+                take = (a > m) | (a != a)  # strictly greater, or NaN, takes over
+                m = a if take else m
+                j = 1 if take else j
+                a = xf[U(r1 + c)]
+                take = (a > m) | (a != a)
+                m = a if take else m
+                j = W if take else j
+                a = xf[U(r1 + c + 1)]
+                take = (a > m) | (a != a)
+                m = a if take else m
+                j = W + 1 if take else j
                 of[U(d + ow)] = m
                 jf[U(d + ow)] = k0 + c + j
 
