@@ -213,10 +213,11 @@ def test_validation_errors():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("W", [5, 8, 9, 17])
+@pytest.mark.parametrize("W", [5, 8, 9, 17, 40])
 def test_plain_2x2_kernel_matches_torch(dtype, W):
     """The numba pool's MaxPool2d(2) kernel gives torch's maxima and winners: ties between and
-    inside windows (integer inputs), ±0, infinities, and NaN."""
+    inside windows (integer inputs), ±0, infinities, and NaN; rows of 20 outputs also take the
+    loop's vectorised form."""
     from scratchnet.backends.numba_backend import pool
 
     rng = np.random.default_rng(W)
