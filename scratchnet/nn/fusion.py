@@ -234,10 +234,6 @@ def step_class(types):
     return match(types)[2]
 
 
-# the layer types that head a run: a call of one may be deferred (defers)
-HEADS = (Conv2d, Linear)
-
-
 def defers(module, x):
     """True if a call of ``module`` on ``x`` should wait for the next op (a fusable head)."""
     t = type(module)

@@ -128,8 +128,7 @@ class Tape:
             self.check_input(type(module).__name__, x)
         self.started = True
         f = fusion or _load_fusion()
-        if (type(module) in f.HEADS and f.is_enabled() and f.defers(module, x)
-                and not args[1:] and not kwargs):
+        if f.is_enabled() and f.defers(module, x) and not args[1:] and not kwargs:
             return Deferred(self, (module,), (type(module),), x)
         _active = None
         try:

@@ -37,11 +37,19 @@ def _taps(size, out_size, K, S, P, D):
     return first, count
 
 
+@njit(cache=True, inline="always")
+def _scan(a, k, m, j):
+    """One step of torch's scan over a window: (a, k) takes over (m, j) when a is strictly
+    greater or NaN; a select, not a branch."""
+    take = (a > m) | (a != a)
+    return (a if take else m), (k if take else j)
+
+
 @njit(cache=True)
 def _plain_2x2_span(x, out, index, lo, hi):
     """Planes [lo, hi) of MaxPool2d(2) windows that all lie inside the input.
 
-    Each window is torch's scan written as three selects, with no branch: a branch would follow
+    Each window is torch's scan as three selects (_scan), with no branch: a branch would follow
     the data and mispredict, and rows of 16 or more outputs vectorise.
     """
     H, W = x.shape[1], x.shape[2]
@@ -55,20 +63,10 @@ def _plain_2x2_span(x, out, index, lo, hi):
             d = (p * OH + oh) * OW
             for ow in range(OW):
                 c = 2 * ow
-                m = xf[U(r0 + c)]
-                j = 0
-                a = xf[U(r0 + c + 1)]
-                take = (a > m) | (a != a)  # strictly greater, or NaN, takes over
-                m = a if take else m
-                j = 1 if take else j
-                a = xf[U(r1 + c)]
-                take = (a > m) | (a != a)
-                m = a if take else m
-                j = W if take else j
-                a = xf[U(r1 + c + 1)]
-                take = (a > m) | (a != a)
-                m = a if take else m
-                j = W + 1 if take else j
+                m, j = xf[U(r0 + c)], 0
+                m, j = _scan(xf[U(r0 + c + 1)], 1, m, j)
+                m, j = _scan(xf[U(r1 + c)], W, m, j)
+                m, j = _scan(xf[U(r1 + c + 1)], W + 1, m, j)
                 of[U(d + ow)] = m
                 jf[U(d + ow)] = k0 + c + j
 
