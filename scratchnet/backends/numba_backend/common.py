@@ -19,11 +19,12 @@ import threading
 
 import numba
 import numpy as np
+from numba import njit
 
 from .precompile import helper_running
 
 __all__ = ["PARALLEL_MIN_WORK", "chunks_for", "run_parallel", "run_split", "launch", "flat",
-           "scratch_arrays", "recorded_calls"]
+           "scratch_arrays", "recorded_calls", "tap_offsets"]
 
 # element operations below which a kernel stays on the calling thread: waking Numba's
 # workers costs more than such work
@@ -107,6 +108,20 @@ def launch(span, parallel, items, work, *args):
 def flat(a):
     """A C-contiguous 1-D view of ``a`` (a copy only when ``a`` is not contiguous)."""
     return np.ascontiguousarray(a).reshape(-1)
+
+
+@njit(cache=True, inline="always")
+def tap_offsets(C, H, W, KH, KW):
+    """(C·KH·KW,) int64: tap r = (c·KH + kh)·KW + kw's offset (c·H + kh)·W + kw in a sample
+    (C, H, W), for kernels that loop over a convolution's taps as one flat loop."""
+    shifts = np.empty(C * KH * KW, np.int64)
+    r = 0
+    for c in range(C):
+        for kh in range(KH):
+            for kw in range(KW):
+                shifts[r] = (c * H + kh) * W + kw
+                r += 1
+    return shifts
 
 
 # every array scratch_arrays hands out starts on a cache line

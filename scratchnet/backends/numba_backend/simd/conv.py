@@ -19,6 +19,7 @@ multiply-add: within float rounding of the GEMM, not bitwise.
 import numpy as np
 from numba import njit
 
+from ..common import tap_offsets
 from . import register_block as rb
 from . import wide_enabled
 from .vectors import WIDE_VECTOR_BYTES
@@ -51,19 +52,6 @@ def applies(g, dtype):
 
 
 @njit(cache=True, inline="always")
-def _tap_offsets(C, Hp, Wp, KH, KW):
-    """(C·KH·KW,) int64: tap r = (c·KH + kh)·KW + kw's offset (c·Hp + kh)·Wp + kw in xs."""
-    shifts = np.empty(C * KH * KW, np.int64)
-    r = 0
-    for c in range(C):
-        for kh in range(KH):
-            for kw in range(KW):
-                shifts[r] = (c * Hp + kh) * Wp + kw
-                r += 1
-    return shifts
-
-
-@njit(cache=True, inline="always")
 def _fits(xs, R, F, KH, KW, OH, OW):
     """True when xs (C, Hp, Wp) and an (R, F) operand fit these sizes: the intrinsics read by
     address, unchecked."""
@@ -87,7 +75,7 @@ def forward_sample(xs, wt, b, out, KH, KW, OH, OW):
     block_filters = rb.VECTORS * WIDE_VECTOR_BYTES // xs.itemsize
     # one flat loop over the taps, each tap's offset from a table: written as loops over
     # (c, kh, kw), LLVM keeps the pixels' addresses in spilled registers
-    shifts = _tap_offsets(xs.shape[0], xs.shape[1], Wp, KH, KW)
+    shifts = tap_offsets(xs.shape[0], xs.shape[1], Wp, KH, KW)
     bases = np.empty(rb.ROWS, np.int64)  # each pixel's first input, xs[0, oh, ow]
     pixels = np.empty(rb.ROWS, np.int64)
     x_at, w_at, b_at, out_at = xs.ctypes.data, wt.ctypes.data, b.ctypes.data, out.ctypes.data
@@ -117,7 +105,7 @@ def weight_grad_sample(xs, doutT, dwT, KH, KW, OH, OW):
                          "sizes")
     Wp = xs.shape[2]
     block_filters = rb.VECTORS * WIDE_VECTOR_BYTES // xs.itemsize
-    taps = _tap_offsets(xs.shape[0], xs.shape[1], Wp, KH, KW)
+    taps = tap_offsets(xs.shape[0], xs.shape[1], Wp, KH, KW)
     bases = np.empty(P, np.int64)  # a flat loop over the pixels, as forward_sample's taps
     for p in range(P):
         oh = p // OW

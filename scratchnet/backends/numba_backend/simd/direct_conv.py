@@ -20,6 +20,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from ..common import tap_offsets
 from . import enabled
 from .vectors import (VECTOR_BYTES, block_vectors, element_and_vector, fmuladd, has_vector_fma,
                       lanes, pointer, slot, splat, stack_block, vector_pointer)
@@ -127,6 +128,10 @@ def forward_sample(xs, w2, b, out, KH, KW, OH, OW):
         raise ValueError("conv2d forward: the direct kernel got operands of the wrong sizes")
     per_row = (OW + V - 1) // V
     n_vectors = OH * per_row
+    # one flat loop over the taps, each tap's offset from a table: loops over (c, kh, kw) ran
+    # slower where a caller's module optimised this kernel a second time (the copy of it that
+    # Numba links into each caller and caches there)
+    shifts = tap_offsets(C, H, W, KH, KW)
     x_at, w_at, b_at, out_at = xs.ctypes.data, w2.ctypes.data, b.ctypes.data, out.ctypes.data
     block = _new_block(xs)
     for f_start in range(0, F, FILTERS):
@@ -135,13 +140,9 @@ def forward_sample(xs, w2, b, out, KH, KW, OH, OW):
             oh0, ow0 = _vector_at(j, per_row, OW, V)
             oh1, ow1 = _vector_at(min(j + 1, n_vectors - 1), per_row, OW, V)
             oh2, ow2 = _vector_at(min(j + 2, n_vectors - 1), per_row, OW, V)
-            r = 0
-            for c in range(C):
-                for kh in range(KH):
-                    for kw in range(KW):
-                        shift = (c * H + kh) * W + kw
-                        _tap(block, xs, w_at, f0 * R + r, R, x_at, oh0 * W + ow0 + shift,
-                             oh1 * W + ow1 + shift, oh2 * W + ow2 + shift)
-                        r += 1
+            at0, at1, at2 = oh0 * W + ow0, oh1 * W + ow1, oh2 * W + ow2
+            for r in range(R):
+                shift = shifts[r]
+                _tap(block, xs, w_at, f0 * R + r, R, x_at, at0 + shift, at1 + shift, at2 + shift)
             _flush(block, xs, b_at, f0, out_at, P, oh0 * OW + ow0, oh1 * OW + ow1,
                    oh2 * OW + ow2)
