@@ -1,4 +1,5 @@
-"""What every kernel module shares: the one way work is split across threads, and flat views.
+"""What every kernel module shares: the one way work is split across threads, flat views, and
+a convolution's table of tap offsets.
 
 Every parallel kernel in this backend comes as a serial ``*_span`` function over items
 [lo, hi) and a ``*_parallel`` driver whose ``prange`` hands one contiguous range of items to
