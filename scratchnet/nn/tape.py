@@ -289,7 +289,7 @@ class Deferred(NDArrayOperatorsMixin):
     def __init__(self, tape, layers, types, x, step_class=None):
         self.tape = tape
         self.layers = layers
-        self.types = types  # tuple(map(type, layers))
+        self.types = types  # the layers' types, in order
         self.x = x
         self.value = None
         self.extended = False
