@@ -269,3 +269,74 @@ def test_direct_kernel_refuses_operands_of_the_wrong_size():
         simd_direct.forward_sample(np.zeros((2, 12, 12), np.float32),
                                    np.zeros((20, 49), np.float32), np.zeros(20, np.float32),
                                    np.zeros((20, 64), np.float32), 5, 5, 8, 8)
+
+
+# im2col layers whose backward products run on simd.linear's kernels (Plan.products):
+# (x shape, w shape, stride, padding (top, bottom, left, right), dilation, groups). Positions
+# per sample from 64 (a float32 row block exactly) up; grouped, strided, dilated and padded
+# ones included
+PRODUCT_CASES = [
+    ((3, 1, 28, 28), (32, 1, 3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1),  # mitxcnn's conv1
+    ((5, 10, 12, 12), (20, 10, 5, 5), (1, 1), (0, 0, 0, 0), (1, 1), 1),  # lenet's conv2: 8·8
+    ((2, 4, 20, 17), (6, 2, 3, 2), (2, 1), (1, 0, 2, 1), (1, 2), 2),
+    ((4, 3, 11, 13), (96, 3, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),  # 96 filters: not vector
+]
+
+
+def product_case_id(case):
+    x_shape, w_shape, stride, pad, dilation, groups = case
+    return (f"x{'x'.join(map(str, x_shape))}-w{'x'.join(map(str, w_shape))}-s{stride[0]}"
+            f"{stride[1]}-p{''.join(map(str, pad))}-d{dilation[0]}{dilation[1]}-g{groups}")
+
+
+def _conv_pair(case, dtype, input_grad):
+    x_shape, w_shape, stride, pad, dilation, groups = case
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    out, cache = nb_conv.conv2d_forward(x, w, b, stride, pad, dilation, groups)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    return (x, w, b, dout, out) + nb_conv.conv2d_backward(dout, cache, input_grad=input_grad)
+
+
+@needs_avx512
+@pytest.mark.parametrize("input_grad", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", PRODUCT_CASES, ids=product_case_id)
+def test_product_kernels_match_torch_and_the_portable_path(case, dtype, input_grad, monkeypatch):
+    x_shape, w_shape, stride, pad, dilation, groups = case
+    g = nb_conv.geometry(x_shape, w_shape, stride, pad, dilation, groups)
+    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+    assert nb_conv._plan(g, dtype, backward=True).products
+    x, w, b, dout, out, dx, dw, db = _conv_pair(case, dtype, input_grad)
+    top, bottom, left, right = pad
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    y = F.conv2d(F.pad(tx, (left, right, top, bottom)), tw, tb, stride, 0, dilation, groups)
+    y.backward(torch.tensor(dout))
+    assert_close(out, y, dtype, "out")
+    assert_close(dw, tw.grad, dtype, "dw")
+    assert_close(db, tb.grad, dtype, "db")
+    if input_grad:
+        assert_close(dx, tx.grad, dtype, "dx")
+    monkeypatch.setenv("SCRATCHNET_SIMD", "0")
+    assert not nb_conv._plan(g, dtype, backward=True).products
+    portable = _conv_pair(case, dtype, input_grad)
+    for name, got, want in zip(("out", "dx", "dw", "db"), (out, dx, dw, db), portable[4:]):
+        if want is not None:
+            assert_close(got, want, dtype, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_product_selection(dtype, monkeypatch):
+    """Plan.products in the backward pass where AVX-512 is there and a plane holds a row block
+    of positions; never in the forward pass; not for smaller planes, nor under
+    SCRATCHNET_SIMD=0."""
+    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+    g = nb_conv.geometry((2, 3, 10, 10), (96, 3, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    assert nb_conv._plan(g, dtype, backward=True).products == has_wide_vectors()
+    assert not nb_conv._plan(g, dtype).products
+    small = nb_conv.geometry((2, 3, 7, 7), (96, 3, 3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    assert not nb_conv._plan(small, dtype, backward=True).products  # 5·5 positions
+    monkeypatch.setenv("SCRATCHNET_SIMD", "0")
+    assert not nb_conv._plan(g, dtype, backward=True).products

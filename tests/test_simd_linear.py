@@ -1,17 +1,34 @@
-"""The linear layer against torch whatever its split across threads, and its zero-skipping
-forward pass (simd/sparse_linear.py) against torch and the portable path."""
+"""The linear layer's vector kernels (simd/linear.py, simd/sparse_linear.py) against the portable
+path and torch, whatever the split across threads."""
 import numpy as np
 import pytest
 import torch
 
 from scratchnet.backends.numba_backend import common, linear
+from scratchnet.backends.numba_backend.simd import linear as simd_linear
 from scratchnet.backends.numba_backend.simd import sparse_linear
+from scratchnet.backends.numba_backend.simd.vectors import has_wide_vectors
 from tests.helpers import DTYPES, assert_close, to_torch
+
+NEEDS_AVX512 = pytest.mark.skipif(not has_wide_vectors(),
+                                  reason="the vector path runs only on a CPU with AVX-512")
 
 # (rows, input features, output features): features not a multiple of a vector or of a block,
 # one row, one output, a narrow head, more outputs than a thread's share
 SHAPES = [(32, 784, 10), (1, 64, 1), (5, 100, 10), (7, 33, 128), (13, 129, 1024), (3, 200, 17),
           (70, 65, 6), (1, 64, 17), (33, 784, 128), (9, 100, 40), (100, 70, 30)]
+
+
+@pytest.fixture(params=["vector", "portable"])
+def path(request, monkeypatch):
+    """The vector kernels (skipped without AVX-512) or the portable ones (SCRATCHNET_SIMD=0)."""
+    if request.param == "vector":
+        if not has_wide_vectors():
+            pytest.skip("the vector path runs only on a CPU with AVX-512")
+        monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+    else:
+        monkeypatch.setenv("SCRATCHNET_SIMD", "0")
+    return request.param
 
 
 @pytest.fixture(params=["serial", "parallel"])
@@ -34,7 +51,7 @@ def _torch_linear(x, w, b, dout):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear_matches_torch(threads, rng, dtype, shape, bias):
+def test_linear_matches_torch(path, threads, rng, dtype, shape, bias):
     N, K, O = shape
     x = rng.standard_normal((N, K)).astype(dtype)
     w = rng.standard_normal((O, K)).astype(dtype)
@@ -57,13 +74,152 @@ def test_linear_matches_torch(threads, rng, dtype, shape, bias):
         np.testing.assert_array_equal(db_alone, db)
 
 
+@NEEDS_AVX512
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_vector_matches_portable(monkeypatch, rng, dtype, shape):
+    N, K, O = shape
+    x = rng.standard_normal((N, K)).astype(dtype)
+    w = rng.standard_normal((O, K)).astype(dtype)
+    b = rng.standard_normal(O).astype(dtype)
+    dout = rng.standard_normal((N, O)).astype(dtype)
+    results = {}
+    for switch in ("1", "0"):
+        monkeypatch.setenv("SCRATCHNET_SIMD", switch)
+        out, cache = linear.linear_forward(x, w, b)
+        results[switch] = (out,) + linear.linear_backward(dout, cache)
+    for name, vector, portable in zip(("out", "dx", "dw", "db"), results["1"], results["0"]):
+        assert_close(vector, portable, dtype, name)
+
+
+@NEEDS_AVX512
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_kernel_matches_numpy(rng, dtype, shape):
+    """The kernel alone, whatever the selection: narrow heads and single rows included."""
+    N, K, O = shape
+    K = max(K, simd_linear.row_block(dtype))
+    x = rng.standard_normal((N, K)).astype(dtype)
+    w = rng.standard_normal((O, K)).astype(dtype)
+    b = rng.standard_normal(O).astype(dtype)
+    out = np.empty((N, O), dtype)
+    simd_linear.forward_rows(x, w, b, out, 0, N, 0, O, False)
+    assert_close(out, x.astype(np.float64) @ w.T + b, dtype, "out")
+
+
+@NEEDS_AVX512
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kernel_fills_only_its_block(rng, dtype):
+    """forward_rows writes its rows and features, nothing around them."""
+    K = simd_linear.row_block(dtype) + 3
+    x = rng.standard_normal((9, K)).astype(dtype)
+    w = rng.standard_normal((20, K)).astype(dtype)
+    b = rng.standard_normal(20).astype(dtype)
+    out = np.full((9, 20), np.nan, dtype)
+    simd_linear.forward_rows(x, w, b, out, 2, 7, 3, 17, False)
+    expected = x[2:7] @ w[3:17].T + b[3:17]
+    assert_close(out[2:7, 3:17], expected, dtype, "block")
+    inside = np.zeros(out.shape, bool)
+    inside[2:7, 3:17] = True
+    assert np.isnan(out[~inside]).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_selection(monkeypatch, dtype):
+    """The vector path where AVX-512 is there and the input features fill a block, whatever
+    the rows and outputs (a narrow head, an inference batch); the portable path under
+    SCRATCHNET_SIMD=0, for fewer features, other dtypes or mixed ones."""
+    block = simd_linear.row_block(dtype)
+    x = np.zeros((4, block), dtype)
+    w = np.zeros((3, block), dtype)
+    other = np.float32 if dtype == np.float64 else np.float64
+    monkeypatch.setenv("SCRATCHNET_SIMD", "0")
+    assert not simd_linear.applies(x, w)
+    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+    assert simd_linear.applies(x, w) == has_wide_vectors()
+    assert simd_linear.applies(np.zeros((1000, block), dtype), w) == has_wide_vectors()
+    assert not simd_linear.applies(x[:, :block - 1], w[:, :block - 1])
+    assert not simd_linear.applies(x.astype(np.int64), w.astype(np.int64))
+    assert not simd_linear.applies(x, w.astype(other))
+
+
+@NEEDS_AVX512
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layer_takes_vector_path(threads, monkeypatch, rng, dtype):
+    """Where applies() holds, the layer's output is the kernel's own, bit for bit (its entries
+    do not depend on how the threads split the work)."""
+    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+    N, K, O = 40, simd_linear.row_block(dtype) * 2 + 5, 48
+    x = rng.standard_normal((N, K)).astype(dtype)
+    w = rng.standard_normal((O, K)).astype(dtype)
+    b = rng.standard_normal(O).astype(dtype)
+    out, _ = linear.linear_forward(x, w, b)
+    expected = np.empty_like(out)
+    simd_linear.forward_rows(x, w, b, expected, 0, N, 0, O, False)
+    np.testing.assert_array_equal(out, expected)
+
+
+@NEEDS_AVX512
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_gradient_kernel_matches_numpy(rng, dtype, shape):
+    """accumulate_rows alone as dw = doutᵀ·x and dx = dout·w: narrow heads, single rows and
+    columns past the last whole block included."""
+    N, K, O = shape
+    K = max(K, simd_linear.row_block(dtype))
+    x = rng.standard_normal((N, K)).astype(dtype)
+    w = rng.standard_normal((O, K)).astype(dtype)
+    dout = rng.standard_normal((N, O)).astype(dtype)
+    dw = np.full((O, K), np.nan, dtype)
+    dx = np.full((N, K), np.nan, dtype)
+    simd_linear.accumulate_rows(dout, 1, O, x, dw, 0, O)
+    simd_linear.accumulate_rows(dout, O, 1, w, dx, 0, N)
+    d64 = dout.astype(np.float64)
+    assert_close(dw, d64.T @ x, dtype, "dw")
+    assert_close(dx, d64 @ w, dtype, "dx")
+
+
+@NEEDS_AVX512
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gradient_kernel_fills_only_its_rows(rng, dtype):
+    """accumulate_rows overwrites rows [r0, r1) of c, whatever they held, and nothing else."""
+    K = simd_linear.row_block(dtype) + 7
+    x = rng.standard_normal((5, K)).astype(dtype)
+    dout = rng.standard_normal((5, 20)).astype(dtype)
+    dw = np.full((20, K), np.nan, dtype)
+    simd_linear.accumulate_rows(dout, 1, 20, x, dw, 3, 16)
+    assert_close(dw[3:16], dout[:, 3:16].T.astype(np.float64) @ x, dtype, "rows")
+    assert np.isnan(dw[:3]).all() and np.isnan(dw[16:]).all()
+
+
+@NEEDS_AVX512
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layer_takes_gradient_vector_path(threads, monkeypatch, rng, dtype):
+    """Where the forward pass took the vector kernel, the layer's dw and dx are the gradient
+    kernel's own, bit for bit
+    (each row's sums do not depend on how the threads split the rows)."""
+    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+    N, K, O = 40, simd_linear.row_block(dtype) * 2 + 5, 48
+    x = rng.standard_normal((N, K)).astype(dtype)
+    w = rng.standard_normal((O, K)).astype(dtype)
+    dout = rng.standard_normal((N, O)).astype(dtype)
+    _, cache = linear.linear_forward(x, w, None)
+    dx, dw, _ = linear.linear_backward(dout, cache)
+    expected_dw, expected_dx = np.empty_like(dw), np.empty_like(dx)
+    simd_linear.accumulate_rows(dout, 1, O, x, expected_dw, 0, O)
+    simd_linear.accumulate_rows(dout, O, 1, w, expected_dx, 0, N)
+    np.testing.assert_array_equal(dw, expected_dw)
+    np.testing.assert_array_equal(dx, expected_dx)
+
+
 def _mostly_zeros(rng, shape, dtype, density=0.15):
     x = rng.random(shape)
     return np.where(rng.random(shape) < density, x, 0).astype(dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(256, 784, 128), (300, 100, 70), (257, 33, 64), (260, 9, 200)],
+@pytest.mark.parametrize("shape",
+                         [(256, 784, 128), (300, 100, 134), (257, 33, 128), (260, 9, 200)],
                          ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("bias", [True, False])
 def test_zero_skipping_forward_matches_torch(threads, monkeypatch, rng, dtype, shape, bias):
@@ -88,12 +244,14 @@ def test_zero_skipping_keeps_nonfinite_products(monkeypatch, rng, dtype):
     x = _mostly_zeros(rng, (300, 100), dtype)
     x[7, 4] = np.nan
     x[8, 4] = np.inf
-    finite_w = rng.standard_normal((70, 100)).astype(dtype)
-    # the threads transpose w by input features: a bad weight in either half is seen
-    for bad, column in ((None, 0), (np.inf, 9), (np.nan, 9), (np.inf, 90)):
+    finite_w = rng.standard_normal((140, 100)).astype(dtype)
+    # the threads transpose w by input features in vector tiles, the edges one value at a
+    # time: a bad weight in either half, in a tile or on an edge, is seen
+    for bad, row, column in ((None, 0, 0), (np.inf, 5, 9), (np.nan, 5, 9), (np.inf, 5, 90),
+                             (np.nan, 5, 99), (-np.inf, 139, 20), (np.nan, 139, 70)):
         w = finite_w.copy()
         if bad is not None:
-            w[5, column] = bad
+            w[row, column] = bad
         out, _ = linear.linear_forward(x, w, None)
         expected = torch.nn.functional.linear(to_torch(x), to_torch(w)).numpy()
         np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))

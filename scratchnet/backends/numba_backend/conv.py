@@ -15,10 +15,15 @@ Where ``simd.conv.applies`` (stride 1, one group, whole blocks of 64 filters, AV
 kernels replace the unfold and the GEMM of the forward pass and of the weight gradient, one
 sample at a time (``Plan.vector``); where ``simd.direct_conv.applies`` (stride 1, unpadded,
 4-20 filters, AVX2), its kernel replaces those of the forward pass (``Plan.direct``). The
-epilogue and the input gradient stay the same. The direct kernel has its own span and
-driver (a called njit function is compiled again inside each caller: a model whose layers
-never take it does not compile it); the filter-vector kernels share the GEMM path's, whose
-epilogue and gradient code they would otherwise compile a second time.
+epilogue and the input gradient stay the same. Where ``simd.linear.products_apply`` (AVX-512,
+a plane of at least a row block of positions), simd/linear.py's register-block kernels run the
+backward pass's products that remain instead of BLAS (``Plan.products``): the weight gradient
+cols·dyᵀ and the input gradient's columns wᵀ·dy.
+
+The direct kernel has its own span and driver (a called njit function is compiled again inside
+each caller: a model whose layers never take it does not compile it); the filter-vector
+kernels share the GEMM path's, whose epilogue and gradient code they would otherwise compile a
+second time.
 """
 from collections import namedtuple
 
@@ -30,6 +35,7 @@ from . import pool
 from .common import chunks_for, run_split, scratch_arrays
 from .simd import conv as simd_conv
 from .simd import direct_conv as simd_direct
+from .simd import linear as simd_linear
 
 __all__ = ["conv2d_forward", "conv2d_backward"]
 
@@ -45,14 +51,17 @@ Geometry.__doc__ = "Every size of one convolution (built by :func:`geometry`), r
 # product's long side is then its rows, which OpenBLAS runs faster at these shapes.
 Scratch = namedtuple("Scratch", "cols dcols dy conv product dwT db padded doutT")
 
-Plan = namedtuple("Plan", "threads m vector direct")
+Plan = namedtuple("Plan", "threads m vector direct products")
 Plan.__doc__ = ("How a pass runs: threads, samples per GEMM (m), whether simd.conv's kernels "
-                "compute the forward pass and the weight gradient (``vector``), and whether "
-                "simd.direct_conv's computes the forward pass (``direct``).")
+                "compute the forward pass and the weight gradient (``vector``), whether "
+                "simd.direct_conv's computes the forward pass (``direct``), and whether "
+                "simd.linear's kernels run the backward pass's im2col products instead of "
+                "BLAS (``products``).")
 
 # a thread's columns and product for one GEMM stay under this many bytes (several samples
 # when they fit)
 BLOCK_BYTES = 512 << 10
+
 
 U = np.uint64  # an unsigned index: no negative-index wrapping in the copy loops
 
@@ -325,14 +334,18 @@ def _output_gradient(dout, g, relu, mask, index, n, dy, at, db):
 
 
 @njit(cache=True, inline="always")
-def _input_gradient(w, g, dy, s, n0, count, dx):
+def _input_gradient(w, g, dy, s, n0, count, products, dx):
     """dx[n0 .. n0 + count - 1] += col2im(w[grp]ᵀ · dy[grp]) for each group; dy (F,
     count·OH·OW)."""
     K = g.Cg * g.KH * g.KW
     width = count * g.OH * g.OW
     dcols = s.dcols[:g.G * K * width].reshape(g.G, K, width)
     for grp in range(g.G):
-        np.dot(w[grp].T, dy[grp * g.Fg:(grp + 1) * g.Fg], dcols[grp])
+        dy_grp = dy[grp * g.Fg:(grp + 1) * g.Fg]
+        if products:
+            simd_linear.accumulate_rows(w[grp], 1, K, dy_grp, dcols[grp], 0, K)
+        else:
+            np.dot(w[grp].T, dy_grp, dcols[grp])
     for i in range(count):
         fold_sample(dcols, g, n0 + i, dx, i * g.OH * g.OW)
 
@@ -364,13 +377,18 @@ def _backward_span(dout, x, w, g, relu, mask, index, input_grad, plan, dx, s, lo
             else:
                 unfold_sample(x, g, n0 + i, cols, i * P)
         for grp in range(0 if plan.vector else g.G):
-            np.dot(cols[grp], dy[grp * g.Fg:(grp + 1) * g.Fg].T, s.product)
+            dy_grp = dy[grp * g.Fg:(grp + 1) * g.Fg]
+            if plan.products:  # dwT += cols·dyᵀ: dot products along the samples' positions
+                simd_linear.forward_rows(cols[grp], dy_grp, s.db[:0], s.dwT[grp], 0, K, 0, g.Fg,
+                                         True)
+                continue
+            np.dot(cols[grp], dy_grp.T, s.product)
             dwT = s.dwT[grp]
             for k in range(K):
                 for f in range(g.Fg):
                     dwT[k, f] += s.product[k, f]
         if input_grad:
-            _input_gradient(w, g, dy, s, n0, count, dx)
+            _input_gradient(w, g, dy, s, n0, count, plan.products, dx)
 
 
 @njit(cache=True, parallel=True)
@@ -396,20 +414,22 @@ def _plan(g, dtype, backward=False):
     threads = chunks_for(g.N, g.N * g.F * g.C * g.KH * g.KW * g.OH * g.OW // g.G)
     vector = bool(simd_conv.applies(g, dtype))
     direct = not backward and not vector and bool(simd_direct.applies(g, dtype))
+    products = backward and simd_linear.products_apply(g.OH * g.OW, dtype)
     per_sample = (g.C * g.KH * g.KW + g.F) * g.OH * g.OW * np.dtype(dtype).itemsize
     m = max(1, min(BLOCK_BYTES // max(per_sample, 1), -(-g.N // threads)))
-    return Plan(threads, 1 if (vector or direct) and not backward else m, vector, direct)
+    return Plan(threads, 1 if (vector or direct) and not backward else m, vector, direct,
+                products)
 
 
 def _scratch(g, plan, dtype, pooled=False, backward=False, input_grad=False):
     """Scratch buffers for plan.threads threads taking plan.m samples per GEMM (only those the
     pass uses)."""
-    T, m, vector, direct = plan
+    T, m, vector, direct, products = plan
     P, K = g.OH * g.OW, g.Cg * g.KH * g.KW
     columns = g.G * K * m * P
     Hp, Wp = simd_conv.padded_size(g)
     pads = vector and (g.top, g.left, Hp, Wp) != (0, 0, g.H, g.W)
-    portable_grad = backward and not vector
+    portable_grad = backward and not vector and not products
     fields = [((T, 0 if vector or direct else columns), False),
               ((T, columns if input_grad else 0), False),
               ((T, g.F * m * P), False),

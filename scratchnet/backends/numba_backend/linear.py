@@ -4,14 +4,17 @@
 
 Each thread computes its own block, so nothing is summed afterwards: output features for the
 forward pass (rows for a classifier head of NARROW_OUTPUTS or fewer features), output features
-for dw and db, rows for dx. A block runs single-threaded BLAS (``np.dot``, see common.py). A
-forward pass over an input that is mostly exact zeros, at inference batch sizes, skips them
-instead (``simd.sparse_linear.applies``).
+for dw and db, rows for dx. A block runs simd/linear.py's register-block kernels where
+``simd.linear.applies`` (the forward pass decides, the cache carries the choice to the
+backward pass), else single-threaded BLAS (``np.dot``, see common.py). A forward pass over an
+input that is mostly exact zeros, at inference batch sizes, skips them instead
+(``simd.sparse_linear.applies``).
 """
 import numpy as np
 from numba import njit, prange
 
 from .common import chunks_for, run_split
+from .simd import linear as simd_linear
 from .simd import sparse_linear
 
 __all__ = ["linear_forward", "linear_backward"]
@@ -24,6 +27,7 @@ NARROW_OUTPUTS = 16
 NARROW_ROWS = 64
 # the fewest output features (or rows) a thread's block gets
 MIN_PER_BLOCK = 16
+_FLOATS = (np.float32, np.float64)
 
 
 def _blocks(macs, items):
@@ -37,25 +41,29 @@ def _blocks(macs, items):
 
 
 @njit(cache=True)
-def _forward_block(x, w, b, has_bias, out, t, blocks):
+def _forward_block(x, w, b, has_bias, out, vector, t, blocks):
     """Block t of blocks of out = x·wᵀ + b: features [o0, o1) of every row, or rows [r0, r1)
-    of a narrow head."""
+    of a narrow head. vector: simd_linear.forward_rows (b zeros without bias), else BLAS."""
     N, O = out.shape
     if O <= NARROW_OUTPUTS:
         r0, r1, o0, o1 = t * N // blocks, (t + 1) * N // blocks, 0, O
+    else:
+        r0, r1, o0, o1 = 0, N, t * O // blocks, (t + 1) * O // blocks
+    if vector:
+        simd_linear.forward_rows(x, w, b, out, r0, r1, o0, o1, False)
+        return
+    if O <= NARROW_OUTPUTS:
         for c0 in range(r0, r1, NARROW_ROWS):
             c1 = min(c0 + NARROW_ROWS, r1)
             np.dot(x[c0:c1], w.T, out[c0:c1])
+    elif blocks == 1:
+        np.dot(x, w.T, out)
     else:
-        r0, r1, o0, o1 = 0, N, t * O // blocks, (t + 1) * O // blocks
-        if blocks == 1:
-            np.dot(x, w.T, out)
-        else:
-            part = np.dot(x, w[o0:o1].T)
-            # an element loop: a slice assignment compiles Numba's shape-error formatting
-            for i in range(N):
-                for j in range(o1 - o0):
-                    out[i, o0 + j] = part[i, j]
+        part = np.dot(x, w[o0:o1].T)
+        # an element loop: a slice assignment compiles Numba's shape-error formatting
+        for i in range(N):
+            for j in range(o1 - o0):
+                out[i, o0 + j] = part[i, j]
     if has_bias:
         for i in range(r0, r1):
             for j in range(o0, o1):
@@ -63,35 +71,46 @@ def _forward_block(x, w, b, has_bias, out, t, blocks):
 
 
 @njit(cache=True, parallel=True)
-def _forward_parallel(x, w, b, has_bias, out, blocks):
+def _forward_parallel(x, w, b, has_bias, out, vector, blocks):
     for t in prange(blocks):
-        _forward_block(x, w, b, has_bias, out, np.int64(t), blocks)
+        _forward_block(x, w, b, has_bias, out, vector, np.int64(t), blocks)
 
 
 @njit(cache=True)
-def _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, t, blocks):
-    """Block t of blocks: dw and db for features [o0, o1), dx for rows [r0, r1).
+def _backward_blocks(dout, x, w, input_grad, dx, dw, db, dout_t, vector, t0, t1, blocks):
+    """Blocks t0 .. t1 - 1 of blocks (all of them in one call for a serial run): block t has
+    dw and db for features [o0, o1), dx for rows [r0, r1).
 
-    dout_t (O, N): scratch for doutᵀ, whose rows [o0, o1) this block fills for its GEMM.
+    dout_t (O, N): scratch for doutᵀ, whose rows [o0, o1) a block fills for its GEMM.
+    vector: simd_linear.accumulate_rows's products instead of BLAS (dout_t unused).
     """
     N, O = dout.shape
-    o0, o1 = t * O // blocks, (t + 1) * O // blocks
-    r0, r1 = t * N // blocks, (t + 1) * N // blocks
-    for j in range(o0, o1):
-        s = 0.0  # float64, as the conv kernels sum their bias gradients
-        for i in range(N):
-            dout_t[j, i] = dout[i, j]
-            s += dout[i, j]
-        db[j] = s
-    np.dot(dout_t[o0:o1], x, dw[o0:o1])
-    if input_grad:
-        np.dot(dout[r0:r1], w, dx[r0:r1])
+    for t in range(t0, t1):
+        o0, o1 = t * O // blocks, (t + 1) * O // blocks
+        r0, r1 = t * N // blocks, (t + 1) * N // blocks
+        for j in range(o0, o1):
+            s = 0.0  # float64, as the conv kernels sum their bias gradients
+            for i in range(N):
+                s += dout[i, j]
+            db[j] = s
+        if vector:
+            simd_linear.accumulate_rows(dout, 1, O, x, dw, o0, o1)
+            if input_grad:
+                simd_linear.accumulate_rows(dout, O, 1, w, dx, r0, r1)
+            continue
+        for j in range(o0, o1):
+            for i in range(N):
+                dout_t[j, i] = dout[i, j]
+        np.dot(dout_t[o0:o1], x, dw[o0:o1])
+        if input_grad:
+            np.dot(dout[r0:r1], w, dx[r0:r1])
 
 
 @njit(cache=True, parallel=True)
-def _backward_parallel(dout, x, w, input_grad, dx, dw, db, dout_t, blocks):
+def _backward_parallel(dout, x, w, input_grad, dx, dw, db, dout_t, vector, blocks):
     for t in prange(blocks):
-        _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, np.int64(t), blocks)
+        _backward_blocks(dout, x, w, input_grad, dx, dw, db, dout_t, vector, np.int64(t),
+                         np.int64(t) + 1, blocks)
 
 
 @njit(cache=True, parallel=True)
@@ -136,11 +155,9 @@ def _skip_zeros_forward(x, w, bias):
     return out
 
 
-def _usable(*arrays):
-    """BLAS through np.dot wants non-empty float arrays of one dtype."""
-    dtype = arrays[0].dtype
-    return dtype.type in (np.float32, np.float64) and all(a.size and a.dtype == dtype
-                                                          for a in arrays)
+def _usable(a, b):
+    """BLAS through np.dot, and the vector kernels, want non-empty float arrays of one dtype."""
+    return a.dtype == b.dtype and a.dtype.type in _FLOATS and a.size > 0 and b.size > 0
 
 
 def linear_forward(x, w, b):
@@ -151,19 +168,22 @@ def linear_forward(x, w, b):
         out = x @ w.T
         if b is not None:
             out += b
-        return out, (x, w, b)
+        return out, (x, w, b, False)
     N, O = x.shape[0], w.shape[0]
     has_bias = b is not None
     bias = np.ascontiguousarray(b, dtype=x.dtype) if has_bias else np.zeros(O, x.dtype)
     if sparse_linear.applies(x, w):
         out = _skip_zeros_forward(x, w, bias)
         if out is not None:
-            return out, (x, w, b)
+            return out, (x, w, b, simd_linear.applies(x, w))
     out = np.empty((N, O), dtype=x.dtype)
+    # the gradients' kernels take the same layers: backward reads this choice from the cache
+    vector = simd_linear.applies(x, w)
     blocks = _blocks(x.size * O, N if O <= NARROW_OUTPUTS else O)
-    run_split(_forward_parallel, lambda t: _forward_block(x, w, bias, has_bias, out, t, blocks),
-              blocks, x, w, bias, has_bias, out)
-    return out, (x, w, b)
+    run_split(_forward_parallel,
+              lambda t: _forward_block(x, w, bias, has_bias, out, vector, t, blocks),
+              blocks, x, w, bias, has_bias, out, vector)
+    return out, (x, w, b, vector)
 
 
 def linear_backward(dout, cache, input_grad=True):
@@ -171,26 +191,27 @@ def linear_backward(dout, cache, input_grad=True):
 
     input_grad False: dx is not computed and returned as None (half the work of a first layer).
     """
-    x, w, b = cache
+    x, w, b, vector = cache
     dout = np.ascontiguousarray(dout)
-    if not _usable(dout, x, w):
+    if not (_usable(x, w) and dout.dtype == x.dtype and dout.size > 0):
         dx = dout @ w if input_grad else None
         return dx, dout.T @ x, (dout.sum(axis=0) if b is not None else None)
     N, O = dout.shape
     dx = np.empty(x.shape if input_grad else (0, 0), dtype=dout.dtype)
     dw = np.empty(w.shape, dtype=dout.dtype)
     db = np.empty(O, dtype=dout.dtype)
-    dout_t = np.empty((O, N), dtype=dout.dtype)
+    vector = vector and dout.dtype == x.dtype
+    dout_t = np.empty((0, 0) if vector else (O, N), dtype=dout.dtype)
     # BLAS rounds an entry by the shape of its product, so dw comes in the same blocks with or
     # without dx; on the calling thread when dw alone is small
     blocks = _blocks(2 * x.size * O, max(N, O))
 
     def chunk(t):
-        _backward_block(dout, x, w, input_grad, dx, dw, db, dout_t, t, blocks)
+        _backward_blocks(dout, x, w, input_grad, dx, dw, db, dout_t, vector, t, t + 1, blocks)
 
     if blocks == 1 or _blocks((2 if input_grad else 1) * x.size * O, max(N, O)) == 1:
-        for t in range(blocks):
-            chunk(t)
+        _backward_blocks(dout, x, w, input_grad, dx, dw, db, dout_t, vector, 0, blocks, blocks)
     else:
-        run_split(_backward_parallel, chunk, blocks, dout, x, w, input_grad, dx, dw, db, dout_t)
+        run_split(_backward_parallel, chunk, blocks, dout, x, w, input_grad, dx, dw, db, dout_t,
+                  vector)
     return (dx if input_grad else None), dw, (db if b is not None else None)

@@ -7,11 +7,14 @@ Which calls (``applies``): at least SKIP_MIN_ROWS rows (inference and evaluation
 block of outputs (``skip_block``) and at most SKIP_MAX_DENSITY of x nonzero, estimated on
 SKIP_DENSITY_ROWS rows spread over the batch.
 
-How: ``wt = wᵀ`` (in, out), so each input feature's weights are one contiguous row. For each
-row of x, ``_nonzeros`` lists the positions of its nonzero inputs a vector at a time (a vector
-compare's bit mask picks a row of a table of where the set bits are); then, for each block of
-SKIP_ACCUMULATORS vectors of outputs, kept in registers, ``_axpy`` adds x[n, k]·wt[k, block]
-for each listed k, ascending, and ``_flush`` writes them out plus the bias.
+How: ``wt = wᵀ`` (in, out), so each input feature's weights are one contiguous row; the threads
+share the transpose, by input features, in vector tiles (``_transpose_tile``). For each row of
+x, ``_nonzeros`` lists the positions of its nonzero inputs a 256-bit vector at a time (a
+vector compare's bit mask picks a row of a table of where the set bits are); then, for each
+block of SKIP_ACCUMULATORS vectors of outputs, kept in registers, ``_axpy`` adds
+x[n, k]·wt[k, block] for each listed k, ascending, and ``_flush`` writes them out plus the
+bias. The accumulators are 512 bits wide on a CPU with AVX-512 (a block of 128 float32
+outputs: a layer of 128 outputs lists each row's nonzeros once), else 256.
 
 A skipped term is ±0·w, which leaves a sum unchanged only while w is finite (0·inf is NaN), so
 ``transpose_finite`` checks every weight and the caller runs the GEMM otherwise. An input NaN
@@ -23,25 +26,29 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from . import enabled
-from .vectors import (VECTOR_BYTES, block_vectors, element_and_vector, fmuladd, slot, splat,
-                      stack_block, vector_pointer)
+from .vectors import (VECTOR_BYTES, WIDE_VECTOR_BYTES, block_vectors, element_and_vector,
+                      fmuladd, has_wide_vectors, slot, splat, stack_block, vector_pointer)
 
 __all__ = ["applies", "skip_block", "transpose_finite", "forward_rows", "scratch"]
 
-SKIP_ACCUMULATORS = 8  # 256-bit vectors: 8 accumulators and 1 broadcast of 16 registers
+# 8 accumulators and 1 broadcast: 9 of AVX2's 16 registers, or of AVX-512's 32
+SKIP_ACCUMULATORS = 8
+ACCUMULATOR_BYTES = WIDE_VECTOR_BYTES if has_wide_vectors() else VECTOR_BYTES
 SKIP_MIN_ROWS = 256  # below, transposing w per call costs more than the skipped work saves
 SKIP_MAX_DENSITY = 0.25  # the most nonzero inputs for which skipping the rest pays
 SKIP_DENSITY_ROWS = 16  # rows sampled across the batch to estimate the density
 SKIP_MIN_ROWS_PER_THREAD = 32
 
 
-def _skip_lanes(dtype):
+def _list_lanes(dtype):
+    """Values per 256-bit vector of the nonzero listing (its table has 2^lanes rows)."""
     return VECTOR_BYTES // np.dtype(dtype).itemsize
 
 
 def skip_block(dtype):
-    """Outputs per block of the zero-skipping product: 64 float32, 32 float64."""
-    return SKIP_ACCUMULATORS * _skip_lanes(dtype)
+    """Outputs per block of the zero-skipping product: with AVX-512 128 float32 or 64 float64,
+    else 64 or 32."""
+    return SKIP_ACCUMULATORS * ACCUMULATOR_BYTES // np.dtype(dtype).itemsize
 
 
 @njit(cache=True)
@@ -76,14 +83,14 @@ def _positions_table(V):
     return table.reshape(-1)
 
 
-_POSITIONS = {np.dtype(t): _positions_table(_skip_lanes(t)) for t in (np.float32, np.float64)}
+_POSITIONS = {np.dtype(t): _positions_table(_list_lanes(t)) for t in (np.float32, np.float64)}
 
 
 @intrinsic
 def _new_skip_block(typingctx, like):
     """SKIP_ACCUMULATORS zeroed 256-bit vectors for arrays of like's dtype."""
     def codegen(context, builder, signature, args):
-        _, vector = element_and_vector(context, like, VECTOR_BYTES)
+        _, vector = element_and_vector(context, like, ACCUMULATOR_BYTES)
         return stack_block(builder, vector, SKIP_ACCUMULATORS)
 
     return types.voidptr(like), codegen
@@ -94,11 +101,11 @@ def _axpy(typingctx, block, like, value, w_address, w_at):
     """acc[j] += value · w[w_at + j·V : ... + V] for j < SKIP_ACCUMULATORS."""
     def codegen(context, builder, signature, args):
         block_ptr, _, value_v, w_addr, w_at_v = args
-        element, vector = element_and_vector(context, like, VECTOR_BYTES)
+        element, vector = element_and_vector(context, like, ACCUMULATOR_BYTES)
         acc = block_vectors(builder, block_ptr, vector, SKIP_ACCUMULATORS)
         fma = fmuladd(builder, vector)
         scale = splat(builder, vector, value_v)
-        align = VECTOR_BYTES // vector.count
+        align = ACCUMULATOR_BYTES // vector.count
         for j in range(SKIP_ACCUMULATORS):
             at = builder.add(w_at_v, ir.Constant(w_at_v.type, j * vector.count))
             weights = builder.load(vector_pointer(builder, w_addr, element, at, vector),
@@ -115,9 +122,9 @@ def _flush(typingctx, block, like, b_address, b_at, out_address, out_at):
     """out[out_at + j·V : ... + V] = acc[j] + b[b_at + j·V : ... + V], then zero the block."""
     def codegen(context, builder, signature, args):
         block_ptr, _, b_addr, b_at_v, out_addr, out_at_v = args
-        element, vector = element_and_vector(context, like, VECTOR_BYTES)
+        element, vector = element_and_vector(context, like, ACCUMULATOR_BYTES)
         acc = block_vectors(builder, block_ptr, vector, SKIP_ACCUMULATORS)
-        align = VECTOR_BYTES // vector.count
+        align = ACCUMULATOR_BYTES // vector.count
         for j in range(SKIP_ACCUMULATORS):
             step = ir.Constant(b_at_v.type, j * vector.count)
             bias = builder.load(vector_pointer(builder, b_addr, element,
@@ -177,16 +184,65 @@ def _nonzeros(x, at, K, positions, index):
     return m
 
 
+@intrinsic
+def _transpose_tile(typingctx, like, w_address, w_at, w_stride, wt_address, wt_at, wt_stride):
+    """wt[wt_at + j·wt_stride + i] = w[w_at + i·w_stride + j] for i, j < V: a V×V tile, its
+    V rows loaded as vectors and its V columns stored as vectors; returns True when all V·V
+    values are finite."""
+    sig = types.boolean(like, w_address, w_at, w_stride, wt_address, wt_at, wt_stride)
+
+    def codegen(context, builder, signature, args):
+        _, w_addr, w_at_v, w_stride_v, wt_addr, wt_at_v, wt_stride_v = args
+        element, vector = element_and_vector(context, like, VECTOR_BYTES)
+        V = vector.count
+        align = VECTOR_BYTES // V
+        i32 = ir.IntType(32)
+        index = w_at_v.type
+        rows = []
+        for i in range(V):
+            at = builder.add(w_at_v, builder.mul(w_stride_v, ir.Constant(index, i)))
+            rows.append(builder.load(vector_pointer(builder, w_addr, element, at, vector),
+                                     align=align))
+        nonfinite = ir.Constant(ir.VectorType(ir.IntType(1), V), None)
+        for row in rows:  # v - v is 0 for a finite v and NaN for inf or NaN
+            nonfinite = builder.or_(nonfinite, builder.fcmp_unordered(
+                "!=", builder.fsub(row, row), ir.Constant(vector, None)))
+        for j in range(V):
+            column = ir.Constant(vector, ir.Undefined)
+            for i, row in enumerate(rows):
+                value = builder.extract_element(row, ir.Constant(i32, j))
+                column = builder.insert_element(column, value, ir.Constant(i32, i))
+            at = builder.add(wt_at_v, builder.mul(wt_stride_v, ir.Constant(index, j)))
+            builder.store(column, vector_pointer(builder, wt_addr, element, at, vector),
+                          align=align)
+        any_bad = builder.bitcast(nonfinite, ir.IntType(V))
+        return builder.icmp_unsigned("==", any_bad, ir.Constant(ir.IntType(V), 0))
+
+    return sig, codegen
+
+
 @njit(cache=True)
 def transpose_finite(w, wt, k0, k1):
     """wt[k0:k1] = w[:, k0:k1]ᵀ for w (O, K), wt (K, O): input features [k0, k1) (a span, so
-    threads can share the transpose); returns True when those weights are all finite."""
-    O = w.shape[0]
+    threads can share the transpose); returns True when those weights are all finite.
+
+    V×V tiles as vectors (``_transpose_tile``): a scalar loop writes wt a column at a time,
+    one cache line per value. The edges go one value at a time.
+    """
+    O, K = w.shape
+    V = VECTOR_BYTES // w.itemsize
+    wa, wta = w.ctypes.data, wt.ctypes.data
+    tiled_rows = O - O % V
     finite = True
-    for o in range(O):
-        for k in range(k0, k1):
-            v = w[o, k]
-            wt[k, o] = v
+    k = k0
+    while k + V <= k1:
+        for o in range(0, tiled_rows, V):
+            finite &= _transpose_tile(w, wa, o * K + k, K, wta, k * O + o, O)
+        k += V
+    for o in range(O):  # the columns right of the tiles, and the rows below them
+        for j in range(k if o < tiled_rows else k0, k1):
+            v = w[o, j]
+            wt[j, o] = v
             finite &= v - v == 0  # inf - inf and NaN - NaN are NaN
     return finite
 
@@ -201,7 +257,7 @@ def forward_rows(x, wt, b, out, index, positions, r0, r1):
     """
     N, K = x.shape
     O = wt.shape[1]
-    width = SKIP_ACCUMULATORS * (VECTOR_BYTES // x.itemsize)
+    width = SKIP_ACCUMULATORS * (ACCUMULATOR_BYTES // x.itemsize)
     wa, ba, oa = wt.ctypes.data, b.ctypes.data, out.ctypes.data
     xf = x.reshape(x.size)
     block = _new_skip_block(x)
@@ -217,5 +273,5 @@ def forward_rows(x, wt, b, out, index, positions, r0, r1):
 
 def scratch(x, threads):
     """(index, positions) for forward_rows: one index row per thread."""
-    index = np.empty((threads, x.shape[1] + _skip_lanes(x.dtype)), dtype=np.int32)
+    index = np.empty((threads, x.shape[1] + _list_lanes(x.dtype)), dtype=np.int32)
     return index, _POSITIONS[x.dtype]
