@@ -62,7 +62,6 @@ Plan.__doc__ = ("How a pass runs: threads, samples per GEMM (m), whether simd.co
 # when they fit)
 BLOCK_BYTES = 512 << 10
 
-
 U = np.uint64  # an unsigned index: no negative-index wrapping in the copy loops
 
 # the fused pool's winners (a position in one OH·OW plane): half int64's memory traffic

@@ -88,7 +88,7 @@ _POSITIONS = {np.dtype(t): _positions_table(_list_lanes(t)) for t in (np.float32
 
 @intrinsic
 def _new_skip_block(typingctx, like):
-    """SKIP_ACCUMULATORS zeroed 256-bit vectors for arrays of like's dtype."""
+    """SKIP_ACCUMULATORS zeroed vectors of ACCUMULATOR_BYTES for arrays of like's dtype."""
     def codegen(context, builder, signature, args):
         _, vector = element_and_vector(context, like, ACCUMULATOR_BYTES)
         return stack_block(builder, vector, SKIP_ACCUMULATORS)
