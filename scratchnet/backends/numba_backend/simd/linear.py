@@ -37,8 +37,8 @@ from numba.extending import intrinsic
 
 from . import register_block as rb
 from . import wide_enabled
-from .vectors import (WIDE_VECTOR_BYTES, block_vectors, fmuladd, pointer, stack_block,
-                      vector_of, vector_pointer)
+from .vectors import (WIDE_VECTOR_BYTES, block_vectors, element_and_vector, fmuladd, pointer,
+                      slot, stack_block, vector_pointer)
 
 __all__ = ["applies", "products_apply", "row_block", "forward_rows", "accumulate_rows"]
 
@@ -74,22 +74,11 @@ def products_apply(length, dtype):
     return block is not None and length >= block and wide_enabled()
 
 
-def _dot_vector(context, like):
-    element = context.get_value_type(like.dtype)
-    return element, vector_of(element, WIDE_VECTOR_BYTES)
-
-
-def _dot_accumulator(builder, block, i, j):
-    i32 = ir.IntType(32)
-    return builder.gep(block, [ir.Constant(i32, 0), ir.Constant(i32, i * DOT_OUTPUTS + j)],
-                       inbounds=True)
-
-
 @intrinsic
 def _new_dot_block(typingctx, like):
     """A zeroed block of DOT_ROWS × DOT_OUTPUTS wide accumulators for arrays of like's dtype."""
     def codegen(context, builder, signature, args):
-        _, vector = _dot_vector(context, like)
+        _, vector = element_and_vector(context, like, WIDE_VECTOR_BYTES)
         return stack_block(builder, vector, DOT_ROWS * DOT_OUTPUTS)
 
     return types.voidptr(like), codegen
@@ -104,7 +93,7 @@ def _dot_multiply_add(typingctx, block, like, x_address, x_at_address, w_address
 
     def codegen(context, builder, signature, args):
         block_ptr, _, x_addr, x_at_addr, w_addr, w_at_addr, k_v = args
-        element, vector = _dot_vector(context, like)
+        element, vector = element_and_vector(context, like, WIDE_VECTOR_BYTES)
         acc = block_vectors(builder, block_ptr, vector, DOT_ROWS * DOT_OUTPUTS)
         fma = fmuladd(builder, vector)
         align = WIDE_VECTOR_BYTES // vector.count  # one element's: the loads are unaligned
@@ -120,7 +109,7 @@ def _dot_multiply_add(typingctx, block, like, x_address, x_at_address, w_address
         for j in range(DOT_OUTPUTS):
             weights = row(w_addr, w_at_addr, j)
             for i in range(DOT_ROWS):
-                a = _dot_accumulator(builder, acc, i, j)
+                a = slot(builder, acc, i * DOT_OUTPUTS + j)
                 builder.store(builder.call(fma, [rows[i], weights, builder.load(a)]), a)
         return context.get_dummy_value()
 
@@ -135,13 +124,13 @@ def _dot_sums(typingctx, block, like, sums_address):
 
     def codegen(context, builder, signature, args):
         block_ptr, _, sums_addr = args
-        element, vector = _dot_vector(context, like)
+        element, vector = element_and_vector(context, like, WIDE_VECTOR_BYTES)
         acc = block_vectors(builder, block_ptr, vector, DOT_ROWS * DOT_OUTPUTS)
         i32 = ir.IntType(32)
         i64 = ir.IntType(64)
         for i in range(DOT_ROWS):
             for j in range(DOT_OUTPUTS):
-                a = _dot_accumulator(builder, acc, i, j)
+                a = slot(builder, acc, i * DOT_OUTPUTS + j)
                 v = builder.load(a)
                 width = vector.count
                 while width > 1:
