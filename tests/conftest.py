@@ -13,3 +13,13 @@ if ROOT not in sys.path:
 def rng():
     """A fresh, seeded numpy Generator for test data."""
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def simd_switch():
+    """``simd_switch(on)`` turns the vector kernels on or off (as ``SCRATCHNET_SIMD`` does) for
+    the rest of the test; the setting before the test comes back after it."""
+    from scratchnet.backends.numba_backend import simd
+    before = simd.enabled()
+    yield simd.set_enabled
+    simd.set_enabled(before)

@@ -3,6 +3,10 @@
 The block's intrinsics are correct on any x86-64 or aarch64 CPU (LLVM splits a 512-bit vector
 where registers are narrower); only their speed needs AVX-512, so these tests run everywhere.
 """
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from numba import njit
@@ -80,11 +84,20 @@ def test_block_stores_transposed_with_bias(dtype, tol, R, rng):
     assert np.abs(out - want).max() <= tol * (np.abs(want).max() + 1)
 
 
-def test_switch_reads_the_environment_each_time(monkeypatch):
-    monkeypatch.setenv("SCRATCHNET_SIMD", "0")
+def test_switch(simd_switch):
+    simd_switch(False)
     assert not simd.enabled() and not simd.wide_enabled()
-    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+    simd_switch(True)
     assert simd.enabled()
     assert simd.wide_enabled() == simd.has_wide_vectors()
-    monkeypatch.delenv("SCRATCHNET_SIMD")
-    assert simd.enabled()
+
+
+@pytest.mark.parametrize("value, on", [("0", False), ("off", False), ("1", True), (None, True)])
+def test_switch_reads_the_environment_at_import(value, on):
+    env = {k: v for k, v in os.environ.items() if k != "SCRATCHNET_SIMD"}
+    if value is not None:
+        env["SCRATCHNET_SIMD"] = value
+    code = "from scratchnet.backends.numba_backend import simd; print(simd.enabled())"
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    assert run.stdout.split() == [str(on)]

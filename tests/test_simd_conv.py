@@ -114,12 +114,12 @@ def test_matches_torch(case, dtype, op, input_grad):
 @pytest.mark.parametrize("op", ["conv", "pool"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_vector_path_matches_portable_path(case, dtype, op, monkeypatch):
+def test_vector_path_matches_portable_path(case, dtype, op, simd_switch):
     x, w, b = arrays(case, dtype, seed=2)
-    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+    simd_switch(True)
     assert nb_conv._plan(geometry(case), dtype).vector
     vector = run_op(op, x, w, b, case[6], True)
-    monkeypatch.setenv("SCRATCHNET_SIMD", "0")
+    simd_switch(False)
     assert not nb_conv._plan(geometry(case), dtype).vector
     portable = run_op(op, x, w, b, case[6], True)
     for name, got, want in zip(("out", "dout", "dx", "dw", "db"), vector, portable):
@@ -137,12 +137,12 @@ MODEL_LAYERS = {
 
 @needs_avx512
 @pytest.mark.parametrize("layer", MODEL_LAYERS)
-def test_selection_takes_the_models_layers(layer, monkeypatch):
+def test_selection_takes_the_models_layers(layer, simd_switch):
     x_shape, w_shape, pad = MODEL_LAYERS[layer]
     g = nb_conv.geometry(x_shape, w_shape, (1, 1), pad, (1, 1), 1)
-    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+    simd_switch(True)
     assert simd_conv.applies(g, np.float32)
-    monkeypatch.setenv("SCRATCHNET_SIMD", "0")
+    simd_switch(False)
     assert not simd_conv.applies(g, np.float32)
 
 
@@ -150,8 +150,8 @@ def test_selection_takes_the_models_layers(layer, monkeypatch):
     dict(stride=(2, 1)), dict(dilation=(1, 2)), dict(groups=2), dict(F=96), dict(kernel=1),
     dict(C=512),  # weights past MAX_WEIGHT_BYTES
 ])
-def test_selection_leaves_other_layers_to_the_portable_path(change, monkeypatch):
-    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+def test_selection_leaves_other_layers_to_the_portable_path(change, simd_switch):
+    simd_switch(True)
     F_, C, k = change.get("F", 64), change.get("C", 32), change.get("kernel", 3)
     g = nb_conv.geometry((4, C, 13, 13), (F_, C // change.get("groups", 1), k, k),
                          change.get("stride", (1, 1)), (0, 0, 0, 0),
@@ -162,8 +162,8 @@ def test_selection_leaves_other_layers_to_the_portable_path(change, monkeypatch)
 
 
 @needs_avx512
-def test_float64_blocks_are_32_filters(monkeypatch):
-    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+def test_float64_blocks_are_32_filters(simd_switch):
+    simd_switch(True)
     g = nb_conv.geometry((2, 3, 8, 8), (32, 3, 3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1)
     assert simd_conv.applies(g, np.float64) and not simd_conv.applies(g, np.float32)
     x, w, b = arrays((2, 3, 8, 8, 32, (3, 3), (0, 0, 0, 0), True), np.float64)
@@ -233,12 +233,12 @@ def direct_geometry(case):
 @needs_avx2
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", DIRECT_CASES, ids=direct_id)
-def test_direct_path_matches_portable_path(case, dtype, monkeypatch):
+def test_direct_path_matches_portable_path(case, dtype, simd_switch):
     x, w, b = direct_arrays(case, dtype, seed=3)
-    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+    simd_switch(True)
     assert nb_conv._plan(direct_geometry(case), dtype).direct
     direct = run_op("pool", x, w, b, (0, 0, 0, 0), False)
-    monkeypatch.setenv("SCRATCHNET_SIMD", "0")
+    simd_switch(False)
     assert not nb_conv._plan(direct_geometry(case), dtype).direct
     portable = run_op("pool", x, w, b, (0, 0, 0, 0), False)
     for name, got, want in zip(("out", "dout", "dx", "dw", "db"), direct, portable):
@@ -250,8 +250,8 @@ def test_direct_path_matches_portable_path(case, dtype, monkeypatch):
     dict(padding=(1, 1, 1, 1)), dict(stride=(1, 2)), dict(F=3), dict(F=24), dict(C=11),
     dict(W=10),  # OW = 6, narrower than a vector of 8 float32
 ])
-def test_direct_selection(change, monkeypatch):
-    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+def test_direct_selection(change, simd_switch):
+    simd_switch(True)
     C, Fo, W = change.get("C", 10), change.get("F", 20), change.get("W", 12)
     g = nb_conv.geometry((4, C, 12, W), (Fo, C, 5, 5), change.get("stride", (1, 1)),
                          change.get("padding", (0, 0, 0, 0)), (1, 1), 1)
@@ -259,7 +259,7 @@ def test_direct_selection(change, monkeypatch):
     lenet = direct_geometry(DIRECT_CASES[1])
     assert simd_direct.applies(lenet, np.float32) == has_vector_fma()
     assert not nb_conv._plan(lenet, np.float32, backward=True).direct
-    monkeypatch.setenv("SCRATCHNET_SIMD", "0")
+    simd_switch(False)
     assert not simd_direct.applies(lenet, np.float32)
 
 
@@ -304,10 +304,10 @@ def _conv_pair(case, dtype, input_grad):
 @pytest.mark.parametrize("input_grad", [True, False])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", PRODUCT_CASES, ids=product_case_id)
-def test_product_kernels_match_torch_and_the_portable_path(case, dtype, input_grad, monkeypatch):
+def test_product_kernels_match_torch_and_the_portable_path(case, dtype, input_grad, simd_switch):
     x_shape, w_shape, stride, pad, dilation, groups = case
     g = nb_conv.geometry(x_shape, w_shape, stride, pad, dilation, groups)
-    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+    simd_switch(True)
     assert nb_conv._plan(g, dtype, backward=True).products
     x, w, b, dout, out, dx, dw, db = _conv_pair(case, dtype, input_grad)
     top, bottom, left, right = pad
@@ -319,7 +319,7 @@ def test_product_kernels_match_torch_and_the_portable_path(case, dtype, input_gr
     assert_close(db, tb.grad, dtype, "db")
     if input_grad:
         assert_close(dx, tx.grad, dtype, "dx")
-    monkeypatch.setenv("SCRATCHNET_SIMD", "0")
+    simd_switch(False)
     assert not nb_conv._plan(g, dtype, backward=True).products
     portable = _conv_pair(case, dtype, input_grad)
     for name, got, want in zip(("out", "dx", "dw", "db"), (out, dx, dw, db), portable[4:]):
@@ -328,15 +328,15 @@ def test_product_kernels_match_torch_and_the_portable_path(case, dtype, input_gr
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_product_selection(dtype, monkeypatch):
+def test_product_selection(dtype, simd_switch):
     """Plan.products in the backward pass where AVX-512 is there and a plane holds a row block
     of positions; never in the forward pass; not for smaller planes, nor under
     SCRATCHNET_SIMD=0."""
-    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+    simd_switch(True)
     g = nb_conv.geometry((2, 3, 10, 10), (96, 3, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
     assert nb_conv._plan(g, dtype, backward=True).products == has_wide_vectors()
     assert not nb_conv._plan(g, dtype).products
     small = nb_conv.geometry((2, 3, 7, 7), (96, 3, 3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1)
     assert not nb_conv._plan(small, dtype, backward=True).products  # 5·5 positions
-    monkeypatch.setenv("SCRATCHNET_SIMD", "0")
+    simd_switch(False)
     assert not nb_conv._plan(g, dtype, backward=True).products

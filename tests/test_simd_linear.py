@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from scratchnet.backends.numba_backend import common, linear
+from scratchnet.backends.numba_backend import activation, common, fused, linear
 from scratchnet.backends.numba_backend.simd import linear as simd_linear
 from scratchnet.backends.numba_backend.simd import sparse_linear
 from scratchnet.backends.numba_backend.simd.vectors import has_wide_vectors
@@ -20,14 +20,14 @@ SHAPES = [(32, 784, 10), (1, 64, 1), (5, 100, 10), (7, 33, 128), (13, 129, 1024)
 
 
 @pytest.fixture(params=["vector", "portable"])
-def path(request, monkeypatch):
+def path(request, simd_switch):
     """The vector kernels (skipped without AVX-512) or the portable ones (SCRATCHNET_SIMD=0)."""
     if request.param == "vector":
         if not has_wide_vectors():
             pytest.skip("the vector path runs only on a CPU with AVX-512")
-        monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+        simd_switch(True)
     else:
-        monkeypatch.setenv("SCRATCHNET_SIMD", "0")
+        simd_switch(False)
     return request.param
 
 
@@ -77,18 +77,18 @@ def test_linear_matches_torch(path, threads, rng, dtype, shape, bias):
 @NEEDS_AVX512
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_vector_matches_portable(monkeypatch, rng, dtype, shape):
+def test_vector_matches_portable(simd_switch, rng, dtype, shape):
     N, K, O = shape
     x = rng.standard_normal((N, K)).astype(dtype)
     w = rng.standard_normal((O, K)).astype(dtype)
     b = rng.standard_normal(O).astype(dtype)
     dout = rng.standard_normal((N, O)).astype(dtype)
     results = {}
-    for switch in ("1", "0"):
-        monkeypatch.setenv("SCRATCHNET_SIMD", switch)
+    for vector in (True, False):
+        simd_switch(vector)
         out, cache = linear.linear_forward(x, w, b)
-        results[switch] = (out,) + linear.linear_backward(dout, cache)
-    for name, vector, portable in zip(("out", "dx", "dw", "db"), results["1"], results["0"]):
+        results[vector] = (out,) + linear.linear_backward(dout, cache)
+    for name, vector, portable in zip(("out", "dx", "dw", "db"), results[True], results[False]):
         assert_close(vector, portable, dtype, name)
 
 
@@ -125,7 +125,7 @@ def test_kernel_fills_only_its_block(rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_selection(monkeypatch, dtype):
+def test_selection(simd_switch, dtype):
     """The vector path where AVX-512 is there and the input features fill a block, whatever
     the rows and outputs (a narrow head, an inference batch); the portable path under
     SCRATCHNET_SIMD=0, for fewer features, other dtypes or mixed ones."""
@@ -133,9 +133,9 @@ def test_selection(monkeypatch, dtype):
     x = np.zeros((4, block), dtype)
     w = np.zeros((3, block), dtype)
     other = np.float32 if dtype == np.float64 else np.float64
-    monkeypatch.setenv("SCRATCHNET_SIMD", "0")
+    simd_switch(False)
     assert not simd_linear.applies(x, w)
-    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+    simd_switch(True)
     assert simd_linear.applies(x, w) == has_wide_vectors()
     assert simd_linear.applies(np.zeros((1000, block), dtype), w) == has_wide_vectors()
     assert not simd_linear.applies(x[:, :block - 1], w[:, :block - 1])
@@ -145,10 +145,10 @@ def test_selection(monkeypatch, dtype):
 
 @NEEDS_AVX512
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_layer_takes_vector_path(threads, monkeypatch, rng, dtype):
+def test_layer_takes_vector_path(threads, simd_switch, rng, dtype):
     """Where applies() holds, the layer's output is the kernel's own, bit for bit (its entries
     do not depend on how the threads split the work)."""
-    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+    simd_switch(True)
     N, K, O = 40, simd_linear.row_block(dtype) * 2 + 5, 48
     x = rng.standard_normal((N, K)).astype(dtype)
     w = rng.standard_normal((O, K)).astype(dtype)
@@ -194,11 +194,11 @@ def test_gradient_kernel_fills_only_its_rows(rng, dtype):
 
 @NEEDS_AVX512
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_layer_takes_gradient_vector_path(threads, monkeypatch, rng, dtype):
+def test_layer_takes_gradient_vector_path(threads, simd_switch, rng, dtype):
     """Where the forward pass took the vector kernel, the layer's dw and dx are the gradient
     kernel's own, bit for bit
     (each row's sums do not depend on how the threads split the rows)."""
-    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+    simd_switch(True)
     N, K, O = 40, simd_linear.row_block(dtype) * 2 + 5, 48
     x = rng.standard_normal((N, K)).astype(dtype)
     w = rng.standard_normal((O, K)).astype(dtype)
@@ -222,9 +222,9 @@ def _mostly_zeros(rng, shape, dtype, density=0.15):
                          [(256, 784, 128), (300, 100, 134), (257, 33, 128), (260, 9, 200)],
                          ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("bias", [True, False])
-def test_zero_skipping_forward_matches_torch(threads, monkeypatch, rng, dtype, shape, bias):
+def test_zero_skipping_forward_matches_torch(threads, simd_switch, rng, dtype, shape, bias):
     N, K, O = shape
-    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+    simd_switch(True)
     x = _mostly_zeros(rng, (N, K), dtype)
     x[3, :] = 0  # a row of zeros only: the bias alone
     w = rng.standard_normal((O, K)).astype(dtype)
@@ -237,10 +237,10 @@ def test_zero_skipping_forward_matches_torch(threads, monkeypatch, rng, dtype, s
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_zero_skipping_keeps_nonfinite_products(monkeypatch, rng, dtype):
+def test_zero_skipping_keeps_nonfinite_products(simd_switch, rng, dtype):
     """0·inf is NaN in torch: a non-finite weight sends the product to the GEMM; an input
     NaN or inf is nonzero and taken."""
-    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+    simd_switch(True)
     x = _mostly_zeros(rng, (300, 100), dtype)
     x[7, 4] = np.nan
     x[8, 4] = np.inf
@@ -260,10 +260,10 @@ def test_zero_skipping_keeps_nonfinite_products(monkeypatch, rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_zero_skipping_selection(monkeypatch, rng, dtype):
+def test_zero_skipping_selection(simd_switch, rng, dtype):
     """Taken for a mostly-zero input of enough rows and outputs; not for a dense input, a
     training batch, a narrow layer, nor under SCRATCHNET_SIMD=0."""
-    monkeypatch.setenv("SCRATCHNET_SIMD", "1")
+    simd_switch(True)
     N, O = sparse_linear.SKIP_MIN_ROWS, sparse_linear.skip_block(dtype)
     x = _mostly_zeros(rng, (N, 50), dtype)
     w = np.zeros((O, 50), dtype)
@@ -271,5 +271,34 @@ def test_zero_skipping_selection(monkeypatch, rng, dtype):
     assert not sparse_linear.applies(rng.random((N, 50)).astype(dtype), w)
     assert not sparse_linear.applies(x[:N - 1], w)
     assert not sparse_linear.applies(x, w[:O - 1])
-    monkeypatch.setenv("SCRATCHNET_SIMD", "0")
+    simd_switch(False)
     assert not sparse_linear.applies(x, w)
+
+
+def _bits(a):
+    return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(32, 784, 10), (5, 20, 7), (33, 784, 128), (300, 100, 134)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_fused_relu_equals_relu_after_linear(path, threads, rng, dtype, shape):
+    """linear_relu_forward applies its ReLU inside the linear kernels (or after the zero-skipping
+    product, the last shape): bit for bit relu_forward(linear_forward), NaN and signed zeros
+    included, and the same gradients through its cache."""
+    N, K, O = shape
+    x = _mostly_zeros(rng, (N, K), dtype)
+    x[1, 3] = np.nan
+    w = rng.standard_normal((O, K)).astype(dtype)
+    w[2] = -0.0  # with a -0.0 bias: an output of signed zeros
+    b = rng.standard_normal(O).astype(dtype)
+    b[2] = -0.0
+    out, cache = fused.linear_relu_forward(x, w, b)
+    y, linear_cache = linear.linear_forward(x, w, b)
+    expected, relu_cache = activation.relu_forward(y)
+    assert (_bits(out) == _bits(expected)).all()
+    assert np.isnan(out[1]).all() and (out >= 0).sum() == out.size - O
+    dout = rng.standard_normal((N, O)).astype(dtype)
+    want = linear.linear_backward(activation.relu_backward(dout, relu_cache), linear_cache)
+    for got, expected in zip(fused.linear_relu_backward(dout, cache), want):
+        assert (_bits(got) == _bits(expected)).all()

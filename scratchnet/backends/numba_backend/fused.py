@@ -4,14 +4,15 @@
     linear_relu = relu(linear(x))        linear_leaky_relu = leaky_relu(linear(x))
 
 The convolution's per-sample kernel applies the ReLU and the pool while the sample's output is
-in cache, and its backward scatters the pooled gradient there (conv.py). ReLU and max pooling
+in cache, and its backward scatters the pooled gradient there (conv.py); the linear layer's
+kernel applies the ReLU to each block it computes (linear.py). ReLU and max pooling
 commute exactly, gradient included, so one op serves both orders.
 """
 import numpy as np
 
 from ..shapes import pool_output_size
 from . import conv
-from .activation import leaky_relu_backward, leaky_relu_forward, relu_backward, relu_forward
+from .activation import leaky_relu_backward, leaky_relu_forward, relu_backward
 from .linear import linear_backward, linear_forward
 from .pool import Window
 
@@ -71,9 +72,9 @@ def conv2d_relu_maxpool2d_backward(dout, cache, input_grad=True):
 
 def linear_relu_forward(x, w, b):
     """relu(x·wᵀ + b). Arguments as linear_forward. Returns (out, cache)."""
-    y, linear_cache = linear_forward(x, w, b)
-    out, relu_cache = relu_forward(y)
-    return out, (linear_cache, relu_cache)
+    out, linear_cache = linear_forward(x, w, b, relu=True)
+    # relu_backward's mask: out > 0 exactly where x·wᵀ + b > 0
+    return out, (linear_cache, out)
 
 
 def linear_relu_backward(dout, cache, input_grad=True):

@@ -8,11 +8,13 @@ for dw and db, rows for dx. A block runs simd/linear.py's register-block kernels
 ``simd.linear.applies`` (the forward pass decides, the cache carries the choice to the
 backward pass), else single-threaded BLAS (``np.dot``, see common.py). A forward pass over an
 input that is mostly exact zeros, at inference batch sizes, skips them instead
-(``simd.sparse_linear.applies``).
+(``simd.sparse_linear.applies``). fused.linear_relu_forward's ReLU runs in the same kernel, on
+the block just computed.
 """
 import numpy as np
 from numba import njit, prange
 
+from .activation import relu_forward
 from .common import chunks_for, run_split
 from .simd import linear as simd_linear
 from .simd import sparse_linear
@@ -41,9 +43,10 @@ def _blocks(macs, items):
 
 
 @njit(cache=True)
-def _forward_block(x, w, b, has_bias, out, vector, t, blocks):
-    """Block t of blocks of out = x·wᵀ + b: features [o0, o1) of every row, or rows [r0, r1)
-    of a narrow head. vector: simd_linear.forward_rows (b zeros without bias), else BLAS."""
+def _forward_block(x, w, b, has_bias, relu, out, vector, t, blocks):
+    """Block t of blocks of out = x·wᵀ + b, then max(out, 0) where relu: features [o0, o1) of
+    every row, or rows [r0, r1) of a narrow head. vector: simd_linear.forward_rows (b zeros
+    without bias), else BLAS."""
     N, O = out.shape
     if O <= NARROW_OUTPUTS:
         r0, r1, o0, o1 = t * N // blocks, (t + 1) * N // blocks, 0, O
@@ -51,7 +54,20 @@ def _forward_block(x, w, b, has_bias, out, vector, t, blocks):
         r0, r1, o0, o1 = 0, N, t * O // blocks, (t + 1) * O // blocks
     if vector:
         simd_linear.forward_rows(x, w, b, out, r0, r1, o0, o1, False)
-        return
+    else:
+        _blas_block(x, w, b, has_bias, out, r0, r1, o0, o1, blocks)
+    if relu:
+        for i in range(r0, r1):
+            for j in range(o0, o1):
+                # `< 0`, so NaN passes through as torch's clamp_min does
+                if out[i, j] < 0:
+                    out[i, j] = 0
+
+
+@njit(cache=True)
+def _blas_block(x, w, b, has_bias, out, r0, r1, o0, o1, blocks):
+    """out[r0:r1, o0:o1] = x·wᵀ + b through single-threaded BLAS (``np.dot``)."""
+    N, O = out.shape
     if O <= NARROW_OUTPUTS:
         for c0 in range(r0, r1, NARROW_ROWS):
             c1 = min(c0 + NARROW_ROWS, r1)
@@ -71,9 +87,9 @@ def _forward_block(x, w, b, has_bias, out, vector, t, blocks):
 
 
 @njit(cache=True, parallel=True)
-def _forward_parallel(x, w, b, has_bias, out, vector, blocks):
+def _forward_parallel(x, w, b, has_bias, relu, out, vector, blocks):
     for t in prange(blocks):
-        _forward_block(x, w, b, has_bias, out, vector, np.int64(t), blocks)
+        _forward_block(x, w, b, has_bias, relu, out, vector, np.int64(t), blocks)
 
 
 @njit(cache=True)
@@ -160,30 +176,38 @@ def _usable(a, b):
     return a.dtype == b.dtype and a.dtype.type in _FLOATS and a.size > 0 and b.size > 0
 
 
-def linear_forward(x, w, b):
-    """x: (N, in), w: (out, in), b: (out,) or None. Returns out (N, out) and a cache."""
+def linear_forward(x, w, b, relu=False):
+    """x: (N, in), w: (out, in), b: (out,) or None. Returns out (N, out) and a cache.
+
+    relu: max(out, 0) in the same kernel, for fused.linear_relu_forward.
+    """
     x = np.ascontiguousarray(x)
     w = np.ascontiguousarray(w)
     if not _usable(x, w):
         out = x @ w.T
         if b is not None:
             out += b
-        return out, (x, w, b, False)
+        return _relu_if(out, relu), (x, w, b, False)
     N, O = x.shape[0], w.shape[0]
     has_bias = b is not None
     bias = np.ascontiguousarray(b, dtype=x.dtype) if has_bias else np.zeros(O, x.dtype)
+    # the gradients' kernels take the same layers: backward reads this choice from the cache
+    vector = simd_linear.applies(x, w)
     if sparse_linear.applies(x, w):
         out = _skip_zeros_forward(x, w, bias)
         if out is not None:
-            return out, (x, w, b, simd_linear.applies(x, w))
+            return _relu_if(out, relu), (x, w, b, vector)
     out = np.empty((N, O), dtype=x.dtype)
-    # the gradients' kernels take the same layers: backward reads this choice from the cache
-    vector = simd_linear.applies(x, w)
     blocks = _blocks(x.size * O, N if O <= NARROW_OUTPUTS else O)
     run_split(_forward_parallel,
-              lambda t: _forward_block(x, w, bias, has_bias, out, vector, t, blocks),
-              blocks, x, w, bias, has_bias, out, vector)
+              lambda t: _forward_block(x, w, bias, has_bias, relu, out, vector, t, blocks),
+              blocks, x, w, bias, has_bias, relu, out, vector)
     return out, (x, w, b, vector)
+
+
+def _relu_if(out, relu):
+    """relu_forward(out)'s output where relu, else out: the ReLU of the paths without it."""
+    return relu_forward(out)[0] if relu else out
 
 
 def linear_backward(dout, cache, input_grad=True):
@@ -202,14 +226,16 @@ def linear_backward(dout, cache, input_grad=True):
     db = np.empty(O, dtype=dout.dtype)
     vector = vector and dout.dtype == x.dtype
     dout_t = np.empty((0, 0) if vector else (O, N), dtype=dout.dtype)
-    # BLAS rounds an entry by the shape of its product, so dw comes in the same blocks with or
-    # without dx; on the calling thread when dw alone is small
-    blocks = _blocks(2 * x.size * O, max(N, O))
+    # BLAS rounds an entry by the shape of its product, so through BLAS dw comes in the same
+    # blocks with or without dx, on the calling thread when dw alone is small (the vector
+    # kernels round an entry alike in any block)
+    macs = x.size * O
+    blocks = _blocks((2 if input_grad or not vector else 1) * macs, max(N, O))
 
     def chunk(t):
         _backward_blocks(dout, x, w, input_grad, dx, dw, db, dout_t, vector, t, t + 1, blocks)
 
-    if blocks == 1 or _blocks((2 if input_grad else 1) * x.size * O, max(N, O)) == 1:
+    if blocks == 1 or not input_grad and _blocks(macs, max(N, O)) == 1:
         _backward_blocks(dout, x, w, input_grad, dx, dw, db, dout_t, vector, 0, blocks, blocks)
     else:
         run_split(_backward_parallel, chunk, blocks, dout, x, w, input_grad, dx, dw, db, dout_t,
