@@ -1,7 +1,7 @@
 """scratchnet.data: IDX reader, shipped MNIST, Fashion-MNIST, download, preprocessing, batching.
 
-Dataset facts come from shared/datasets/README.md (an independent description of MNIST), the
-preprocessing, split sizes and batch sizes are compared with torch. Downloads only ever talk to
+Dataset facts (shapes, first labels, label counts, pixel statistics) are MNIST's published
+ones; the preprocessing, split sizes and batch sizes are compared with torch. Downloads only ever talk to
 servers started here on 127.0.0.1.
 """
 import functools
@@ -64,7 +64,7 @@ def mnist_test():
     return load_mnist("test")
 
 
-# ---- the shipped MNIST copy against the facts in shared/datasets/README.md
+# ---- the shipped MNIST copy against MNIST's published facts
 
 def test_shipped_mnist_shapes_and_first_labels(mnist_train, mnist_test):
     (xtr, ytr), (xte, yte) = mnist_train, mnist_test
