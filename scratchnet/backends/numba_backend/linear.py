@@ -224,18 +224,18 @@ def linear_backward(dout, cache, input_grad=True):
     dx = np.empty(x.shape if input_grad else (0, 0), dtype=dout.dtype)
     dw = np.empty(w.shape, dtype=dout.dtype)
     db = np.empty(O, dtype=dout.dtype)
-    vector = vector and dout.dtype == x.dtype
     dout_t = np.empty((0, 0) if vector else (O, N), dtype=dout.dtype)
-    # BLAS rounds an entry by the shape of its product, so through BLAS dw comes in the same
-    # blocks with or without dx, on the calling thread when dw alone is small (the vector
-    # kernels round an entry alike in any block)
-    macs = x.size * O
-    blocks = _blocks((2 if input_grad or not vector else 1) * macs, max(N, O))
+    macs, items = x.size * O, max(N, O)
+    work = (2 if input_grad else 1) * macs
+    # BLAS rounds an entry by the shape of its product, so through BLAS dw comes in the blocks
+    # sized for dw and dx, with or without dx (on the calling thread when dw alone is small);
+    # the vector kernels round an entry alike in any block
+    blocks = _blocks(work if vector else 2 * macs, items)
 
     def chunk(t):
         _backward_blocks(dout, x, w, input_grad, dx, dw, db, dout_t, vector, t, t + 1, blocks)
 
-    if blocks == 1 or not input_grad and _blocks(macs, max(N, O)) == 1:
+    if blocks == 1 or not (input_grad or vector) and _blocks(work, items) == 1:
         _backward_blocks(dout, x, w, input_grad, dx, dw, db, dout_t, vector, 0, blocks, blocks)
     else:
         run_split(_backward_parallel, chunk, blocks, dout, x, w, input_grad, dx, dw, db, dout_t,

@@ -23,7 +23,7 @@ from numba.extending import intrinsic
 from ..common import tap_offsets
 from . import enabled
 from .vectors import (VECTOR_BYTES, block_vectors, element_and_vector, fmuladd, has_vector_fma,
-                      lanes, pointer, slot, splat, stack_block, vector_pointer)
+                      lanes, new_block_intrinsic, pointer, slot, splat, vector_pointer)
 
 __all__ = ["applies", "forward_sample"]
 
@@ -50,14 +50,8 @@ def applies(g, dtype):
             and enabled() and has_vector_fma())
 
 
-@intrinsic
-def _new_block(typingctx, like):
-    """A zeroed block of FILTERS × VECTORS accumulators for arrays of like's dtype."""
-    def codegen(context, builder, signature, args):
-        _, vector = element_and_vector(context, like, VECTOR_BYTES)
-        return stack_block(builder, vector, FILTERS * VECTORS)
-
-    return types.voidptr(like), codegen
+# a zeroed block of FILTERS × VECTORS accumulators
+_new_block = new_block_intrinsic(VECTOR_BYTES, FILTERS * VECTORS)
 
 
 @intrinsic

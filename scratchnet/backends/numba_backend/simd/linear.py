@@ -37,8 +37,8 @@ from numba.extending import intrinsic
 
 from . import register_block as rb
 from . import wide_enabled
-from .vectors import (WIDE_VECTOR_BYTES, block_vectors, element_and_vector, fmuladd, pointer,
-                      slot, stack_block, vector_pointer)
+from .vectors import (WIDE_VECTOR_BYTES, block_vectors, element_and_vector, fmuladd,
+                      new_block_intrinsic, pointer, slot, vector_pointer)
 
 __all__ = ["applies", "products_apply", "row_block", "forward_rows", "accumulate_rows"]
 
@@ -74,14 +74,8 @@ def products_apply(length, dtype):
     return block is not None and length >= block and wide_enabled()
 
 
-@intrinsic
-def _new_dot_block(typingctx, like):
-    """A zeroed block of DOT_ROWS × DOT_OUTPUTS wide accumulators for arrays of like's dtype."""
-    def codegen(context, builder, signature, args):
-        _, vector = element_and_vector(context, like, WIDE_VECTOR_BYTES)
-        return stack_block(builder, vector, DOT_ROWS * DOT_OUTPUTS)
-
-    return types.voidptr(like), codegen
+# a zeroed block of DOT_ROWS × DOT_OUTPUTS wide accumulators
+_new_dot_block = new_block_intrinsic(WIDE_VECTOR_BYTES, DOT_ROWS * DOT_OUTPUTS)
 
 
 @intrinsic

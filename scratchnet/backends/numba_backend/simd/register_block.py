@@ -23,8 +23,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from .vectors import (WIDE_VECTOR_BYTES, block_vectors, element_and_vector, fmuladd, pointer,
-                      slot, splat, stack_block, vector_pointer)
+from .vectors import (WIDE_VECTOR_BYTES, block_vectors, element_and_vector, fmuladd,
+                      new_block_intrinsic, pointer, slot, splat, vector_pointer)
 
 __all__ = ["ROWS", "VECTORS", "columns", "new_block", "multiply_add", "add_rows",
            "store_transposed"]
@@ -39,14 +39,8 @@ def columns(dtype):
     return VECTORS * WIDE_VECTOR_BYTES // np.dtype(dtype).itemsize
 
 
-@intrinsic
-def new_block(typingctx, like):
-    """A zeroed block (an opaque pointer to the caller's stack) for arrays of like's dtype."""
-    def codegen(context, builder, signature, args):
-        _, vector = element_and_vector(context, like, WIDE_VECTOR_BYTES)
-        return stack_block(builder, vector, ROWS * VECTORS)
-
-    return types.voidptr(like), codegen
+# a zeroed block (an opaque pointer to the caller's stack) for arrays of like's dtype
+new_block = new_block_intrinsic(WIDE_VECTOR_BYTES, ROWS * VECTORS)
 
 
 @intrinsic

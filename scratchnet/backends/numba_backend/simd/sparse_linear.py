@@ -26,8 +26,8 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from . import enabled
-from .vectors import (VECTOR_BYTES, WIDE_VECTOR_BYTES, block_vectors, element_and_vector,
-                      fmuladd, has_wide_vectors, slot, splat, stack_block, vector_pointer)
+from .vectors import (VECTOR_BYTES, WIDE_VECTOR_BYTES, block_vectors, element_and_vector, fmuladd,
+                      has_wide_vectors, new_block_intrinsic, slot, splat, vector_pointer)
 
 __all__ = ["applies", "skip_block", "transpose_finite", "forward_rows", "scratch"]
 
@@ -86,14 +86,8 @@ def _positions_table(V):
 _POSITIONS = {np.dtype(t): _positions_table(_list_lanes(t)) for t in (np.float32, np.float64)}
 
 
-@intrinsic
-def _new_skip_block(typingctx, like):
-    """SKIP_ACCUMULATORS zeroed vectors of ACCUMULATOR_BYTES for arrays of like's dtype."""
-    def codegen(context, builder, signature, args):
-        _, vector = element_and_vector(context, like, ACCUMULATOR_BYTES)
-        return stack_block(builder, vector, SKIP_ACCUMULATORS)
-
-    return types.voidptr(like), codegen
+# SKIP_ACCUMULATORS zeroed vectors of ACCUMULATOR_BYTES
+_new_skip_block = new_block_intrinsic(ACCUMULATOR_BYTES, SKIP_ACCUMULATORS)
 
 
 @intrinsic

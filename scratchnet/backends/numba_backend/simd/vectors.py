@@ -2,17 +2,21 @@
 
 Each kernel's inner block is a Numba ``@intrinsic`` whose code generator uses these helpers:
 vectors of ``lanes(dtype)`` values, typed pointers made from an array's address and an element
-index, broadcasts and ``llvm.fmuladd``. Everything here is llvmlite's public IR API.
+index, broadcasts and ``llvm.fmuladd``, and the one intrinsic they all start from: a zeroed
+block of accumulators (:func:`new_block_intrinsic`). Everything here is public API of llvmlite
+and Numba.
 """
 import functools
 
 import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 __all__ = ["VECTOR_BYTES", "WIDE_VECTOR_BYTES", "has_wide_vectors", "has_vector_fma", "lanes",
            "vector_of", "element_and_vector", "pointer", "vector_pointer", "fmuladd", "splat",
-           "stack_block", "block_vectors", "slot"]
+           "new_block_intrinsic", "block_vectors", "slot"]
 
 VECTOR_BYTES = 32  # AVX2's 256-bit registers (16 of them)
 WIDE_VECTOR_BYTES = 64  # AVX-512's 512-bit registers (32 of them)
@@ -86,22 +90,32 @@ def splat(builder, vector, scalar):
                                               [0] * vector.count))
 
 
-def stack_block(builder, vector, count):
-    """``count`` zeroed vectors on the stack of the function being compiled, as an i8 pointer.
+def new_block_intrinsic(vector_bytes, count):
+    """An ``@intrinsic`` ``new_block(like)``: ``count`` zeroed vectors of ``vector_bytes`` for
+    arrays of like's dtype, on the stack of the kernel that calls it, as an opaque pointer.
 
-    The array is allocated in the function's entry block and every access to it is at a
-    constant index, so LLVM keeps it in registers; the intrinsics that use it bitcast it back
-    with :func:`block_vectors`.
+    The array is allocated in the kernel's entry block and every access to it is at a constant
+    index, so LLVM keeps it in registers; the intrinsics that use it bitcast it back with
+    :func:`block_vectors`.
     """
-    block_type = ir.ArrayType(vector, count)
-    with builder.goto_entry_block():
-        block = builder.alloca(block_type)
-    builder.store(ir.Constant(block_type, None), block)
-    return builder.bitcast(block, ir.IntType(8).as_pointer())
+    @intrinsic
+    def new_block(typingctx, like):
+        def codegen(context, builder, signature, args):
+            _, vector = element_and_vector(context, like, vector_bytes)
+            block_type = ir.ArrayType(vector, count)
+            with builder.goto_entry_block():
+                block = builder.alloca(block_type)
+            builder.store(ir.Constant(block_type, None), block)
+            return builder.bitcast(block, ir.IntType(8).as_pointer())
+
+        return types.voidptr(like), codegen
+
+    return new_block
 
 
 def block_vectors(builder, block, vector, count):
-    """The i8 pointer from :func:`stack_block` as a pointer to its ``[count x vector]``."""
+    """A block's i8 pointer (from :func:`new_block_intrinsic`) as a pointer to its
+    ``[count x vector]``."""
     return builder.bitcast(block, ir.ArrayType(vector, count).as_pointer())
 
 
